@@ -1,0 +1,353 @@
+"""Typed config sections, presets from `configs/*.toml`, and safe command-line overrides.
+
+Resolution order (later wins): defaults in code -> `--use_saved_json_config PATH` ->
+`--@preset` flags in command-line order -> `--section.key value` overrides.
+Values are parsed by each field's declared type; nothing is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the problem and the fix."""
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None):
+    """A dataclass field with help text (shown by `show`) and optional allowed values."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelingConfig:
+    base_model: str = _f("", "base model: embedded name (smollm2-135m-instruct, gemma3-270m), local folder or Hub id")
+    draft_path: str = _f("", "trained draft folder to load (config.json + model.safetensors)")
+    algorithm: str = _f("eagle_v3", "draft algorithm, looked up in the registry", ("eagle_v2", "eagle_v3"))
+    draft_family: str = _f("llama", "HF decoder family of the draft layers", ("llama", "qwen3", "gemma3"))
+    draft_hidden_size: int = _f(0, "draft width; 0 = the base width")
+    draft_num_layers: int = _f(1, "number of draft decoder layers")
+    draft_num_heads: int = _f(0, "attention heads; 0 = derived from the width (head_dim 64)")
+    draft_num_kv_heads: int = _f(0, "key/value heads; 0 = same as draft_num_heads")
+    draft_head_dim: int = _f(0, "head dim; 0 = width / heads")
+    draft_intermediate_size: int = _f(0, "MLP width; 0 = 4 x width rounded like Llama")
+    draft_rope_theta: float = _f(10000.0, "rotary base of the draft's own rotary embedding")
+    feature_layers: list[int] = _f([], "base layers handed to the draft (HF hidden_states index, -1 = final normed); [] = algorithm default")
+    vocab: str = _f("reduced", "draft vocabulary: base = full base vocab, reduced = subset of base ids, foreign = draft tokenizer", ("base", "reduced", "foreign"))
+    draft_vocab_size: int = _f(32000, "size of the reduced vocabulary (capped at the base vocabulary)")
+    draft_tokenizer: str = _f("", "foreign tokenizer (embedded name, folder or Hub id) when vocab = foreign")
+    init_from: str = _f("", "pretrained LM whose layers (and embeddings) initialise the draft")
+    init_layers: list[int] = _f([], "which layers of init_from to copy; [] = the first draft_num_layers")
+    lora_rank: int = _f(0, "LoRA rank for layers copied from init_from; 0 = full fine-tuning")
+    dtype: str = _f("float32", "dtype of base and draft", ("float32", "bfloat16", "float16"))
+    device: str = _f("cpu", "torch device: cpu, cuda, cuda:1, ... or auto")
+    attn_implementation: str = _f("sdpa", "HF attention implementation for base and draft", ("sdpa", "eager"))
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = _f("runs/draft", "where checkpoints (draft folders) are written")
+    mode: str = _f("online", "online = base features per batch; offline = stored features", ("online", "offline"))
+    learning_rate: float = _f(3e-4, "peak learning rate")
+    per_device_batch_size: int = _f(4, "sequences per device per step")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
+    num_epochs: float = _f(1.0, "passes over the data")
+    max_steps: int = _f(-1, "stop after this many steps (-1 = use num_epochs)")
+    warmup_ratio: float = _f(0.02, "linear warm-up share of all steps")
+    max_grad_norm: float = _f(0.5, "gradient clipping")
+    ttt_steps: int = _f(7, "EagleV3 training-time-test unroll length k")
+    ttt_decay: float = _f(0.8, "EagleV3 per-step loss weight decay")
+    vloss_w: float = _f(1.0, "EagleV2 feature regression (SmoothL1) weight")
+    ploss_w: float = _f(0.1, "EagleV2 soft cross-entropy weight")
+    feature_noise: float = _f(0.2, "EagleV2 uniform feature noise half-width")
+    seed: int = _f(0, "random seed for the run")
+    save_steps: int = _f(500, "save a draft folder every N steps")
+    logging_steps: int = _f(10, "log every N steps")
+    resume_from_checkpoint: str = _f("", "checkpoint folder to resume from ('' = none)")
+    report_to: str = _f("none", "HF report_to: none, tensorboard, wandb")
+
+
+@dataclass
+class DatasetConfig:
+    path: str = _f("", "training data: gen_dataset output, conversations JSONL, or EAGLE .ckpt folder")
+    max_length: int = _f(2048, "truncate sequences to this many tokens")
+    eval_fraction: float = _f(0.05, "share of rows held out for evaluation")
+    system_prompt: str = _f("", "system prompt added when the chat template is applied ('' = none)")
+
+
+@dataclass
+class DatasetGenerationConfig:
+    output_dir: str = _f("data/generated", "where the generated Arrow dataset is written")
+    ds_range: str = _f("", "'a,b': only conversations a..b-1 of the prompt file")
+    batch_size: int = _f(8, "prompts per generate call")
+    max_new_tokens: int = _f(512, "answer length cap")
+    max_length: int = _f(2048, "prompt + answer cap")
+    temperature: float = _f(0.0, "0 = greedy, > 0 = sampled")
+    system_prompt: str = _f("", "system prompt ('' = none)")
+    store_features: bool = _f(False, "store base features for offline training")
+    feature_dtype: str = _f("bfloat16", "dtype of stored features", ("float16", "bfloat16", "float32"))
+    servers: list[str] = _f([], "host:port of SGLang/OpenAI-compatible servers ([] = generate in process)")
+    concurrency: int = _f(8, "parallel requests per server")
+    timeout_s: float = _f(120.0, "per-request timeout")
+    strict: bool = _f(False, "fail on the first bad input line instead of skipping it")
+
+
+@dataclass
+class InferenceConfig:
+    tree: str = _f("dynamic", "draft tree kind", ("chain", "static", "dynamic", "auto"))
+    static_tree: str = _f("eagle1_small", "named static tree shape when tree = static")
+    max_depth: int = _f(5, "draft steps per verify (chain length / tree depth)")
+    top_k: int = _f(4, "children expanded per node (dynamic tree)")
+    total_tokens: int = _f(16, "draft tokens kept per verify, root included (dynamic tree)")
+    max_new_tokens: int = _f(128, "stop after this many new tokens")
+    temperature: float = _f(0.0, "0 = greedy; > 0 = lossless rejection sampling")
+    top_p: float = _f(1.0, "nucleus sampling mass (1 = off)")
+    top_k_sampling: int = _f(0, "top-k sampling filter (0 = off)")
+    seed: int = _f(0, "seed of the sampling generator")
+    target_model_only: bool = _f(False, "base-only decoding through the same code path")
+    compare: bool = _f(False, "run base-only and speculative on the same prompts and compare")
+    system_prompt: str = _f("", "system prompt ('' = the chat template's default)")
+    chat_template: bool = _f(True, "wrap prompts with the base tokenizer's chat template")
+    warmup: bool = _f(True, "one untimed warm-up generation before timing")
+
+
+@dataclass
+class Config:
+    modeling: ModelingConfig = field(default_factory=ModelingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    dataset_generation: DatasetGenerationConfig = field(default_factory=DatasetGenerationConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _nearest(name: str, options) -> str:
+    near = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(near)}?" if near else f" Valid: {', '.join(sorted(options))}."
+
+
+def _field(cfg: Config, key: str) -> tuple[Any, dataclasses.Field]:
+    """Return (section object, field) for a dotted key, failing with the nearest valid names."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"Unknown config section '{section}' in '{key}'.{_nearest(section, SECTIONS)}")
+    obj = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields:
+        valid = [f"{section}.{n}" for n in fields]
+        raise ConfigError(f"Unknown config key '{key}'.{_nearest(key, valid)}")
+    return obj, fields[name]
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _parse_scalar(tp: type, value: Any) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise TypeError
+    if tp is int:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise TypeError
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError
+        return str(value)
+    raise TypeError
+
+
+def _split_list(value: Any) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]  # fire/TOML hand over a lone number
+    if isinstance(value, str):
+        text = value.strip().removeprefix("[").removesuffix("]").strip()
+        return [p.strip().strip("'\"") for p in text.split(",") if p.strip()] if text else []
+    raise TypeError
+
+
+def coerce(key: str, tp: Any, value: Any, choices: tuple[str, ...] | None = None) -> Any:
+    """Parse `value` (a CLI string or a TOML/JSON value) as type `tp`, or fail naming key, type and value."""
+    try:
+        if typing.get_origin(tp) is list:
+            (item_tp,) = typing.get_args(tp)
+            out = [_parse_scalar(item_tp, v) for v in _split_list(value)]
+        else:
+            out = _parse_scalar(tp, value)
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp)) if not isinstance(tp, types.GenericAlias) else str(tp)
+        raise ConfigError(f"Config key '{key}' expects {name}, got {value!r}.") from None
+    if choices and out not in choices:
+        raise ConfigError(f"Config key '{key}' must be one of {list(choices)}, got {out!r}.{_nearest(str(out), choices)}")
+    return out
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    obj, f = _field(cfg, key)
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, f.name, coerce(key, hints[f.name], value, f.metadata.get("choices")))
+
+
+def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
+    """Apply {section: {key: value}} (a preset, or a saved JSON config) onto cfg."""
+    for section, values in mapping.items():
+        if section == "description":
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: '{section}' must be a table of keys.{_nearest(section, SECTIONS)}")
+        for name, value in values.items():
+            try:
+                set_value(cfg, f"{section}.{name}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{origin}: {e}") from None
+
+
+# ---------------------------------------------------------------- presets
+
+def configs_dir() -> Path:
+    """`configs/` at the repository root, or $SPECFORGE_HET_CONFIGS."""
+    env = os.environ.get("SPECFORGE_HET_CONFIGS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_presets(directory: Path | None = None) -> dict[str, dict[str, Any]]:
+    """All presets: every top-level table of every `configs/*.toml` file is one preset."""
+    directory = directory or configs_dir()
+    presets: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    for path in sorted(directory.glob("*.toml")):
+        with path.open("rb") as fh:
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        for name, body in data.items():
+            if name in presets:
+                raise ConfigError(f"Preset '{name}' is defined twice: {origin[name]} and {path.name}.")
+            presets[name], origin[name] = body, path.name
+    return presets
+
+
+def apply_preset(cfg: Config, name: str, presets: dict[str, dict[str, Any]]) -> None:
+    if name not in presets:
+        raise ConfigError(f"Unknown preset '@{name}'.{_nearest(name, presets)}")
+    apply_mapping(cfg, presets[name], f"preset @{name}")
+
+
+# ---------------------------------------------------------------- command line
+
+def _is_override(arg: str) -> bool:
+    key = arg[2:].split("=", 1)[0]
+    return arg.startswith("--") and "." in key and key.split(".", 1)[0] in SECTIONS
+
+
+def _is_bool_key(key: str) -> bool:
+    try:
+        obj, f = _field(Config(), key)
+    except ConfigError:
+        return False
+    return typing.get_type_hints(type(obj))[f.name] is bool
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, str]], str | None, list[str]]:
+    """Split argv into (presets, overrides, saved_json_path, rest for fire)."""
+    presets, overrides, saved, rest = [], [], None, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--@"):
+            presets.append(arg[3:])
+        elif arg.split("=", 1)[0] == "--use_saved_json_config":
+            if "=" in arg:
+                saved = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                saved, i = argv[i + 1], i + 1
+            else:
+                raise ConfigError("--use_saved_json_config needs a path to a saved run_config.json.")
+        elif _is_override(arg):
+            key = arg[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+            elif _is_bool_key(key) and (i + 1 >= len(argv) or argv[i + 1].lower() not in _TRUE | _FALSE):
+                value = "true"  # a bare boolean flag
+            elif i + 1 < len(argv):
+                value, i = argv[i + 1], i + 1
+            else:
+                raise ConfigError(f"--{key} needs a value.")
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return presets, overrides, saved, rest
+
+
+def resolve(argv: list[str], presets: dict[str, dict[str, Any]] | None = None) -> tuple[Config, list[str], list[str]]:
+    """Resolve a Config from argv. Returns (config, preset names used, remaining argv)."""
+    names, overrides, saved, rest = split_argv(argv)
+    cfg = Config()
+    if saved:
+        cfg = load_json_config(saved)
+    if names:
+        presets = load_presets() if presets is None else presets
+        for name in names:
+            apply_preset(cfg, name, presets)
+    for key, value in overrides:
+        set_value(cfg, key, value)
+    return cfg, names, rest
+
+
+RUN_CONFIG = "run_config.json"
+
+
+def save_json_config(cfg: Config, directory: str | Path, presets: list[str] | None = None) -> Path:
+    """Write the resolved config beside a run's output; reload it with --use_saved_json_config."""
+    path = Path(directory) / RUN_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**cfg.to_dict(), "description": f"resolved from presets {presets or []}"}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def load_json_config(path: str | Path) -> Config:
+    path = Path(path)
+    if path.is_dir():
+        path = path / RUN_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"Saved config '{path}' not found. Point --use_saved_json_config at a run's {RUN_CONFIG}.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}).") from None
+    cfg = Config()
+    apply_mapping(cfg, data, str(path))
+    return cfg

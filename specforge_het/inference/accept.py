@@ -1,0 +1,170 @@
+"""Acceptance rules for verifying a draft tree against the base model (pure functions).
+
+Notation: the draft tree uses the convention of ``tree.py`` (node 0 = root = the last
+committed token; ``parents[0] == -1``). ``base_probs[i]`` / ``base_argmax[i]`` are the base
+model's next-token distribution / argmax at node i, i.e. after the root-path ending in i.
+Both rules return ``(path, bonus)``: ``path`` holds the accepted node indices starting
+with the root 0, ``bonus`` is the token the base model contributes after the last one.
+The tokens committed this step are ``tokens[path[1:]]`` followed by ``bonus``, i.e.
+``len(path)`` tokens: the accept length tau of this step is ``len(path)`` (>= 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specforge_het.inference.tree import check_parents
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """Temperature, then top-k (0 = off), then top-p (1.0 = off); renormalised.
+
+    Top-k keeps every token tied with the k-th largest logit. Top-p keeps the smallest
+    prefix of the sorted distribution whose mass reaches ``top_p`` (always the argmax).
+    Greedy decoding is not handled here: ``temperature`` must be > 0. -> [..., V]
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy_accept for greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # [..., V]
+    if 0 < top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]  # [..., 1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    probs = torch.softmax(x, dim=-1)  # [..., V]
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # [..., V]
+        keep = torch.zeros_like(probs, dtype=torch.bool)
+        keep.scatter_(-1, order, mass_before < top_p)
+        probs = probs * keep
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def _check_node_tensor(name: str, t: torch.Tensor, n: int, ndim: int) -> None:
+    """Raise ValueError unless ``t`` has ``ndim`` dims and leading size ``n``."""
+    if t.dim() != ndim or t.shape[0] != n:
+        raise ValueError(f"{name} must have {ndim} dim(s) and leading size N={n}, got {tuple(t.shape)}")
+
+
+def _path_tensor(node: int, par: list[int], device: torch.device) -> torch.Tensor:
+    """Root-to-node path as a LongTensor. -> [depth + 1]"""
+    chain = []
+    while node != -1:
+        chain.append(node)
+        node = par[node]
+    return torch.tensor(chain[::-1], dtype=torch.long, device=device)
+
+
+def greedy_accept(tokens: torch.Tensor, parents: torch.Tensor, base_argmax: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Greedy verification: accept node i if its parent is accepted and
+    ``tokens[i] == base_argmax[parents[i]]``.
+
+    Picks the longest accepted root-path (ties: lowest node index). ``tokens[0]`` is
+    ignored. Returns ``(path [tau], bonus)`` with ``bonus = base_argmax[path[-1]]``;
+    the step commits ``len(path) == tau`` tokens (accepted drafts + bonus).
+    """
+    par = check_parents(parents)
+    n = len(par)
+    _check_node_tensor("tokens", tokens, n, 1)
+    _check_node_tensor("base_argmax", base_argmax, n, 1)
+    tok, top = tokens.tolist(), base_argmax.tolist()
+    ok, depth, best = [True] + [False] * (n - 1), [0] * n, 0
+    for i in range(1, n):
+        p = par[i]
+        ok[i] = ok[p] and tok[i] == top[p]
+        if ok[i]:
+            depth[i] = depth[p] + 1
+            if depth[i] > depth[best]:
+                best = i
+    return _path_tensor(best, par, tokens.device), int(top[best])
+
+
+def _normalise(p: torch.Tensor) -> torch.Tensor:
+    """p / sum(p). -> [V]"""
+    return p / p.sum()
+
+
+def _try_candidates(
+    kids: list[int],
+    tok: list[int],
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    generator: torch.Generator,
+) -> tuple[int | None, torch.Tensor]:
+    """Visit the children of one node; return (accepted child or None, residual p [V])."""
+    for c in kids:
+        x = tok[c]
+        u = float(torch.rand((), generator=generator, device=p.device))
+        px = float(p[x])
+        if q is None:  # deterministic candidate: q is a point mass on x
+            if u < px:  # p is kept normalised, so this is p(x) / sum(p)
+                return c, p
+            rest = p.clone()
+            rest[x] = 0.0
+            if float(rest.sum()) <= 0.0:  # only reachable through rounding
+                break
+            p = _normalise(rest)
+            continue
+        qx = float(q[x])
+        ratio = px / qx if qx > 0.0 else float(px > 0.0)
+        if u < ratio:
+            return c, p
+        residual = (p - q).clamp_min(0.0)  # [V]
+        if float(residual.sum()) <= 0.0:  # p == q up to rounding: drop x instead
+            residual = p.clone()
+            residual[x] = 0.0
+        if float(residual.sum()) > 0.0:
+            p = _normalise(residual)
+        q = q.clone()
+        q[x] = 0.0
+        if float(q.sum()) <= 0.0:
+            break
+        q = _normalise(q)
+    return None, p
+
+
+def tree_rejection_sample(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    base_probs: torch.Tensor,
+    generator: torch.Generator,
+    draft_probs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Lossless multi-candidate (recursive) rejection sampling over a draft tree.
+
+    From the root, with residual p = base_probs[cur], children are tried in node-index
+    order. ``draft_probs is None``: children are deterministic candidates; accept x with
+    probability p(x) / sum(p), else zero p(x) and renormalise. Otherwise children were
+    sampled without replacement from q = draft_probs[cur]: accept x with probability
+    min(1, p(x) / q(x)), else p <- norm(max(p - q, 0)) and q <- norm(q with q(x) = 0).
+    On acceptance move to the child; when no child is accepted the bonus token is drawn
+    from the residual p. The committed tokens are distributed exactly as the base model.
+    ``tokens [N]``, ``parents [N]``, ``base_probs [N, V]``, ``draft_probs [N, V]``.
+    Returns ``(path [tau], bonus)`` as in :func:`greedy_accept`.
+    """
+    par = check_parents(parents)
+    n = len(par)
+    _check_node_tensor("tokens", tokens, n, 1)
+    _check_node_tensor("base_probs", base_probs, n, 2)
+    if draft_probs is not None and draft_probs.shape != base_probs.shape:
+        raise ValueError(f"draft_probs must have shape {tuple(base_probs.shape)}, got {tuple(draft_probs.shape)}")
+    dtype = torch.promote_types(base_probs.dtype, torch.float32)
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i in range(1, n):
+        children[par[i]].append(i)
+    tok = tokens.tolist()
+    path, cur = [0], 0
+    while True:
+        p = _normalise(base_probs[cur].to(dtype))  # [V]
+        q = None if draft_probs is None else _normalise(draft_probs[cur].to(dtype))  # [V]
+        nxt, p = _try_candidates(children[cur], tok, p, q, generator)
+        if nxt is None:
+            break
+        path.append(nxt)
+        cur = nxt
+    bonus = int(torch.multinomial(p, 1, generator=generator))
+    return torch.tensor(path, dtype=torch.long, device=tokens.device), bonus

@@ -1,0 +1,159 @@
+"""The decoder loop: prefill, then { propose draft tree -> verify -> accept -> keep accepted KV }.
+
+Base-only decoding (`proposer=None`) runs through the same prefill, cache, sampling and
+stopping code, one base token per step. Batch size 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from specforge_het.inference.accept import greedy_accept, sampling_probs, tree_rejection_sample
+from specforge_het.inference.tree import layout_from_parents
+from specforge_het.models.base import keep_cache_entries
+
+
+class ContextTooLongError(ValueError):
+    pass
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # new tokens (EOS included when it stopped there)
+    accept_lengths: list[int] = field(default_factory=list)  # tokens committed per verify step
+    decode_s: float = 0.0  # wall time after the prompt's prefill
+    prefill_s: float = 0.0
+    stopped_at_eos: bool = False
+
+    @property
+    def steps(self) -> int:
+        return len(self.accept_lengths)
+
+    @property
+    def mean_accept_length(self) -> float:
+        return sum(self.accept_lengths) / max(len(self.accept_lengths), 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+def eos_ids(base) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(base.model, "generation_config", None), base.config, base.tokenizer):
+        value = getattr(src, "eos_token_id", None) if src is not None else None
+        if value is not None:
+            ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return ids
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Decoder:
+    """Speculative decoding when a proposer is given, base-only decoding otherwise."""
+
+    def __init__(self, base, proposer=None, sampling: Sampling | None = None, generator: torch.Generator | None = None):
+        self.base, self.proposer = base, proposer
+        self.sampling = sampling or Sampling()
+        self.generator = generator
+        if not self.sampling.greedy and generator is None:
+            raise ValueError("sampling needs an explicit torch.Generator")
+        self.eos = eos_ids(base)
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        """Next token from base logits [V]."""
+        if self.sampling.greedy:
+            return int(logits.argmax())
+        s = self.sampling
+        probs = sampling_probs(logits, s.temperature, s.top_p, s.top_k)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def _check_length(self, n: int, max_new_tokens: int, lookahead: int) -> None:
+        limit = getattr(self.base.config, "max_position_embeddings", None)
+        if limit and n + max_new_tokens + lookahead > limit:
+            raise ContextTooLongError(
+                f"prompt of {n} tokens + max_new_tokens {max_new_tokens} (+{lookahead} draft tokens) exceeds the base "
+                f"context of {limit} positions. Shorten the prompt or lower --inference.max_new_tokens."
+            )
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> GenerationResult:
+        """input_ids [1, n] -> new tokens."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"batch size 1 is supported; got input_ids of shape {tuple(input_ids.shape)}")
+        lookahead = 0 if self.proposer is None else self.proposer.depth() + 1
+        self._check_length(input_ids.shape[1], max_new_tokens, lookahead)
+        device = self.base.device
+        input_ids = input_ids.to(device)
+        layers = () if self.proposer is None else self.proposer.feature_layers
+        _sync(device)
+        t0 = time.perf_counter()
+        cache = self.base.new_cache()
+        out = self.base(input_ids, cache, feature_layers=layers, logits="last")
+        root = self._choose(out.logits[0, -1])
+        if self.proposer is not None:
+            self.proposer.start(input_ids[0], root, None if out.features is None else out.features[0])
+        _sync(device)
+        t1 = time.perf_counter()
+        result = GenerationResult(tokens=[root], prefill_s=t1 - t0)
+        step = self._base_step if self.proposer is None else self._spec_step
+        while not self._done(result, max_new_tokens):
+            result.tokens.extend(step(cache, result))
+        self._truncate(result, max_new_tokens)
+        _sync(device)
+        result.decode_s = time.perf_counter() - t1
+        return result
+
+    def _done(self, r: GenerationResult, max_new_tokens: int) -> bool:
+        return len(r.tokens) >= max_new_tokens or any(t in self.eos for t in r.tokens[-8:])
+
+    def _truncate(self, r: GenerationResult, max_new_tokens: int) -> None:
+        for i, t in enumerate(r.tokens):
+            if t in self.eos:
+                r.tokens, r.stopped_at_eos = r.tokens[: i + 1], True
+                break
+        r.tokens = r.tokens[:max_new_tokens]
+
+    def _base_step(self, cache, result: GenerationResult) -> list[int]:
+        last = torch.tensor([[result.tokens[-1]]], device=self.base.device)
+        out = self.base(last, cache, logits="all")
+        result.accept_lengths.append(1)
+        return [self._choose(out.logits[0, -1])]
+
+    def _spec_step(self, cache, result: GenerationResult) -> list[int]:
+        tokens, parents = self.proposer.propose()  # [N] base ids, tokens[0] = root (last committed)
+        layout = layout_from_parents(parents)
+        past = cache.get_seq_length()
+        positions = past + layout.position_offsets.to(tokens.device)
+        out = self.base(tokens[None], cache, positions, layout.attn_mask.to(tokens.device),
+                        feature_layers=self.proposer.feature_layers, logits="all")
+        logits = out.logits[0]  # [N, V]
+        if self.sampling.greedy:
+            path, bonus = greedy_accept(tokens, parents, logits.argmax(-1))
+        else:
+            s = self.sampling
+            probs = sampling_probs(logits, s.temperature, s.top_p, s.top_k)
+            path, bonus = tree_rejection_sample(tokens, parents, probs, self.generator)
+        path = path.to(tokens.device)
+        keep_cache_entries(cache, past, path)
+        new = torch.cat([tokens[path[1:]], torch.tensor([bonus], device=tokens.device)])
+        self.proposer.update(new, None if out.features is None else out.features[0, path])
+        result.accept_lengths.append(int(path.numel()))
+        return new.tolist()

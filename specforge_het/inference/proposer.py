@@ -1,0 +1,160 @@
+"""The draft side of the decoder: any DraftModel behind two calls, `update` and `propose`.
+
+Alignment (as in EAGLE): draft position i holds the pair (token_{i+1}, base feature_i), and
+its output predicts token_{i+2}. After each verify the decoder calls
+`update(next_tokens=[accepted..., bonus], features=[features of root, accepted...])`.
+`propose()` grows a draft tree below the current root (the last token handed to `update`)
+and returns it in base ids. The draft's KV cache keeps only committed pairs between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from specforge_het.inference.tree import build_dynamic_tree, chain_parents, static_parents, static_tree_spec
+from specforge_het.models.base import keep_cache_entries
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    kind: str = "dynamic"  # chain | static | dynamic
+    max_depth: int = 5
+    top_k: int = 4
+    total_tokens: int = 16
+    static_tree: str = "eagle1_small"
+
+    @classmethod
+    def from_config(cls, inf) -> "TreeSpec":
+        return cls(inf.tree, inf.max_depth, inf.top_k, inf.total_tokens, inf.static_tree)
+
+
+class DraftProposer:
+    def __init__(self, draft, tree: TreeSpec):
+        if tree.kind not in ("chain", "static", "dynamic"):
+            raise ValueError(f"tree kind '{tree.kind}' is not one of chain, static, dynamic")
+        self.draft, self.tree = draft, tree
+        self.feature_layers = tuple(draft.cfg.feature_layers)
+        if tree.kind == "static":
+            self._static = static_parents(static_tree_spec(tree.static_tree))
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = DynamicCache()
+        self.committed = 0  # pairs in the draft cache
+        self.root_token: int = -1
+        self.root_hidden: torch.Tensor | None = None  # [Hd] output at the last committed pair
+
+    def depth(self) -> int:
+        """Deepest draft token below the root."""
+        if self.tree.kind == "static":
+            return max(len(p) for p in static_tree_spec(self.tree.static_tree))
+        return self.tree.max_depth
+
+    # ------------------------------------------------------------ decoder interface
+    def start(self, prompt_ids: torch.Tensor, root: int, features: torch.Tensor) -> None:
+        """After the base prefill: prompt_ids [n], the first new token, features [n, F*Hb] of the prompt."""
+        self.reset()
+        self.update(torch.cat([prompt_ids[1:], prompt_ids.new_tensor([root])]), features)
+
+    @torch.no_grad()
+    def update(self, next_tokens: torch.Tensor, features: torch.Tensor) -> None:
+        """Append committed pairs. next_tokens [m] base ids, features [m, F*Hb]."""
+        d = self.draft
+        m = next_tokens.shape[0]
+        ids = next_tokens[None]
+        hidden_in = d.input_from_base(ids, features[None].to(d.fc.weight.dtype))
+        positions = torch.arange(self.committed, self.committed + m, device=ids.device)
+        mask = self._mask(m, self.committed, torch.ones(m, m, dtype=torch.bool, device=ids.device).tril())
+        out = d(ids, hidden_in, positions[None], mask, self.cache)
+        self.committed += m
+        self.root_token, self.root_hidden = int(next_tokens[-1]), out[0, -1]
+
+    @torch.no_grad()
+    def propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft tree below the root: (tokens [N] base ids, tokens[0] = root; parents [N])."""
+        self._rows_hidden: list[torch.Tensor] = []
+        self._rows_anc: list[torch.Tensor] = []  # per fed row: bool [rows so far] ancestor-or-self
+        self._rows_depth: list[int] = []
+        root_logp = self._root_logprobs()  # [Vd]
+        try:
+            if self.tree.kind == "dynamic":
+                t = self.tree
+                draft_ids, parents, _ = build_dynamic_tree(self._step, root_logp, t.top_k, t.max_depth, t.total_tokens)
+                draft_ids = draft_ids[1:]
+            else:
+                draft_ids, parents = self._static_tree(root_logp)
+        finally:
+            keep_cache_entries(self.cache, self.committed, torch.empty(0, dtype=torch.long))
+        root = torch.tensor([self.root_token], device=parents.device)
+        return torch.cat([root, self.to_base_ids(draft_ids)]), parents
+
+    # ------------------------------------------------------------ internals
+    def to_base_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        return self.draft.to_base_ids(draft_ids)
+
+    def _root_logprobs(self) -> torch.Tensor:
+        return self._logprobs(self.root_hidden[None])[0]
+
+    def _logprobs(self, hidden_out: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.draft.logits(hidden_out).float(), dim=-1)
+
+    def _mask(self, s: int, past: int, local: torch.Tensor) -> torch.Tensor:
+        """Additive mask [1, 1, s, past + local_cols]: every committed pair + the allowed new/tree columns."""
+        allowed = torch.cat([torch.ones(s, past, dtype=torch.bool, device=local.device), local], dim=1)
+        dtype = self.draft.fc.weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=local.device).masked_fill_(
+            ~allowed, torch.finfo(dtype).min)[None, None]
+
+    def _step(self, draft_ids: torch.Tensor, parent_rows: torch.Tensor) -> torch.Tensor:
+        """Feed K tree nodes (children of fed rows `parent_rows`, -1 = root); return their child log-probs [K, Vd]."""
+        d, k = self.draft, draft_ids.shape[0]
+        n_prev = len(self._rows_hidden)
+        parent_hidden = torch.stack([self.root_hidden if p < 0 else self._rows_hidden[p] for p in parent_rows.tolist()])
+        depth = [1 if p < 0 else self._rows_depth[p] + 1 for p in parent_rows.tolist()]
+        anc = torch.zeros(k, n_prev + k, dtype=torch.bool, device=draft_ids.device)
+        for j, p in enumerate(parent_rows.tolist()):
+            if p >= 0:
+                anc[j, : p + 1] = self._rows_anc[p]
+            anc[j, n_prev + j] = True
+        base_ids = d.to_base_ids(draft_ids)[None]
+        hidden_in = d.input_from_self(base_ids, parent_hidden[None])
+        positions = torch.tensor(depth, device=draft_ids.device) + self.committed - 1
+        out = d(base_ids, hidden_in, positions[None], self._mask(k, self.committed, anc), self.cache)[0]
+        for j in range(k):
+            self._rows_hidden.append(out[j])
+            self._rows_anc.append(anc[j, : n_prev + j + 1])
+            self._rows_depth.append(depth[j])
+        return self._logprobs(out)
+
+    def _static_tree(self, root_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chain or named static tree: node i is the ranks[i]-th best child of its parent."""
+        if self.tree.kind == "chain":
+            parents = chain_parents(self.tree.max_depth)
+            ranks = torch.zeros_like(parents)
+        else:
+            parents, ranks = self._static
+        parents, ranks = parents.to(root_logp.device), ranks.tolist()
+        par = parents.tolist()
+        n = len(par)
+        draft_ids = torch.zeros(n, dtype=torch.long, device=root_logp.device)
+        order = torch.sort(root_logp, descending=True, stable=True).indices
+        sorted_children = {0: order}  # node -> its children's candidate tokens, best first
+        row_of, n_rows = {0: -1}, 0
+        depth = [0] * n
+        for i in range(1, n):
+            depth[i] = depth[par[i]] + 1
+        for level in range(1, max(depth) + 1):
+            nodes = [i for i in range(1, n) if depth[i] == level]
+            for i in nodes:
+                draft_ids[i] = sorted_children[par[i]][ranks[i]]
+            feed = [i for i in nodes if i in par]  # nodes with children
+            if feed:
+                logp = self._step(draft_ids[feed], torch.tensor([row_of[par[i]] for i in feed]))
+                for j, i in enumerate(feed):
+                    row_of[i] = n_rows + j
+                    sorted_children[i] = torch.sort(logp[j], descending=True, stable=True).indices
+                n_rows += len(feed)
+        return draft_ids[1:], parents

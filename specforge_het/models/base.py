@@ -1,0 +1,225 @@
+"""Base model wrapper: any Hugging Face causal LM, frozen.
+
+It exposes what speculative decoding and draft training need: the token embedding,
+features at chosen layers, the final norm + LM head, and a KV cache that keeps every
+entry (so tree verification can roll back even past Gemma3's sliding window).
+
+Feature layer ids follow HF's `hidden_states` indexing: 0 = embeddings, i = output of
+decoder block i-1, and -1 = the final normed hidden state (what the LM head reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from specforge_het.assets import resolve_model_path
+
+LAST = -1  # feature id of the final normed hidden state
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"Unknown dtype '{name}'. Use one of {sorted(dtypes)}.")
+    return dtypes[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available. Use --modeling.device cpu.")
+    return torch.device(name)
+
+
+@dataclass
+class BaseOutput:
+    hidden: torch.Tensor  # [B, S, H] final normed hidden state
+    features: torch.Tensor | None  # [B, S, F*H] concatenated features, or None
+    logits: torch.Tensor | None  # [B, S', V] for the requested positions, or None
+
+
+class BaseModel(nn.Module):
+    """A frozen HF causal LM with feature taps. Never trained, never saved with a draft."""
+
+    def __init__(self, model: nn.Module, tokenizer=None, name: str = ""):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.body = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.layers = self.body.layers
+        self._taps: dict[int, torch.Tensor] = {}
+        self._want: frozenset[int] = frozenset()
+        for i, layer in enumerate(self.layers):
+            layer.register_forward_hook(self._tap(i + 1))
+        types = getattr(self.config, "layer_types", None) or []
+        self.sliding_window = getattr(self.config, "sliding_window", None) if "sliding_attention" in types else None
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, name_or_path: str, dtype="float32", device="cpu", attn_implementation="sdpa") -> "BaseModel":
+        path = resolve_model_path(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+        ).to(resolve_device(device) if isinstance(device, str) else device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, name=name_or_path)
+
+    # ------------------------------------------------------------ shape facts
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def describe(self) -> dict:
+        """Identity of the base, stored in every draft's config.json and checked on load."""
+        return {
+            "name": self.name,
+            "model_type": self.config.model_type,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+        }
+
+    # ------------------------------------------------------------ pieces
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.body.get_input_embeddings()(input_ids)  # Gemma's scaling included
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on final-normed hidden states (softcapping applied where the family has it)."""
+        logits = self.lm_head(hidden)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.body.norm(hidden)
+
+    def new_cache(self) -> DynamicCache:
+        """A cache that keeps every entry: sliding layers are windowed by the mask, not by eviction."""
+        return DynamicCache()
+
+    def _tap(self, idx: int):
+        def hook(_module, _inputs, output):
+            if idx in self._want:
+                self._taps[idx] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    # ------------------------------------------------------------ masks
+    def attention_masks(self, positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor | None):
+        """Additive 4-D masks [1, 1, S, past+S] for S new tokens at absolute `positions` [S].
+
+        `tree_mask` [S, S] (bool, ancestor-or-self) defaults to causal. Cached keys sit at
+        positions 0..past-1. Sliding-window families get a second mask keyed 'sliding_attention'.
+        """
+        s = positions.shape[0]
+        if tree_mask is None:
+            tree_mask = torch.ones(s, s, dtype=torch.bool, device=positions.device).tril()
+        allowed = torch.cat([torch.ones(s, past_len, dtype=torch.bool, device=positions.device), tree_mask], dim=1)
+        neg = torch.finfo(self.dtype).min
+        full = torch.zeros(allowed.shape, dtype=self.dtype, device=positions.device).masked_fill_(~allowed, neg)
+        if self.sliding_window is None:
+            return full[None, None]
+        key_pos = torch.cat([torch.arange(past_len, device=positions.device), positions])
+        in_window = (positions[:, None] - key_pos[None, :]) < self.sliding_window  # HF: kv > q - window
+        sliding = full.masked_fill(~in_window, neg)
+        return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
+
+    # ------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [1, S]
+        cache: DynamicCache,
+        positions: torch.Tensor | None = None,  # [S] absolute positions
+        tree_mask: torch.Tensor | None = None,  # [S, S] bool
+        feature_layers: tuple[int, ...] = (),
+        logits: str = "all",  # "all" | "last" | "none"
+    ) -> BaseOutput:
+        past = cache.get_seq_length()
+        s = input_ids.shape[1]
+        if positions is None:
+            positions = torch.arange(past, past + s, device=input_ids.device)
+        mask = self.attention_masks(positions, past, tree_mask)
+        self._want, self._taps = frozenset(feature_layers), {}
+        try:
+            out = self.body(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions[None],
+                past_key_values=cache, use_cache=True,
+            )
+        finally:
+            self._want = frozenset()
+        hidden = out.last_hidden_state
+        feats = None
+        if feature_layers:
+            taps = {**self._taps, LAST: hidden}
+            if 0 in feature_layers:
+                taps[0] = self.embed(input_ids)
+            feats = torch.cat([taps[i] for i in feature_layers], dim=-1)
+        self._taps = {}
+        head_in = {"all": hidden, "last": hidden[:, -1:], "none": None}[logits]
+        return BaseOutput(hidden, feats, None if head_in is None else self.head(head_in))
+
+    @torch.no_grad()
+    def features(self, input_ids: torch.Tensor, feature_layers: tuple[int, ...], attention_mask=None) -> BaseOutput:
+        """Features and logits for whole sequences (training, data generation); no cache kept.
+
+        `attention_mask` [B, S] (1 = token, 0 = right padding) is passed through to HF.
+        """
+        self._want, self._taps = frozenset(feature_layers), {}
+        try:
+            out = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            self._want = frozenset()
+        hidden = out.last_hidden_state
+        taps = {**self._taps, LAST: hidden}
+        if 0 in feature_layers:
+            taps[0] = self.embed(input_ids)
+        self._taps = {}
+        feats = torch.cat([taps[i] for i in feature_layers], dim=-1) if feature_layers else None
+        return BaseOutput(hidden, feats, self.head(hidden))
+
+
+def keep_cache_entries(cache: DynamicCache, past_len: int, keep: torch.Tensor) -> None:
+    """Keep the first `past_len` entries plus the new entries at offsets `keep` (sorted); drop the rest.
+
+    Used after verify: only the accepted path of the draft tree stays in the cache.
+    """
+    n_keep = keep.shape[0]
+    contiguous = bool(n_keep == 0 or (keep[-1].item() == n_keep - 1))
+    index = None if contiguous else torch.cat([torch.arange(past_len, device=keep.device), past_len + keep])
+    for layer in cache.layers:
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        if contiguous:
+            layer.keys = layer.keys[:, :, : past_len + n_keep]
+            layer.values = layer.values[:, :, : past_len + n_keep]
+        else:
+            layer.keys = layer.keys.index_select(2, index)
+            layer.values = layer.values.index_select(2, index)

@@ -1,0 +1,135 @@
+"""Tiny random models and tokenizers built in code (no Hub): for tests and the concept demo.
+
+Two byte-level BPE tokenizers trained on different corpora give two different vocabularies
+that still share many token strings, like real model pairs do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIALS = ["<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<pad>"]
+
+CORPUS_A = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Speculative decoding drafts tokens with a small model and verifies them with the base model.",
+    "A draft tree is verified in one forward pass with a tree attention mask.",
+    "Write a short poem about the sea and the sky at night.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Explain how a transformer layer works, step by step.",
+    "def add(a, b):\n    return a + b\n",
+    "Numbers: 1 2 3 4 5 6 7 8 9 10 100 1000.",
+]
+CORPUS_B = [
+    "Heterogeneous drafts may use another tokenizer and another hidden size.",
+    "The lazy dog sleeps while the quick fox runs over the hill.",
+    "Tokens whose strings exist in both vocabularies are mapped by string.",
+    "Tell me a story about a brave little robot who learns to paint.",
+    "Paris, London and Rome are capitals in Europe.",
+    "for i in range(10):\n    print(i * i)\n",
+]
+
+
+def make_tokenizer(corpus: list[str], vocab_size: int):
+    """A byte-level BPE PreTrainedTokenizerFast with a tiny chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<pad>",
+                                   additional_special_tokens=SPECIALS[1:4])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_base(family: str, tokenizer, hidden: int = 64, layers: int = 4, seed: int = 0, sliding_window: int = 16):
+    """A random HF causal LM of the given family, sized for tests."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=2048,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, head_dim=hidden // 4))
+    elif family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=hidden // 4))
+    elif family == "gemma3":
+        types = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)
+        cfg = Gemma3TextConfig(**common, head_dim=hidden // 4, sliding_window=sliding_window, layer_types=types,
+                               query_pre_attn_scalar=hidden // 4)
+        model = Gemma3ForCausalLM(cfg)
+    else:
+        raise ValueError(family)
+    with torch.no_grad():  # sharper logits than the default init: greedy argmax is far from ties
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    return model.eval()
+
+
+def save_tiny_base(path: str | Path, family: str, tokenizer, **kw) -> str:
+    model = tiny_base(family, tokenizer, **kw)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+class OracleProposer:
+    """A 'draft' built from the base itself: it proposes what the base would, with near one-hot
+    log-probs, through the same tree builders as a real draft. Speculative decoding with it must
+    reach accept length = tree depth + 1 (on trees whose rank-0 path is the greedy path)."""
+
+    def __new__(cls, base, tree, sharpness: float = 1000.0):
+        from specforge_het.inference.proposer import DraftProposer
+
+        class _Oracle(DraftProposer):
+            def __init__(self):
+                self.base, self.sharpness, self.draft = base, sharpness, None
+                self.tree, self.feature_layers = tree, ()
+                if tree.kind == "static":
+                    from specforge_het.inference.tree import static_parents, static_tree_spec
+
+                    self._static = static_parents(static_tree_spec(tree.static_tree))
+                self.reset()
+
+            def start(self, prompt_ids, root, features):
+                self.reset()
+                self.seq, self.root_token = prompt_ids.tolist() + [root], root
+
+            def update(self, next_tokens, features):
+                self.seq += next_tokens.tolist()
+                self.root_token = self.seq[-1]
+
+            def to_base_ids(self, draft_ids):
+                return draft_ids
+
+            def _next_logprobs(self, tokens: list[int]) -> torch.Tensor:
+                ids = torch.tensor([tokens], device=self.base.device)
+                logits = self.base.features(ids, ()).logits[0, -1].float()
+                return torch.log_softmax(logits * self.sharpness, dim=-1)
+
+            def _root_logprobs(self):
+                self._paths: list[list[int]] = []
+                return self._next_logprobs(self.seq)
+
+            def _step(self, draft_ids, parent_rows):
+                out = []
+                for tok, p in zip(draft_ids.tolist(), parent_rows.tolist()):
+                    path = ([] if p < 0 else self._paths[p]) + [tok]
+                    self._paths.append(path)
+                    out.append(self._next_logprobs(self.seq + path))
+                return torch.stack(out)
+
+        return _Oracle()
