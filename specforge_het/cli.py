@@ -11,7 +11,8 @@ import dataclasses
 import functools
 import inspect
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import fire
 from rich.console import Console

@@ -47,7 +47,8 @@ def make_tokenizer(corpus: list[str], vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<pad>",
+    # S106: "token" here is a tokenizer's special token, not a secret.
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<pad>",  # noqa: S106
                                    additional_special_tokens=SPECIALS[1:4])
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -55,7 +56,14 @@ def make_tokenizer(corpus: list[str], vocab_size: int):
 
 def tiny_base(family: str, tokenizer, hidden: int = 64, layers: int = 4, seed: int = 0, sliding_window: int = 16):
     """A random HF causal LM of the given family, sized for tests."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=2048,
@@ -76,7 +84,7 @@ def tiny_base(family: str, tokenizer, hidden: int = 64, layers: int = 4, seed: i
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.08)
-    return model.eval()
+    return model.train(False)
 
 
 def save_tiny_base(path: str | Path, family: str, tokenizer, **kw) -> str:

@@ -18,18 +18,18 @@ class DraftAlgorithm:
     def default_feature_layers(self, num_base_layers: int) -> list[int]:
         raise NotImplementedError
 
-    def fc_in_features(self, draft: "DraftModel") -> int:
+    def fc_in_features(self, draft: DraftModel) -> int:
         """Input width of the width adapter `fc`."""
         raise NotImplementedError
 
-    def input_from_base(self, draft: "DraftModel", input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def input_from_base(self, draft: DraftModel, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Draft layer input [B, S, Hd] from the next tokens and base features [B, S, F*Hb]."""
         raise NotImplementedError
 
-    def input_from_self(self, draft: "DraftModel", input_ids: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
+    def input_from_self(self, draft: DraftModel, input_ids: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
         """Draft layer input for a later draft step, from the draft's own previous output [B, S, Hd]."""
         raise NotImplementedError
 
-    def logits(self, draft: "DraftModel", hidden_out: torch.Tensor) -> torch.Tensor:
+    def logits(self, draft: DraftModel, hidden_out: torch.Tensor) -> torch.Tensor:
         """Logits over the draft vocabulary (or the base vocabulary when the draft has no own head)."""
         raise NotImplementedError

@@ -27,7 +27,7 @@ class TreeSpec:
     static_tree: str = "eagle1_small"
 
     @classmethod
-    def from_config(cls, inf) -> "TreeSpec":
+    def from_config(cls, inf) -> TreeSpec:
         return cls(inf.tree, inf.max_depth, inf.top_k, inf.total_tokens, inf.static_tree)
 
 

@@ -50,7 +50,7 @@ class BaseModel(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer=None, name: str = ""):
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.train(False).requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         self.body = model.get_decoder()
@@ -65,7 +65,7 @@ class BaseModel(nn.Module):
 
     # ------------------------------------------------------------ loading
     @classmethod
-    def load(cls, name_or_path: str, dtype="float32", device="cpu", attn_implementation="sdpa") -> "BaseModel":
+    def load(cls, name_or_path: str, dtype="float32", device="cpu", attn_implementation="sdpa") -> BaseModel:
         path = resolve_model_path(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation

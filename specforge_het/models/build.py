@@ -16,6 +16,19 @@ from specforge_het.models.families import MODEL_TYPE_TO_FAMILY
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+_STRINGS: dict[tuple[str, int], list] = {}
+
+
+def cached_token_strings(tokenizer) -> list[str | None]:
+    """token_strings, memoised per tokenizer folder (a 262k-token vocabulary takes ~10 s)."""
+    key = (getattr(tokenizer, "name_or_path", "") or "", len(tokenizer))
+    if not key[0]:
+        return token_strings(tokenizer)
+    if key not in _STRINGS:
+        _STRINGS[key] = token_strings(tokenizer)
+    return _STRINGS[key]
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -42,7 +55,8 @@ def _vocab(m: ModelingConfig, algorithm: str, base, token_counts, draft_tokenize
             raise ConfigError("modeling.vocab = foreign needs modeling.draft_tokenizer (a tokenizer folder or embedded name).")
         if base.tokenizer is None:
             raise ConfigError("a foreign vocabulary needs the base tokenizer to map token strings")
-        rows, d2t, input_map = foreign_vocab_map(token_strings(base.tokenizer), token_strings(draft_tokenizer), draft_tokenizer)
+        rows, d2t, input_map = foreign_vocab_map(
+            cached_token_strings(base.tokenizer), cached_token_strings(draft_tokenizer), draft_tokenizer)
         if rows.numel() == 0:
             raise ConfigError("the draft tokenizer shares no token string with the base tokenizer: nothing could be proposed")
         adapter = VocabAdapter(d2t, base.vocab_size, input_map, draft_token_ids=rows)

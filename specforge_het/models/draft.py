@@ -47,7 +47,7 @@ class DraftConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DraftConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DraftConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known - {"format", "format_version"})
         if unknown:
@@ -108,7 +108,7 @@ class DraftModel(nn.Module):
             setattr(layer.self_attn, name, nn.Linear(2 * hd, old.out_features, bias=old.bias is not None))
 
     # ------------------------------------------------------------ base attachment
-    def attach(self, base) -> "DraftModel":
+    def attach(self, base) -> DraftModel:
         """Attach the base (checked against the base this draft was made for)."""
         check_base_matches(self.cfg, base.describe())
         self._base = [base]

@@ -7,8 +7,9 @@ user supplies. Adding a family = one `Family(...)` entry + the "tree == chains" 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers.models.gemma3 import modeling_gemma3 as g3

@@ -1,0 +1,86 @@
+"""`python -m specforge_het.inference`: the built-in speculative decoder, with a base-only comparison.
+
+    python -m specforge_het.inference --@smollm2 --@eagle_v3 --modeling.draft_path DRAFT \\
+        --inference.compare --mtbench mtbench:3
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from specforge_het.cli import run_cli
+from specforge_het.config import Config, save_json_config
+from specforge_het.inference.prompts import Conversation, load_conversations
+from specforge_het.inference.proposer import DraftProposer, TreeSpec
+from specforge_het.inference.report import append_json, device_info, print_report
+from specforge_het.inference.runner import BASE, SPEC, run_all, summarise
+
+console = Console(stderr=True)
+
+
+def load_pair(cfg: Config, need_draft: bool):
+    """Base (frozen) and, when needed, the draft: a trained folder, or an untrained one from the config."""
+    from specforge_het.models.base import BaseModel
+    from specforge_het.models.build import build_draft
+    from specforge_het.models.speculative import load_draft
+
+    m = cfg.modeling
+    if not m.base_model:
+        raise SystemExit("no base model: give a preset (e.g. --@smollm2) or --modeling.base_model PATH")
+    base = BaseModel.load(m.base_model, m.dtype, m.device, m.attn_implementation)
+    draft = None
+    if need_draft:
+        if m.draft_path:
+            draft = load_draft(m.draft_path, base)
+        else:
+            console.print("[yellow]no --modeling.draft_path: using an UNTRAINED draft built from the config "
+                          "(outputs stay identical; expect accept length τ ≈ 1)[/]")
+            draft = build_draft(m, base)
+        draft.train(False)  # inference mode (no dropout)
+    return base, draft
+
+
+def gather_prompts(prompt: str | None, mtbench: str | None, prompts: str | None) -> list[Conversation]:
+    given = [x for x in (prompt, mtbench, prompts) if x]
+    if len(given) != 1:
+        raise SystemExit("give exactly one of --prompt TEXT, --mtbench FILE[:N] or --prompts FILE.jsonl[:N]")
+    if prompt:
+        return [Conversation("prompt", [str(prompt)])]
+    return load_conversations(str(mtbench or prompts))
+
+
+def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: str | None = None,
+         prompts: str | None = None, outfile: str | None = None) -> None:
+    """Decode prompts speculatively, base-only (--inference.target_model_only), or both (--inference.compare).
+
+    Args:
+        prompt: one user prompt.
+        mtbench: MT-Bench question.jsonl, optionally FILE:N for the first N questions ('mtbench' = shipped copy).
+        prompts: a JSONL of prompts ('prompt'/'question'/'text' or 'turns'), optionally FILE:N.
+        outfile: append one JSON line with config, per-turn figures and device.
+    """
+    inf = cfg.inference
+    conversations = gather_prompts(prompt, mtbench, prompts)
+    if inf.compare and inf.target_model_only:
+        raise SystemExit("--inference.compare and --inference.target_model_only exclude each other")
+    modes = [BASE, SPEC] if inf.compare else [BASE] if inf.target_model_only else [SPEC]
+    if inf.tree == "auto":
+        raise SystemExit("--inference.tree auto (cost-model tree sizing) is not available yet; use chain, static or dynamic")
+    base, draft = load_pair(cfg, SPEC in modes)
+    proposer = DraftProposer(draft, TreeSpec.from_config(inf)) if draft is not None else None
+    records = run_all(base, proposer, conversations, inf, modes)
+    summary = summarise(records)
+    info = device_info(base.device, base.dtype)
+    prompts_by_turn = {(c.id, k): t for c in conversations for k, t in enumerate(c.turns)}
+    tree = f"{inf.tree} (depth {inf.max_depth}, top_k {inf.top_k}, tokens {inf.total_tokens})"
+    print_report(records, summary, info, prompts_by_turn, tree)
+    if outfile:
+        append_json(outfile, cfg.to_dict(), presets, records, summary, info)
+        saved = save_json_config(cfg, Path(outfile).parent, presets)
+        console.print(f"appended results to {outfile}; resolved config in {saved}")
+
+
+if __name__ == "__main__":
+    run_cli(main, "specforge_het.inference")

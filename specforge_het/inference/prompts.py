@@ -1,0 +1,85 @@
+"""Prompt sources for the decoder (MT-Bench, prompt JSONL, a single prompt) and chat rendering."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SHIPPED_MTBENCH = Path(__file__).resolve().parent.parent / "data" / "files" / "mt_bench_questions.jsonl"
+
+
+@dataclass
+class Conversation:
+    id: str
+    turns: list[str]  # user turns; turn k is asked after the model's own answer to turn k-1
+
+
+def split_count(spec: str) -> tuple[str, int | None]:
+    """'file.jsonl:3' -> ('file.jsonl', 3); 'file.jsonl' -> ('file.jsonl', None)."""
+    path, sep, count = spec.rpartition(":")
+    if sep and count.isdigit():
+        return path, int(count)
+    return spec, None
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file '{path}' not found")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}). Fix or remove that line.") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
+        rows.append((lineno, row))
+    return rows
+
+
+def load_conversations(spec: str) -> list[Conversation]:
+    """MT-Bench `question.jsonl` (`turns`) or any JSONL with `turns`, `prompt`, `question` or `text`.
+
+    `spec` is 'FILE' or 'FILE:N' (the first N rows); 'mtbench' names the shipped MT-Bench file.
+    """
+    path_s, count = split_count(spec)
+    path = SHIPPED_MTBENCH if path_s in ("", "mtbench") else Path(path_s)
+    out: list[Conversation] = []
+    for lineno, row in _read_jsonl(path):
+        rid = str(row.get("question_id", row.get("id", len(out))))
+        if isinstance(row.get("turns"), list) and row["turns"] and all(isinstance(t, str) for t in row["turns"]):
+            turns = row["turns"]
+        else:
+            key = next((k for k in ("prompt", "question", "text") if isinstance(row.get(k), str)), None)
+            if key is None:
+                raise ValueError(f"{path}:{lineno}: no prompt found; give 'turns' (list of str), 'prompt', 'question' or 'text'.")
+            turns = [row[key]]
+        out.append(Conversation(rid, turns))
+        if count is not None and len(out) >= count:
+            break
+    if not out:
+        raise ValueError(f"{path}: no prompts")
+    return out
+
+
+def render(tokenizer, messages: list[dict], use_template: bool = True, system_prompt: str = "") -> torch.Tensor:
+    """Token ids [1, n] of a conversation ending in a user turn, ready for the assistant's answer.
+
+    Uses the tokenizer's chat template when it has one; otherwise a plain 'User:/Assistant:' layout
+    (base models such as Gemma-3-270M have no template).
+    """
+    if system_prompt:
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if use_template and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return torch.tensor([list(ids)], dtype=torch.long)
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    text = "".join(f"{names[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
+    return tokenizer(text, return_tensors="pt").input_ids

@@ -1,0 +1,84 @@
+"""Slow tests on the real embedded default models (SmolLM2-135M-Instruct, Gemma-3-270M). Run in CI too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from specforge_het.config import Config, apply_preset, load_presets, resolve
+from specforge_het.inference.decoder import Decoder
+from specforge_het.inference.proposer import DraftProposer, TreeSpec
+from specforge_het.models.base import BaseModel
+from specforge_het.models.build import build_draft
+from specforge_het.models.speculative import load_draft, save_draft
+
+pytestmark = pytest.mark.slow
+
+_BASES: dict[str, BaseModel] = {}
+
+
+def base_for(name: str) -> BaseModel:
+    if name not in _BASES:
+        _BASES[name] = BaseModel.load(name)
+    return _BASES[name]
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_embedded_default_loads_and_generates_8_tokens(name):
+    base = base_for(name)
+    ids = base.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    ours = Decoder(base).generate(ids, 8)
+    hf = base.model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert len(ours.tokens) == 8 or ours.stopped_at_eos
+    assert ours.tokens == hf[: len(ours.tokens)]
+    assert base.tokenizer.decode(ours.tokens).strip()
+
+
+def test_heterogeneous_preset_save_reload_identical_logits(tmp_path):
+    cfg, _, _ = resolve(["--@gemma3_smollm2_het"])
+    base = base_for(cfg.modeling.base_model)
+    draft = build_draft(cfg.modeling, base)
+    assert (draft.cfg.family, draft.cfg.hidden_size, draft.cfg.vocab) == ("llama", 576, "foreign")
+    assert base.config.model_type == "gemma3_text" and base.hidden_size == 640
+    ids = base.tokenizer("Speculative decoding with a foreign tokenizer.", return_tensors="pt").input_ids
+    assert draft.vocab.coverage(ids) > 0.5
+    feats = base.features(ids, tuple(draft.cfg.feature_layers)).features
+    pos = torch.arange(ids.shape[1])[None]
+    before = draft.logits(draft(ids, draft.input_from_base(ids, feats), pos))
+    save_draft(draft, tmp_path / "draft")
+    again = load_draft(tmp_path / "draft", base)
+    after = again.logits(again(ids, again.input_from_base(ids, feats), pos))
+    assert torch.equal(before, after)
+    with pytest.raises(ValueError, match="640"):
+        load_draft(tmp_path / "draft", base_for("smollm2-135m-instruct"))
+
+
+def _instantiable(preset: str, body: dict) -> list[str]:
+    """Presets without a base are stacked after @smollm2."""
+    return [preset] if "base_model" in body.get("modeling", {}) else ["smollm2", preset]
+
+
+@pytest.mark.parametrize("preset", sorted(load_presets()))
+def test_every_preset_instantiates(preset):
+    cfg = Config()
+    presets = load_presets()
+    for name in _instantiable(preset, presets[preset]):
+        apply_preset(cfg, name, presets)
+    base = base_for(cfg.modeling.base_model)
+    draft = build_draft(cfg.modeling, base)
+    tree = TreeSpec.from_config(cfg.inference)
+    ids = base.tokenizer("Hello", return_tensors="pt").input_ids
+    spec = Decoder(base, DraftProposer(draft, tree)).generate(ids, 6)
+    assert spec.tokens == Decoder(base).generate(ids, 6).tokens
+
+
+def test_inference_compare_on_embedded_default():
+    """The README's main job, shortened: identical outputs on MT-Bench questions."""
+    cmd = [sys.executable, "-m", "specforge_het.inference", "--@smollm2", "--@eagle_v3", "--@tree_cpu",
+           "--inference.compare", "--mtbench", "mtbench:3", "--inference.max_new_tokens", "12"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "identical outputs: 6/6" in out.stdout
