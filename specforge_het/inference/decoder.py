@@ -114,15 +114,15 @@ class Decoder:
         t1 = time.perf_counter()
         result = GenerationResult(tokens=[root], prefill_s=t1 - t0)
         step = self._base_step if self.proposer is None else self._spec_step
-        while not self._done(result, max_new_tokens):
-            result.tokens.extend(step(cache, result))
+        stop = root in self.eos
+        while not stop and len(result.tokens) < max_new_tokens:
+            new = step(cache, result)
+            result.tokens.extend(new)
+            stop = any(t in self.eos for t in new)
         self._truncate(result, max_new_tokens)
         _sync(device)
         result.decode_s = time.perf_counter() - t1
         return result
-
-    def _done(self, r: GenerationResult, max_new_tokens: int) -> bool:
-        return len(r.tokens) >= max_new_tokens or any(t in self.eos for t in r.tokens[-8:])
 
     def _truncate(self, r: GenerationResult, max_new_tokens: int) -> None:
         for i, t in enumerate(r.tokens):
