@@ -267,8 +267,11 @@ def apply_preset(cfg: Config, name: str, presets: dict[str, dict[str, Any]]) -> 
 # ---------------------------------------------------------------- command line
 
 def _is_override(arg: str) -> bool:
-    key = arg[2:].split("=", 1)[0]
-    return arg.startswith("--") and "." in key and key.split(".", 1)[0] in SECTIONS
+    """`--section.key[=value]`: any flag with a dot (fire flags cannot contain one), so typos in
+    the section name reach the config parser and fail with a suggestion."""
+    if not arg.startswith("--") or arg.startswith("--@"):
+        return False
+    return "." in arg[2:].split("=", 1)[0]
 
 
 def _is_bool_key(key: str) -> bool:

@@ -94,7 +94,7 @@ def draft_config(m: ModelingConfig, base, token_counts=None, draft_tokenizer=Non
 
 def build_draft(m: ModelingConfig, base, token_counts: torch.Tensor | None = None, seed: int = 0) -> DraftModel:
     """A new (untrained, or initialised from `init_from`) draft attached to `base`."""
-    draft_tok = load_tokenizer(m.draft_tokenizer) if m.vocab == "foreign" else None
+    draft_tok = load_tokenizer(m.draft_tokenizer) if m.vocab == "foreign" and m.draft_tokenizer else None
     cfg, vocab = draft_config(m, base, token_counts, draft_tok)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -1,0 +1,554 @@
+"""Tests for the typed config: defaults, presets, command-line overrides, errors, saved JSON configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from specforge_het.config import (
+    Config,
+    ConfigError,
+    InferenceConfig,
+    ModelingConfig,
+    TrainingConfig,
+    load_json_config,
+    load_presets,
+    resolve,
+    save_json_config,
+    split_argv,
+)
+
+REAL_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+PRESETS_A = """
+[small]
+description = "small draft"
+modeling.draft_hidden_size = 32
+modeling.draft_num_layers = 2
+inference.max_new_tokens = 100
+
+[wide]
+description = "wide draft"
+modeling.draft_hidden_size = 96
+inference.temperature = 0.5
+"""
+
+PRESETS_B = """
+[greedy]
+description = "greedy decoding"
+inference.temperature = 0.0
+inference.tree = "chain"
+modeling.feature_layers = [1, 3]
+"""
+
+
+@pytest.fixture
+def cfg_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "configs"
+    d.mkdir()
+    (d / "a.toml").write_text(PRESETS_A)
+    (d / "b.toml").write_text(PRESETS_B)
+    return d
+
+
+@pytest.fixture
+def presets(cfg_dir: Path) -> dict:
+    return load_presets(cfg_dir)
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def test_defaults_come_from_dataclasses() -> None:
+    cfg, names, rest = resolve([])
+    assert cfg == Config()
+    assert names == [] and rest == []
+    assert cfg.modeling == ModelingConfig()
+    assert cfg.modeling.algorithm == "eagle_v3"
+    assert cfg.modeling.vocab == "reduced"
+    assert cfg.modeling.draft_vocab_size == 32000
+    assert cfg.modeling.feature_layers == []
+    assert cfg.training.learning_rate == 3e-4
+    assert cfg.training.ttt_steps == 7
+    assert cfg.inference.max_new_tokens == 128
+    assert cfg.inference.compare is False
+    assert cfg.inference.chat_template is True
+    assert cfg.dataset_generation.servers == []
+
+
+def test_list_defaults_are_not_shared() -> None:
+    a, b = ModelingConfig(), ModelingConfig()
+    a.feature_layers.append(3)
+    assert b.feature_layers == []
+    assert ModelingConfig().feature_layers == []
+
+
+def test_to_dict_has_all_sections() -> None:
+    d = Config().to_dict()
+    assert list(d) == ["modeling", "training", "dataset", "dataset_generation", "inference"]
+    assert d["inference"]["max_new_tokens"] == 128
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_load_presets_reads_every_table(presets: dict) -> None:
+    assert sorted(presets) == ["greedy", "small", "wide"]
+    assert presets["small"]["modeling"]["draft_hidden_size"] == 32
+    assert presets["greedy"]["modeling"]["feature_layers"] == [1, 3]
+
+
+def test_presets_apply_in_command_line_order(presets: dict) -> None:
+    cfg, names, _ = resolve(["--@small", "--@wide"], presets=presets)
+    assert names == ["small", "wide"]
+    assert cfg.modeling.draft_hidden_size == 96  # later wins
+    assert cfg.modeling.draft_num_layers == 2  # only set by @small
+    assert cfg.inference.max_new_tokens == 100
+    assert cfg.inference.temperature == 0.5
+
+    cfg, names, _ = resolve(["--@wide", "--@small"], presets=presets)
+    assert names == ["wide", "small"]
+    assert cfg.modeling.draft_hidden_size == 32
+    assert cfg.inference.temperature == 0.5
+
+
+def test_presets_from_two_files_stack(presets: dict) -> None:
+    cfg, _, _ = resolve(["--@wide", "--@greedy"], presets=presets)
+    assert cfg.inference.temperature == 0.0
+    assert cfg.inference.tree == "chain"
+    assert cfg.modeling.feature_layers == [1, 3]
+    assert cfg.modeling.draft_hidden_size == 96
+
+
+def test_presets_from_env_configs_dir(cfg_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPECFORGE_HET_CONFIGS", str(cfg_dir))
+    assert sorted(load_presets()) == ["greedy", "small", "wide"]
+    cfg, names, _ = resolve(["--@small", "--@wide"])
+    assert names == ["small", "wide"]
+    assert cfg.modeling.draft_hidden_size == 96
+    assert cfg.modeling.draft_num_layers == 2
+    cfg, _, _ = resolve(["--@wide", "--@small"])
+    assert cfg.modeling.draft_hidden_size == 32
+
+
+def test_preset_description_is_not_a_key(presets: dict) -> None:
+    cfg, _, _ = resolve(["--@small"], presets=presets)
+    assert not hasattr(cfg, "description")
+    assert cfg.modeling.draft_hidden_size == 32
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_override_with_space_and_equals() -> None:
+    cfg, _, rest = resolve(["--modeling.draft_hidden_size", "48", "--inference.temperature=0.7"])
+    assert cfg.modeling.draft_hidden_size == 48
+    assert isinstance(cfg.modeling.draft_hidden_size, int)
+    assert cfg.inference.temperature == 0.7
+    assert isinstance(cfg.inference.temperature, float)
+    assert rest == []
+
+
+def test_float_field_accepts_integer_text() -> None:
+    cfg, _, _ = resolve(["--training.learning_rate", "1"])
+    assert cfg.training.learning_rate == 1.0
+    assert isinstance(cfg.training.learning_rate, float)
+
+
+def test_bare_bool_flag_followed_by_another_flag() -> None:
+    cfg, _, rest = resolve(["--inference.compare", "--inference.max_new_tokens", "9"])
+    assert cfg.inference.compare is True
+    assert cfg.inference.max_new_tokens == 9
+    assert rest == []
+
+
+def test_bare_bool_flag_at_end_of_argv() -> None:
+    cfg, _, rest = resolve(["--inference.max_new_tokens", "9", "--inference.compare"])
+    assert cfg.inference.compare is True
+    assert cfg.inference.max_new_tokens == 9
+    assert rest == []
+
+
+def test_bare_bool_flag_followed_by_fire_args() -> None:
+    cfg, _, rest = resolve(["--inference.compare", "--prompt", "hi"])
+    assert cfg.inference.compare is True
+    assert rest == ["--prompt", "hi"]
+
+
+def test_bool_flag_followed_by_positional_verb() -> None:
+    cfg, _, rest = resolve(["--inference.compare", "show"])
+    assert cfg.inference.compare is True
+    assert rest == ["show"]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--inference.compare", "false"], False),
+        (["--inference.compare", "False"], False),
+        (["--inference.compare", "0"], False),
+        (["--inference.compare", "no"], False),
+        (["--inference.compare=off"], False),
+        (["--inference.compare", "true"], True),
+        (["--inference.compare=yes"], True),
+        (["--inference.chat_template", "false"], False),
+    ],
+)
+def test_explicit_bool_values(argv: list[str], expected: bool) -> None:
+    cfg, _, rest = resolve(argv)
+    key = argv[0][2:].split("=")[0].split(".")[1]
+    assert getattr(cfg.inference, key) is expected
+    assert rest == []
+
+
+def test_bool_bad_value_raises() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--inference.compare=maybe"])
+    assert "inference.compare" in str(e.value)
+    assert "bool" in str(e.value)
+    assert "'maybe'" in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["2,9,27", "[2,9,27]", "[2, 9, 27]", " 2, 9 ,27 "])
+def test_list_parsing(text: str) -> None:
+    cfg, _, _ = resolve(["--modeling.feature_layers", text])
+    assert cfg.modeling.feature_layers == [2, 9, 27]
+    assert all(type(x) is int for x in cfg.modeling.feature_layers)
+
+
+def test_list_parsing_single_negative_and_empty() -> None:
+    cfg, _, _ = resolve(["--modeling.feature_layers", "-1"])
+    assert cfg.modeling.feature_layers == [-1]
+    cfg, _, _ = resolve(["--modeling.feature_layers=[]"])
+    assert cfg.modeling.feature_layers == []
+
+
+def test_list_of_str_parsing() -> None:
+    cfg, _, _ = resolve(["--dataset_generation.servers", "['h1:30000', 'h2:30001']"])
+    assert cfg.dataset_generation.servers == ["h1:30000", "h2:30001"]
+    cfg, _, _ = resolve(["--dataset_generation.servers", "h1:1,h2:2"])
+    assert cfg.dataset_generation.servers == ["h1:1", "h2:2"]
+
+
+def test_list_with_bad_item_raises() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--modeling.feature_layers", "2,x,27"])
+    assert "modeling.feature_layers" in str(e.value)
+    assert "list[int]" in str(e.value)
+
+
+def test_override_beats_preset_regardless_of_position(presets: dict) -> None:
+    for argv in (
+        ["--inference.max_new_tokens", "5", "--@small"],
+        ["--@small", "--inference.max_new_tokens", "5"],
+        ["--inference.max_new_tokens=5", "--@small", "--@wide"],
+    ):
+        cfg, _, _ = resolve(argv, presets=presets)
+        assert cfg.inference.max_new_tokens == 5, argv
+        assert cfg.modeling.draft_num_layers == 2, argv
+
+
+def test_later_override_wins() -> None:
+    cfg, _, _ = resolve(["--inference.max_new_tokens", "5", "--inference.max_new_tokens", "6"])
+    assert cfg.inference.max_new_tokens == 6
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unknown_section_suggests_nearest() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--modelling.base_model", "x"])
+    assert "modelling" in str(e.value)
+    assert "Did you mean: modeling" in str(e.value)
+
+
+def test_unknown_section_with_equals_suggests_nearest() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--inferance.max_new_tokens=3"])
+    assert "inference" in str(e.value)
+
+
+def test_unknown_key_suggests_nearest() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--inference.max_new_token", "5"])
+    msg = str(e.value)
+    assert "'inference.max_new_token'" in msg
+    assert "inference.max_new_tokens" in msg
+
+
+def test_unknown_preset_suggests_nearest(presets: dict) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--@smal"], presets=presets)
+    msg = str(e.value)
+    assert "'@smal'" in msg
+    assert "Did you mean: small" in msg
+
+
+def test_wrong_type_names_key_type_and_value() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--modeling.draft_num_layers", "two"])
+    msg = str(e.value)
+    assert "modeling.draft_num_layers" in msg
+    assert "int" in msg
+    assert "'two'" in msg
+    assert msg == "Config key 'modeling.draft_num_layers' expects int, got 'two'."
+
+
+def test_float_text_for_int_field_raises() -> None:
+    with pytest.raises(ConfigError, match="modeling.draft_num_layers"):
+        resolve(["--modeling.draft_num_layers", "2.5"])
+
+
+def test_choice_field_bad_value() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--modeling.algorithm", "eagle4"])
+    msg = str(e.value)
+    assert "modeling.algorithm" in msg
+    assert "'eagle4'" in msg
+    assert "eagle_v2" in msg and "eagle_v3" in msg
+
+
+def test_choice_field_good_value() -> None:
+    cfg, _, _ = resolve(["--modeling.algorithm", "eagle_v2", "--modeling.vocab", "foreign"])
+    assert cfg.modeling.algorithm == "eagle_v2"
+    assert cfg.modeling.vocab == "foreign"
+
+
+def test_override_without_value_raises() -> None:
+    with pytest.raises(ConfigError, match="modeling.draft_hidden_size"):
+        resolve(["--modeling.draft_hidden_size"])
+
+
+def test_preset_with_wrong_type_names_preset(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text('[broken]\nmodeling.draft_num_layers = "two"\n')
+    presets = load_presets(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        resolve(["--@broken"], presets=presets)
+    msg = str(e.value)
+    assert "@broken" in msg
+    assert "modeling.draft_num_layers" in msg
+    assert "'two'" in msg
+
+
+def test_preset_with_float_for_int_raises(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[broken]\ninference.max_depth = 2.5\n")
+    with pytest.raises(ConfigError, match="@broken"):
+        resolve(["--@broken"], presets=load_presets(tmp_path))
+
+
+def test_preset_with_unknown_key_names_preset(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[broken]\ninference.max_new_token = 3\n")
+    with pytest.raises(ConfigError) as e:
+        resolve(["--@broken"], presets=load_presets(tmp_path))
+    assert "@broken" in str(e.value)
+    assert "inference.max_new_tokens" in str(e.value)
+
+
+def test_duplicated_preset_names_across_files(tmp_path: Path) -> None:
+    (tmp_path / "one.toml").write_text('[dup]\ndescription = "one"\ninference.max_depth = 2\n')
+    (tmp_path / "two.toml").write_text('[dup]\ndescription = "two"\ninference.max_depth = 3\n')
+    with pytest.raises(ConfigError) as e:
+        load_presets(tmp_path)
+    msg = str(e.value)
+    assert "'dup'" in msg
+    assert "one.toml" in msg and "two.toml" in msg
+
+
+def test_invalid_toml_raises_config_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.toml").write_text("[x\n")
+    with pytest.raises(ConfigError, match="broken.toml"):
+        load_presets(tmp_path)
+
+
+# ---------------------------------------------------------------- nothing is evaluated
+
+EVIL = "__import__('os').system('true')"
+
+
+def test_str_field_keeps_code_literal() -> None:
+    cfg, _, _ = resolve(["--modeling.base_model", EVIL])
+    assert cfg.modeling.base_model == EVIL
+    cfg, _, _ = resolve([f"--dataset.system_prompt={EVIL}"])
+    assert cfg.dataset.system_prompt == EVIL
+
+
+def test_int_field_does_not_evaluate_code() -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(["--modeling.draft_num_layers", EVIL])
+    assert "modeling.draft_num_layers" in str(e.value)
+    assert repr(EVIL) in str(e.value)
+    with pytest.raises(ConfigError):
+        resolve(["--modeling.draft_num_layers", "1+1"])
+
+
+def test_list_field_does_not_evaluate_code() -> None:
+    with pytest.raises(ConfigError):
+        resolve(["--modeling.feature_layers", "[__import__('os').getpid()]"])
+
+
+# ---------------------------------------------------------------- saved JSON config
+
+
+def _changed_config() -> Config:
+    cfg = Config()
+    cfg.modeling.base_model = "/some/base"
+    cfg.modeling.draft_hidden_size = 48
+    cfg.modeling.feature_layers = [1, 2, 3]
+    cfg.training.learning_rate = 1e-5
+    cfg.inference.compare = True
+    cfg.inference.temperature = 0.3
+    cfg.dataset_generation.servers = ["h:1"]
+    return cfg
+
+
+def test_saved_json_config_round_trip(tmp_path: Path) -> None:
+    cfg = _changed_config()
+    path = save_json_config(cfg, tmp_path / "run", presets=["small"])
+    assert path == tmp_path / "run" / "run_config.json"
+    data = json.loads(path.read_text())
+    assert data["description"] == "resolved from presets ['small']"
+    assert data["modeling"]["feature_layers"] == [1, 2, 3]
+
+    loaded, names, rest = resolve(["--use_saved_json_config", str(path)])
+    assert loaded == cfg
+    assert names == [] and rest == []
+    assert load_json_config(tmp_path / "run") == cfg  # a run folder works too
+    loaded, _, _ = resolve([f"--use_saved_json_config={tmp_path / 'run'}"])
+    assert loaded == cfg
+
+
+def test_command_line_beats_saved_config(tmp_path: Path, presets: dict) -> None:
+    path = save_json_config(_changed_config(), tmp_path)
+    cfg, _, _ = resolve(["--inference.temperature", "0.9", "--use_saved_json_config", str(path)])
+    assert cfg.inference.temperature == 0.9
+    assert cfg.modeling.draft_hidden_size == 48  # the rest comes from the file
+    cfg, _, _ = resolve(["--use_saved_json_config", str(path), "--@small"], presets=presets)
+    assert cfg.modeling.draft_hidden_size == 32  # presets apply after the saved file
+    assert cfg.modeling.base_model == "/some/base"
+
+
+def test_saved_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        resolve(["--use_saved_json_config", str(tmp_path / "nope.json")])
+
+
+def test_saved_config_bad_json(tmp_path: Path) -> None:
+    bad = tmp_path / "run_config.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        resolve(["--use_saved_json_config", str(bad)])
+
+
+def test_saved_config_with_wrong_type_names_file(tmp_path: Path) -> None:
+    bad = tmp_path / "run_config.json"
+    bad.write_text(json.dumps({"inference": {"max_new_tokens": "many"}}))
+    with pytest.raises(ConfigError) as e:
+        load_json_config(bad)
+    assert str(bad) in str(e.value)
+    assert "inference.max_new_tokens" in str(e.value)
+
+
+def test_saved_config_flag_without_path() -> None:
+    with pytest.raises(ConfigError, match="use_saved_json_config"):
+        resolve(["--use_saved_json_config"])
+
+
+# ---------------------------------------------------------------- the real configs/ presets
+
+
+def _real_groups() -> dict[str, list[str]]:
+    import tomllib
+
+    return {p.stem: list(tomllib.loads(p.read_text())) for p in sorted(REAL_CONFIGS.glob("*.toml"))}
+
+
+@pytest.fixture
+def real_presets(monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.delenv("SPECFORGE_HET_CONFIGS", raising=False)
+    return load_presets()
+
+
+def test_real_presets_all_resolve(real_presets: dict) -> None:
+    assert real_presets == load_presets(REAL_CONFIGS)
+    assert {"smollm2", "gemma3", "eagle_v2", "eagle_v3", "chain", "tree_cpu", "tree_gpu",
+            "gemma3_smollm2_het", "gemma3_smollm2_het_init"} <= set(real_presets)
+    for name, body in real_presets.items():
+        assert isinstance(body.get("description"), str) and body["description"].strip(), name
+        cfg, names, rest = resolve([f"--@{name}"])
+        assert names == [name] and rest == []
+        for section, values in body.items():
+            if section == "description":
+                continue
+            assert values, (name, section)
+            for key, value in values.items():
+                assert getattr(getattr(cfg, section), key) == value, (name, section, key)
+
+
+def test_real_preset_values(real_presets: dict) -> None:
+    cfg, _, _ = resolve(["--@smollm2"])
+    assert cfg.modeling.base_model == "smollm2-135m-instruct"
+    cfg, _, _ = resolve(["--@gemma3"])
+    assert cfg.modeling.base_model == "gemma3-270m"
+    cfg, _, _ = resolve(["--@gemma3_smollm2_het_init"])
+    m = cfg.modeling
+    assert (m.base_model, m.algorithm, m.draft_family, m.vocab) == ("gemma3-270m", "eagle_v3", "llama", "foreign")
+    assert (m.draft_hidden_size, m.draft_num_heads, m.draft_num_kv_heads, m.draft_head_dim) == (576, 9, 3, 64)
+    assert m.draft_intermediate_size == 1536
+    assert m.draft_rope_theta == 100000.0
+    assert m.draft_tokenizer == "smollm2-135m-instruct"
+    assert m.init_from == "smollm2-135m-instruct"
+    assert m.init_layers == [15]
+    cfg, _, _ = resolve(["--@tree_gpu"])
+    assert (cfg.inference.tree, cfg.inference.max_depth, cfg.inference.top_k, cfg.inference.total_tokens) == (
+        "dynamic", 6, 10, 60)
+
+
+def test_real_base_and_algorithm_presets_stack(real_presets: dict) -> None:
+    groups = _real_groups()
+    assert groups["bases"] == ["smollm2", "gemma3"]
+    assert groups["algorithms"] == ["eagle_v2", "eagle_v3"]
+    for base in groups["bases"] + groups["pairs"]:
+        for algo in groups["algorithms"]:
+            for tree in groups["trees"]:
+                cfg, names, _ = resolve([f"--@{base}", f"--@{algo}", f"--@{tree}"])
+                assert names == [base, algo, tree]
+                assert cfg.modeling.base_model == real_presets[base]["modeling"]["base_model"]
+                assert cfg.modeling.algorithm == algo
+                assert cfg.modeling.vocab == real_presets[algo]["modeling"]["vocab"]
+                assert cfg.inference.tree == real_presets[tree]["inference"]["tree"]
+    cfg, _, _ = resolve(["--@smollm2", "--@eagle_v2"])
+    assert (cfg.modeling.base_model, cfg.modeling.algorithm, cfg.modeling.vocab) == (
+        "smollm2-135m-instruct", "eagle_v2", "base")
+    cfg, _, _ = resolve(["--@gemma3", "--@eagle_v3"])
+    assert (cfg.modeling.base_model, cfg.modeling.vocab, cfg.modeling.draft_vocab_size) == (
+        "gemma3-270m", "reduced", 32000)
+    assert cfg.training == TrainingConfig()  # ttt_steps 7 is the default
+    assert cfg.inference == InferenceConfig()
+
+
+# ---------------------------------------------------------------- split_argv
+
+
+def test_split_argv_leaves_fire_args_in_order() -> None:
+    argv = ["show", "--@a", "--prompt", "hi", "--modeling.draft_hidden_size", "48", "--mtbench", "x:3",
+            "--inference.compare", "--@b", "pos", "--outfile=o.jsonl", "--inference.top_k=2"]
+    presets, overrides, saved, rest = split_argv(argv)
+    assert presets == ["a", "b"]
+    assert overrides == [("modeling.draft_hidden_size", "48"), ("inference.compare", "true"), ("inference.top_k", "2")]
+    assert saved is None
+    assert rest == ["show", "--prompt", "hi", "--mtbench", "x:3", "pos", "--outfile=o.jsonl"]
+
+
+def test_split_argv_saved_config() -> None:
+    presets, overrides, saved, rest = split_argv(["--use_saved_json_config", "run/x.json", "--prompt", "p.q"])
+    assert (presets, overrides, saved, rest) == ([], [], "run/x.json", ["--prompt", "p.q"])
+    assert split_argv(["--use_saved_json_config=a.json"])[2] == "a.json"
+
+
+def test_resolve_returns_rest_for_fire(presets: dict) -> None:
+    _, names, rest = resolve(["--prompt", "hi", "--@small", "--mtbench", "x:3"], presets=presets)
+    assert names == ["small"]
+    assert rest == ["--prompt", "hi", "--mtbench", "x:3"]
