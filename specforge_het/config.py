@@ -75,12 +75,19 @@ class TrainingConfig:
     ttt_decay: float = _f(0.8, "EagleV3 per-step loss weight decay")
     vloss_w: float = _f(1.0, "EagleV2 feature regression (SmoothL1) weight")
     ploss_w: float = _f(0.1, "EagleV2 soft cross-entropy weight")
-    feature_noise: float = _f(0.2, "EagleV2 uniform feature noise half-width")
+    feature_noise: float = _f(0.2, "EagleV2 uniform feature noise: width w of U(-w/2, w/2) added to input features")
+    top_k_accuracy: int = _f(4, "k of the reported top-k accuracy")
     seed: int = _f(0, "random seed for the run")
     save_steps: int = _f(500, "save a draft folder every N steps")
     logging_steps: int = _f(10, "log every N steps")
     resume_from_checkpoint: str = _f("", "checkpoint folder to resume from ('' = none)")
     report_to: str = _f("none", "HF report_to: none, tensorboard, wandb")
+    eval_steps: int = _f(0, "evaluate every N steps (0 = at the end only)")
+    save_total_limit: int = _f(3, "keep at most this many checkpoints")
+    ddp_backend: str = _f("", "torch.distributed backend ('' = HF default: nccl on GPU, gloo on CPU)")
+    deepspeed: str = _f("", "DeepSpeed JSON config passed to HF Trainer ('' = off)")
+    fsdp: str = _f("", "FSDP options passed to HF Trainer, e.g. 'full_shard auto_wrap' ('' = off)")
+    dataloader_num_workers: int = _f(0, "data loader worker processes")
 
 
 @dataclass

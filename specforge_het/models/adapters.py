@@ -53,12 +53,12 @@ def foreign_vocab_map(base_strings, draft_strings, draft_tokenizer, max_pieces: 
     input_map[b] = draft ids that spell base token b (-1 padded; empty for special tokens).
     """
     base_ids = _first_ids(base_strings)
+    draft_ids = _first_ids(draft_strings)
     rows, d2t = [], []
-    for draft_id, s in enumerate(draft_strings):
-        if s is not None and s in base_ids:
+    for s, draft_id in sorted(draft_ids.items(), key=lambda kv: kv[1]):  # one draft row per distinct string
+        if s in base_ids:
             rows.append(draft_id)
             d2t.append(base_ids[s])
-    draft_ids = _first_ids(draft_strings)
     input_map = torch.full((len(base_strings), max_pieces), -1, dtype=torch.int32)
     for b, s in enumerate(base_strings):
         if s is None:

@@ -1,0 +1,146 @@
+"""`python -m specforge_het.train`: train a draft for a base (EagleV2 / EagleV3 presets), online or offline.
+
+    python -m specforge_het.train --@smollm2 --@eagle_v3 --dataset.path data/smollm2 --training.output_dir runs/v3
+
+Built on HF Trainer: `torchrun --nproc_per_node N -m specforge_het.train ...` runs DDP; DeepSpeed and
+FSDP configs pass through (`--training.deepspeed ds.json`, `--training.fsdp "full_shard auto_wrap"`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from specforge_het.cli import run_cli
+from specforge_het.config import Config, ConfigError, save_json_config
+
+console = Console(stderr=True)
+
+
+def check_consistency(cfg: Config) -> None:
+    """Refuse presets that contradict themselves, naming the keys."""
+    m, t = cfg.modeling, cfg.training
+    if m.vocab == "foreign" and not m.draft_tokenizer:
+        raise ConfigError("modeling.vocab = foreign needs modeling.draft_tokenizer (the draft's own tokenizer and embedding).")
+    if m.vocab != "foreign" and m.draft_tokenizer:
+        raise ConfigError(f"modeling.draft_tokenizer is set but modeling.vocab = {m.vocab}: set vocab = foreign or drop the tokenizer.")
+    if m.algorithm == "eagle_v3" and t.ttt_steps < 1:
+        raise ConfigError("training.ttt_steps must be >= 1 for eagle_v3.")
+    if m.lora_rank and not m.init_from:
+        raise ConfigError("modeling.lora_rank needs modeling.init_from (LoRA adapts pretrained layers).")
+    if t.feature_noise < 0 or t.vloss_w < 0 or t.ploss_w < 0:
+        raise ConfigError("training.feature_noise, vloss_w and ploss_w must be >= 0.")
+
+
+def _device(m) -> str:
+    local = os.environ.get("LOCAL_RANK")
+    if m.device.startswith("cuda") and local is not None:
+        return f"cuda:{local}"
+    return m.device
+
+
+def training_arguments(cfg: Config, has_eval: bool):
+    from transformers import TrainingArguments
+
+    t, m = cfg.training, cfg.modeling
+    eval_every = t.eval_steps if has_eval and t.eval_steps > 0 else None
+    return TrainingArguments(
+        output_dir=t.output_dir, per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate, num_train_epochs=t.num_epochs, max_steps=t.max_steps,
+        warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm, lr_scheduler_type="linear",
+        seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, report_to=[] if t.report_to == "none" else [t.report_to],
+        remove_unused_columns=False, use_cpu=m.device == "cpu", disable_tqdm=True,
+        eval_strategy="steps" if eval_every else "no", eval_steps=eval_every,
+        ddp_backend=t.ddp_backend or None, ddp_find_unused_parameters=True,
+        deepspeed=t.deepspeed or None, fsdp=t.fsdp or "", dataloader_num_workers=t.dataloader_num_workers,
+        label_names=[],
+    )
+
+
+def build_trainer(cfg: Config, presets: list[str]):
+    """Load base and data, build the draft, and return (trainer, info)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from specforge_het.models.base import BaseModel
+    from specforge_het.models.build import build_draft
+    from specforge_het.training.data import Collator, RowsDataset, load_rows, token_counts
+    from specforge_het.training.trainer import DraftTrainer, DraftTrainingModule, RichProgress
+
+    check_consistency(cfg)
+    m, t, d = cfg.modeling, cfg.training, cfg.dataset
+    base = BaseModel.load(m.base_model, m.dtype, _device(m), m.attn_implementation)
+    rows = load_rows(d, base)
+    offline = t.mode == "offline"
+    if offline and rows.features is None:
+        raise ConfigError(f"--training.mode offline needs stored features, but '{d.path}' has none: run gen_dataset with "
+                          "--dataset_generation.store_features, or train online.")
+    if offline and rows.hidden_size and rows.hidden_size % base.hidden_size:
+        raise ConfigError(f"stored features have width {rows.hidden_size}; base width is {base.hidden_size}: wrong base.")
+    draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=t.seed)
+    draft.train(True)
+    gen = torch.Generator().manual_seed(t.seed)
+    order = torch.randperm(len(rows.rows), generator=gen).tolist()
+    n_eval = int(len(order) * d.eval_fraction) if len(order) > 1 else 0
+    train_rows = [rows.rows[i] for i in order[n_eval:]]
+    eval_rows = [rows.rows[i] for i in order[:n_eval]]
+    module = DraftTrainingModule(draft, base, t, rows.stored_layers if offline else None)
+    pad = base.tokenizer.pad_token_id if base.tokenizer is not None and base.tokenizer.pad_token_id is not None else 0
+    trainer = DraftTrainer(
+        model=module, args=training_arguments(cfg, bool(eval_rows)),
+        train_dataset=RowsDataset(train_rows, d.max_length),
+        eval_dataset=RowsDataset(eval_rows, d.max_length) if eval_rows else None,
+        data_collator=Collator(pad, rows.features if offline else None), callbacks=[RichProgress()],
+        run_config={**cfg.to_dict(), "description": f"resolved from presets {presets}"},
+        provenance_extra={"presets": presets, "dataset": d.path, "mode": t.mode},
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer, {"train_rows": len(train_rows), "eval_rows": len(eval_rows), "kind": rows.kind}
+
+
+def _resume_arg(value: str):
+    if not value:
+        return None
+    return True if value == "last" else value
+
+
+def report(trainer, info: dict, seconds: float) -> Table:
+    table = Table(title=f"training done in {seconds:.0f} s · {info['train_rows']} train / {info['eval_rows']} eval rows")
+    for col in ("step", "loss", "sim τ (train)", "eval loss", "sim τ (eval)"):
+        table.add_column(col)
+    for entry in trainer.state.log_history:
+        if "loss" in entry or "eval_loss" in entry:
+            table.add_row(str(entry.get("step", "")), f"{entry.get('loss', float('nan')):.4f}",
+                          f"{entry.get('train_sim_accept_length', float('nan')):.3f}",
+                          f"{entry.get('eval_loss', float('nan')):.4f}", f"{entry.get('eval_sim_accept_length', float('nan')):.3f}")
+    return table
+
+
+def main(cfg: Config, presets: list[str]) -> None:
+    """Train a draft; the final draft folder is --training.output_dir (checkpoints in checkpoint-N/)."""
+    start = time.time()
+    trainer, info = build_trainer(cfg, presets)
+    out = Path(cfg.training.output_dir)
+    if trainer.args.should_save:
+        save_json_config(cfg, out, presets)
+    trainer.train(resume_from_checkpoint=_resume_arg(cfg.training.resume_from_checkpoint))
+    if trainer.eval_dataset is not None:
+        trainer.evaluate()
+    trainer.provenance_extra["training_seconds"] = round(time.time() - start, 1)
+    trainer.save_model(str(out))
+    if trainer.args.should_save:
+        (out / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        Console().print(report(trainer, info, time.time() - start))
+        console.print(f"draft folder: {out} (load with --modeling.draft_path {out})")
+
+
+if __name__ == "__main__":
+    run_cli(main, "specforge_het.train")
