@@ -122,9 +122,9 @@ class DraftTrainer(Trainer):
         raw = {k: v.detach().contiguous().cpu() for k, v in draft.state_dict().items()}
         save_file(raw, str(Path(output_dir) / RAW_STATE))
         if self.run_config:
-            from specforge_het.config import RUN_CONFIG
-
             import json
+
+            from specforge_het.config import RUN_CONFIG
 
             (Path(output_dir) / RUN_CONFIG).write_text(json.dumps(self.run_config, indent=2) + "\n")
 
