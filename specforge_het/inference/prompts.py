@@ -29,7 +29,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file '{path}' not found")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also break on U+2028 inside JSON strings
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -80,6 +81,6 @@ def render(tokenizer, messages: list[dict], use_template: bool = True, system_pr
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return torch.tensor([list(ids)], dtype=torch.long)
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    text = "".join(f"{names[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
-    return tokenizer(text, return_tensors="pt").input_ids
+    from specforge_het.data.formats import plain_text
+
+    return tokenizer(plain_text(messages, add_generation_prompt=True), return_tensors="pt").input_ids
