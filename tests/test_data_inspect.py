@@ -52,7 +52,8 @@ def rows(tok_a):
 def generated(tmp_path_factory, tok_dir, rows):
     """A folder in gen_dataset's layout: meta.json, dataset/ (save_to_disk), features/*.safetensors."""
     root = tmp_path_factory.mktemp("gen")
-    (root / "meta.json").write_text(json.dumps({"tokenizer": {"name_or_path": tok_dir}, "base": "tiny"}))
+    (root / "meta.json").write_text(json.dumps({"format": "specforge_het.dataset", "version": 1,
+                                             "tokenizer": {"name_or_path": tok_dir}, "base": "tiny"}))
     datasets.Dataset.from_dict({"id": [f"c{i}" for i in range(len(rows))], "input_ids": [r[0] for r in rows],
                                 "loss_mask": [r[1] for r in rows]}).save_to_disk(str(root / "dataset"))
     (root / "features").mkdir()

@@ -9,7 +9,6 @@ A dataset path is one of
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,10 +75,11 @@ def _bytes(root: Path, pattern: str = "*") -> int:
 
 def load_generated(path: str | Path) -> tuple[Any, dict]:
     """(datasets.Dataset, meta dict) of a gen_dataset folder."""
-    import datasets
 
     root = Path(path)
-    return datasets.load_from_disk(str(root / "dataset")), json.loads((root / "meta.json").read_text())
+    from specforge_het.data.store import load_dataset_dir
+
+    return load_dataset_dir(root)
 
 
 def load_tokenizer(name: str) -> Any:

@@ -1,0 +1,227 @@
+"""gen_dataset in process on a tiny base: answers, features, sampling, resume after a kill, ranges + merge, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from specforge_het.algorithms import get_algorithm
+from specforge_het.config import Config
+from specforge_het.data import store
+from specforge_het.data.formats import tokenize_conversation
+from specforge_het.data.generate import gen_dataset
+from specforge_het.data.report import BadInputError
+from specforge_het.data_gen import main as data_gen_main
+from specforge_het.inference.prompts import render
+from specforge_het.models.base import BaseModel
+from specforge_het.testing import CORPUS_A
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def conversations(n: int) -> list[dict]:
+    """n conversations: every third has two user turns and an old assistant answer; #4 has its own system turn."""
+    rows = []
+    for i in range(n):
+        turns = [{"role": "user", "content": CORPUS_A[i % len(CORPUS_A)]}]
+        if i % 3 == 0:
+            turns += [{"role": "assistant", "content": "an OLD answer"}, {"role": "user", "content": f"And then {i}?"}]
+        if i == 4:
+            turns = [{"role": "system", "content": "Be brief."}, *turns]
+        rows.append({"id": f"conv-{i}", "conversations": turns})
+    return rows
+
+
+def write_prompts(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> str:
+    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", conversations(6))
+
+
+def make_cfg(base_dir: str, out: Path, **gen) -> Config:
+    cfg = Config()
+    cfg.modeling.base_model = base_dir
+    g = cfg.dataset_generation
+    g.output_dir, g.max_new_tokens, g.batch_size = str(out), 8, 2
+    for k, v in gen.items():
+        setattr(g, k, v)
+    return cfg
+
+
+def rows_of(path: Path) -> list[dict]:
+    ds, _ = store.load_dataset_dir(path)
+    return [dict(r) for r in ds]
+
+
+def reference_rows(base: BaseModel, rows: list[dict], max_new: int, system: str = "") -> list[dict]:
+    """One conversation at a time, unbatched greedy HF generate, turn by turn: what gen_dataset must give."""
+    out = []
+    for index, row in enumerate(rows):
+        turns = row["conversations"]
+        msgs = [t for t in turns if t["role"] == "system"] or ([{"role": "system", "content": system}] if system else [])
+        for t in (t for t in turns if t["role"] == "user"):
+            msgs.append(t)
+            ids = render(base.tokenizer, msgs)
+            seq = base.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                                      do_sample=False, pad_token_id=base.tokenizer.pad_token_id)[0, ids.shape[1]:]
+            end = base.tokenizer.eos_token_id
+            new = seq.tolist()[: seq.tolist().index(end)] if end in seq.tolist() else seq.tolist()
+            msgs.append({"role": "assistant", "content": base.tokenizer.decode(new, skip_special_tokens=True)})
+        ids, mask = tokenize_conversation(base.tokenizer, msgs, 2048)
+        out.append({"id": row["id"], "index": index, "input_ids": ids, "loss_mask": mask})
+    return out
+
+
+def test_base_answers_every_turn_like_unbatched_greedy(tmp_path, prompts, base_dirs, bases) -> None:
+    cfg = make_cfg(base_dirs["llama"], tmp_path / "out", batch_size=4, system_prompt="You are kind.")
+    gen_dataset(cfg, ["p"], prompts)
+    got = rows_of(tmp_path / "out")
+    want = reference_rows(bases["llama"], conversations(6), 8, system="You are kind.")
+    assert got == want
+    tok = bases["llama"].tokenizer
+    for r in got:
+        text = tok.decode(r["input_ids"])
+        assert "OLD answer" not in text  # assistant turns of the file are replaced by the base's answers
+        assert ("Be brief." in text) == (r["id"] == "conv-4") and ("You are kind." in text) == (r["id"] != "conv-4")
+        assert text.count("<|assistant|>") == (2 if r["index"] % 3 == 0 else 1)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["base"] == bases["llama"].describe() and meta["feature_layers"] == [] and meta["ds_range"] is None
+    assert json.loads((tmp_path / "out" / "run_config.json").read_text())["dataset_generation"]["batch_size"] == 4
+
+
+@pytest.mark.parametrize("dtype, layers", [("bfloat16", []), ("float16", [-1]), ("float32", [0, 2])])
+def test_stored_features_equal_online(tmp_path, prompts, base_dirs, bases, dtype, layers) -> None:
+    cfg = make_cfg(base_dirs["qwen3"], tmp_path, store_features=True, feature_dtype=dtype, batch_size=3)
+    cfg.modeling.feature_layers = layers
+    gen_dataset(cfg, [], prompts)
+    base, tdtype = bases["qwen3"], getattr(torch, dtype)
+    want_layers = layers or get_algorithm("eagle_v3").default_feature_layers(base.num_layers)  # the default
+    assert store.read_meta(tmp_path)["feature_layers"] == want_layers
+    for r in rows_of(tmp_path):
+        stored = store.load_features(tmp_path, r["index"])
+        online = base.features(torch.tensor([r["input_ids"]]), tuple(want_layers)).features[0]  # [T, F*H]
+        assert stored.dtype == tdtype and stored.shape == (len(r["input_ids"]), 64 * len(want_layers))
+        tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}[dtype]
+        torch.testing.assert_close(stored.float(), online.to(tdtype).float(), rtol=tol, atol=tol)
+    bpt = store.bytes_per_token(tmp_path)
+    assert tdtype.itemsize * 64 * len(want_layers) <= bpt < tdtype.itemsize * 64 * len(want_layers) + 16
+
+
+def test_sampling_is_seeded_per_conversation(tmp_path, prompts, base_dirs) -> None:
+    runs = {}
+    for name, batch, seed in [("b2", 2, 0), ("b3", 3, 0), ("seed1", 2, 1)]:
+        cfg = make_cfg(base_dirs["llama"], tmp_path / name, temperature=1.0, batch_size=batch)
+        cfg.inference.seed = seed
+        gen_dataset(cfg, [], prompts)
+        runs[name] = rows_of(tmp_path / name)
+    assert runs["b2"] == runs["b3"]  # a conversation's draws do not depend on its batch
+    assert runs["b2"] != runs["seed1"]
+
+
+def test_too_long_is_skipped_for_good_and_strict_fails(tmp_path, prompts, base_dirs) -> None:
+    cfg = make_cfg(base_dirs["llama"], tmp_path / "out", max_length=64)
+    gen_dataset(cfg, [], prompts)
+    skipped = store.skipped_rows(tmp_path / "out")
+    assert skipped and all(s["reason"].startswith("too long") for s in skipped)
+    kept = {r["index"] for r in rows_of(tmp_path / "out")}
+    assert kept and kept.isdisjoint({s["index"] for s in skipped}) and kept | {s["index"] for s in skipped} == set(range(6))
+    errors = [e for e in store.read_errors(tmp_path / "out") if e["kind"] == "skipped"]
+    assert sorted(e["index"] for e in errors) == sorted(s["index"] for s in skipped)
+    parts = {p: p.stat().st_mtime_ns for p in store.part_files(tmp_path / "out")}
+    gen_dataset(cfg, [], prompts)  # nothing left to do: too-long conversations are not retried
+    assert {p: p.stat().st_mtime_ns for p in store.part_files(tmp_path / "out")} == parts
+    strict = make_cfg(base_dirs["llama"], tmp_path / "strict", max_length=64, strict=True)
+    with pytest.raises(BadInputError, match=r"prompts.jsonl:\d+: too long"):
+        gen_dataset(strict, [], prompts)
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, prompts, base_dirs) -> None:
+    gen_dataset(make_cfg(base_dirs["llama"], tmp_path, ds_range="0,2"), [], prompts)
+    with pytest.raises(store.DatasetDirError, match=r"max_new_tokens=8, this run has max_new_tokens=9"):
+        gen_dataset(make_cfg(base_dirs["llama"], tmp_path, ds_range="0,2", max_new_tokens=9), [], prompts)
+    with pytest.raises(store.DatasetDirError, match="base differs"):
+        gen_dataset(make_cfg(base_dirs["gemma3"], tmp_path, ds_range="0,2"), [], prompts)
+
+
+def test_ds_range_runs_merge_into_the_single_run(tmp_path, prompts, base_dirs) -> None:
+    common = ["--modeling.base_model", base_dirs["llama"], "--dataset_generation.max_new_tokens", "8",
+              "--dataset_generation.batch_size", "2", "--dataset_generation.store_features"]
+    for name, rng in [("r0", "0,2"), ("r1", "2,6"), ("all", "")]:
+        rng_args = ["--dataset_generation.ds_range", rng] if rng else []
+        data_gen_main(["gen_dataset", "--prompts", prompts, *common, *rng_args,
+                       "--dataset_generation.output_dir", str(tmp_path / name)])
+    assert [r["index"] for r in rows_of(tmp_path / "r1")] == [2, 3, 4, 5]
+    data_gen_main(["merge_datasets", str(tmp_path / "m"), str(tmp_path / "r0"), str(tmp_path / "r1")])
+    assert rows_of(tmp_path / "m") == rows_of(tmp_path / "all")
+    for i in range(6):
+        assert torch.equal(store.load_features(tmp_path / "m", i), store.load_features(tmp_path / "all", i))
+    assert (tmp_path / "m" / "run_config.json").is_file()
+    with pytest.raises(SystemExit):  # only r1: indices 0..1 missing
+        data_gen_main(["merge_datasets", str(tmp_path / "m2"), str(tmp_path / "r1")])
+
+
+def _subprocess_env() -> dict:
+    # One thread here and in the subprocesses: the same arithmetic, and no oversubscribed cores.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_kill_and_resume_gives_the_same_dataset(tmp_path, base_dirs, one_thread) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", conversations(16))
+    cfg = make_cfg(base_dirs["gemma3"], tmp_path / "whole", batch_size=2, max_new_tokens=16, store_features=True)
+    gen_dataset(cfg, [], prompts)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "specforge_het.data_gen", "gen_dataset", prompts,
+           "--modeling.base_model", base_dirs["gemma3"], "--dataset_generation.output_dir", str(out),
+           "--dataset_generation.batch_size", "2", "--dataset_generation.max_new_tokens", "16",
+           "--dataset_generation.store_features"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((out / "parts").glob("part-*.jsonl")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    err = proc.communicate(timeout=30)[1].decode()
+    assert proc.returncode == -signal.SIGKILL, err
+    before = {p.name: p.stat().st_mtime_ns for p in store.part_files(out)}
+    assert 1 <= len(before) < 8 and not (out / "dataset").exists()
+    done = subprocess.run(cmd, cwd=REPO, env=_subprocess_env(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert all(store.part_files(out)[0].parent.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
+    assert rows_of(out) == rows_of(tmp_path / "whole")
+    for i in range(16):
+        assert torch.equal(store.load_features(out, i), store.load_features(tmp_path / "whole", i))
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_cli_gen_probe_view(tmp_path, prompts, base_dirs) -> None:
+    out = tmp_path / "out"
+    py = [sys.executable, "-m", "specforge_het.data_gen"]
+    runs = [
+        ["gen_dataset", "--modeling.base_model", base_dirs["llama"], "--dataset_generation.output_dir", str(out),
+         "--dataset_generation.max_new_tokens", "8", prompts],
+        ["probe_datasets", str(out)],
+        ["view", str(out), "--index", "0", "1"],
+    ]
+    for args in runs:
+        res = subprocess.run(py + args, cwd=REPO, env=_subprocess_env(), capture_output=True, timeout=300)
+        assert res.returncode == 0, f"{args[0]}: {res.stderr.decode()[-3000:]}"
+    assert "conv-1" in (res.stdout + res.stderr).decode()
