@@ -108,6 +108,7 @@ def test_stored_features_equal_online(tmp_path, prompts, base_dirs, bases, dtype
     gen_dataset(cfg, [], prompts)
     base, tdtype = bases["qwen3"], getattr(torch, dtype)
     want_layers = layers or get_algorithm("eagle_v3").default_feature_layers(base.num_layers)  # the default
+    want_layers = want_layers if -1 in want_layers else [*want_layers, -1]  # + the final state, for offline targets
     assert store.read_meta(tmp_path)["feature_layers"] == want_layers
     for r in rows_of(tmp_path):
         stored = store.load_features(tmp_path, r["index"])

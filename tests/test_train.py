@@ -247,3 +247,54 @@ def test_bad_inputs_fail_clearly(base_dirs, conv_file, tok_b_dir, tmp_path):
     c.dataset.path = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match="does not exist"):
         build_trainer(c, [])
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, base_dirs):
+    """A gen_dataset folder on the tiny llama base, with float32 stored features (EagleV3 layers + final)."""
+    from specforge_het.data.generate import gen_dataset
+
+    root = tmp_path_factory.mktemp("gen")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "conversations": [{"role": "user", "content": p}]}) + "\n"
+                               for i, p in enumerate(USER_PROMPTS)))
+    cfg = Config()
+    cfg.modeling.base_model = base_dirs["llama"]
+    g = cfg.dataset_generation
+    g.output_dir, g.max_new_tokens, g.store_features, g.feature_dtype, g.batch_size = str(root / "out"), 12, True, "float32", 3
+    gen_dataset(cfg, [], str(prompts))
+    return root / "out"
+
+
+@pytest.mark.parametrize("algo", ["eagle_v2", "eagle_v3"])
+def test_online_features_equal_offline(algo, base_dirs, generated, tmp_path):
+    def run(mode, layers):
+        kw = dict(algorithm=algo, vocab="reduced", draft_vocab_size=150)
+        cfg = tiny_cfg(base_dirs["llama"], generated, tmp_path / mode, **kw)
+        cfg.modeling.feature_layers = layers
+        cfg.training.mode, cfg.training.feature_noise = mode, 0.0
+        trainer, info = build_trainer(cfg, [])
+        assert info["kind"] == "generated"
+        trainer.train()
+        return _losses(trainer)
+
+    if algo == "eagle_v2":  # v2 reads the final layer, which the v3 dataset stores as well
+        layers = [-1]
+    else:
+        layers = json.loads((generated / "meta.json").read_text())["feature_layers"][:-1]
+    online, offline = run("online", layers), run("offline", layers)
+    assert online == pytest.approx(offline, rel=1e-4, abs=1e-5)
+
+
+def test_offline_data_for_another_base_is_refused(base_dirs, generated, tmp_path):
+    cfg = tiny_cfg(base_dirs["qwen3"], generated, tmp_path / "x", algorithm="eagle_v3", vocab="reduced", draft_vocab_size=150)
+    cfg.training.mode = "offline"
+    with pytest.raises(ConfigError, match="Regenerate"):
+        build_trainer(cfg, [])
+
+
+def test_offline_missing_layers_are_refused(base_dirs, generated, tmp_path):
+    cfg = tiny_cfg(base_dirs["llama"], generated, tmp_path / "x", algorithm="eagle_v3", vocab="reduced", draft_vocab_size=150)
+    cfg.training.mode, cfg.modeling.feature_layers = "offline", [3]
+    with pytest.raises(ConfigError, match="missing"):
+        build_trainer(cfg, [])

@@ -139,7 +139,9 @@ def feature_layers_for(cfg: Config, num_layers: int) -> list[int]:
 
     if not cfg.dataset_generation.store_features:
         return []
-    return list(cfg.modeling.feature_layers) or get_algorithm(cfg.modeling.algorithm).default_feature_layers(num_layers)
+    layers = list(cfg.modeling.feature_layers) or get_algorithm(cfg.modeling.algorithm).default_feature_layers(num_layers)
+    # the final normed state (-1) too: offline training turns it into the base's distribution with the LM head
+    return layers if -1 in layers else [*layers, -1]
 
 
 def finalize(tokenizer, convs: list[Conv], max_length: int, report) -> tuple[list[dict], list[dict]]:

@@ -30,7 +30,7 @@ def _check_generated_meta(meta: dict, base, path: Path) -> None:
     from specforge_het.data.store import tokenizer_fingerprint
 
     want, got = meta.get("base", {}), base.describe()
-    for key in ("hidden_size", "vocab_size"):
+    for key in ("model_type", "num_layers", "hidden_size", "vocab_size"):
         if want.get(key) != got[key]:
             raise ConfigError(f"dataset '{path}' was made for base '{want.get('name')}' ({key} {want.get(key)}) but the "
                               f"base is '{got['name']}' ({key} {got[key]}). Regenerate it with this base.")
