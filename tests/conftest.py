@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from specforge_het.config import ModelingConfig
 from specforge_het.models.base import BaseModel
 from specforge_het.testing import CORPUS_A, CORPUS_B, make_tokenizer, save_tiny_base
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversubscribes shared cores
 
 
 @pytest.fixture(scope="session")

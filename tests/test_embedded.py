@@ -20,6 +20,15 @@ pytestmark = pytest.mark.slow
 _BASES: dict[str, BaseModel] = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads():
+    """Real models use both cores (conftest pins tiny-model tests to one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def base_for(name: str) -> BaseModel:
     if name not in _BASES:
         _BASES[name] = BaseModel.load(name)

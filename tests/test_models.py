@@ -630,3 +630,15 @@ def test_build_feature_layers_out_of_range(llama_base, layers) -> None:
 def test_build_bad_head_split(llama_base) -> None:
     with pytest.raises(ConfigError, match="draft_num_kv_heads"):
         build_draft(draft_modeling(draft_num_heads=4, draft_num_kv_heads=3), llama_base)
+
+
+def test_init_from_same_vocabulary_copies_head_rows(llama_base, base_dirs):
+    """A reduced-vocabulary draft initialised from an LM with the base's vocabulary takes its head rows at d2t."""
+    from specforge_het.models.build import build_draft
+
+    m = draft_modeling(algorithm="eagle_v3", vocab="reduced", family="llama", hidden=64, draft_vocab_size=50,
+                       init_from=base_dirs["llama"], init_layers=[3])
+    draft = build_draft(m, llama_base)
+    head = llama_base.model.get_output_embeddings().weight
+    assert torch.equal(draft.lm_head.weight, head[draft.vocab.d2t])
+    assert torch.equal(draft.layers[0].mlp.down_proj.weight, llama_base.layers[3].mlp.down_proj.weight)

@@ -125,11 +125,12 @@ class Decoder:
         return result
 
     def _truncate(self, r: GenerationResult, max_new_tokens: int) -> None:
+        """Cut to the limit first (a step may overshoot it), then stop after the first EOS."""
+        r.tokens = r.tokens[:max_new_tokens]
         for i, t in enumerate(r.tokens):
             if t in self.eos:
                 r.tokens, r.stopped_at_eos = r.tokens[: i + 1], True
                 break
-        r.tokens = r.tokens[:max_new_tokens]
 
     def _base_step(self, cache, result: GenerationResult) -> list[int]:
         last = torch.tensor([[result.tokens[-1]]], device=self.base.device)

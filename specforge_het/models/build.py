@@ -137,10 +137,13 @@ def init_from_pretrained(draft: DraftModel, name: str, layer_ids: list[int]) -> 
     for dst, i in zip(draft.layers, ids):
         _copy_layer(dst, layers[i])
     draft.norm.load_state_dict(src.get_decoder().norm.state_dict())
+    src_head = src.get_output_embeddings().weight
     if draft.embed_tokens is not None and draft.embed_tokens.num_embeddings == src.get_input_embeddings().num_embeddings:
         draft.embed_tokens.weight.copy_(src.get_input_embeddings().weight)
         if draft.lm_head is not None and draft.vocab.draft_token_ids is not None:
-            draft.lm_head.weight.copy_(src.get_output_embeddings().weight[draft.vocab.draft_token_ids])
+            draft.lm_head.weight.copy_(src_head[draft.vocab.draft_token_ids])
+    elif draft.lm_head is not None and draft.vocab is not None and src_head.shape[0] == draft.cfg.base["vocab_size"]:
+        draft.lm_head.weight.copy_(src_head[draft.vocab.d2t])  # the LM speaks the base's vocabulary: its head rows
 
 
 def _copy_layer(dst: nn.Module, src: nn.Module) -> None:
