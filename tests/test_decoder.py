@@ -70,15 +70,6 @@ def step_ends(accept_lengths: list[int]) -> list[int]:
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run as fast on one intra-op thread, and 10x+ faster when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def prompt_ids(tok_a):
     return tok_a(PROMPT, return_tensors="pt").input_ids

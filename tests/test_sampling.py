@@ -117,15 +117,6 @@ def test_chi2_pvalue_helper():
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run as fast on one intra-op thread, and 10x+ faster when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def sharp_base(base_dirs, tok_a):
     """The tiny Llama base with its (tied) LM head scaled by SHARPNESS into an untied head: an
