@@ -110,3 +110,21 @@ def resolve_model_path(name: str) -> str:
         out.parent.mkdir(parents=True, exist_ok=True)
         _convert(name, out)
     return str(out)
+
+
+SHIPPED_DRAFTS = Path(__file__).resolve().parent / "drafts"
+
+
+def shipped_drafts() -> list[str]:
+    return sorted(p.name for p in SHIPPED_DRAFTS.iterdir() if (p / "config.json").is_file()) if SHIPPED_DRAFTS.is_dir() else []
+
+
+def resolve_draft_path(name: str) -> Path:
+    """A draft folder, or the name of a draft shipped in `specforge_het/drafts/`."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if (SHIPPED_DRAFTS / name / "config.json").is_file():
+        return SHIPPED_DRAFTS / name
+    shipped = ", ".join(shipped_drafts()) or "none"
+    raise FileNotFoundError(f"draft '{name}' is neither a folder nor a shipped draft (shipped: {shipped}).")

@@ -116,11 +116,13 @@ def report(trainer, info: dict, seconds: float) -> Table:
     table = Table(title=f"training done in {seconds:.0f} s · {info['train_rows']} train / {info['eval_rows']} eval rows")
     for col in ("step", "loss", "sim τ (train)", "eval loss", "sim τ (eval)"):
         table.add_column(col)
-    for entry in trainer.state.log_history:
+    rows: dict[int, dict] = {}
+    for entry in trainer.state.log_history:  # one row per step: train and eval figures side by side
         if "loss" in entry or "eval_loss" in entry:
-            table.add_row(str(entry.get("step", "")), f"{entry.get('loss', float('nan')):.4f}",
-                          f"{entry.get('train_sim_accept_length', float('nan')):.3f}",
-                          f"{entry.get('eval_loss', float('nan')):.4f}", f"{entry.get('eval_sim_accept_length', float('nan')):.3f}")
+            rows.setdefault(entry.get("step", 0), {}).update(entry)
+    keys = ("loss", "train_sim_accept_length", "eval_loss", "eval_sim_accept_length")
+    for step, entry in sorted(rows.items()):
+        table.add_row(str(step), *(f"{entry[k]:.4f}" if isinstance(entry.get(k), (int, float)) else "" for k in keys))
     return table
 
 
@@ -132,7 +134,9 @@ def main(cfg: Config, presets: list[str]) -> None:
     if trainer.args.should_save:
         save_json_config(cfg, out, presets)
     trainer.train(resume_from_checkpoint=_resume_arg(cfg.training.resume_from_checkpoint))
-    if trainer.eval_dataset is not None:
+    step = trainer.state.global_step
+    if trainer.eval_dataset is not None and not any(
+            "eval_loss" in e and e.get("step") == step for e in trainer.state.log_history):
         trainer.evaluate()
     trainer.provenance_extra["training_seconds"] = round(time.time() - start, 1)
     trainer.save_model(str(out))

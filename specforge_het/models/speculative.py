@@ -21,6 +21,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from specforge_het.assets import resolve_draft_path
 from specforge_het.models.adapters import VocabAdapter
 from specforge_het.models.draft import DraftConfig, DraftModel, check_base_matches
 
@@ -67,7 +68,7 @@ def save_draft(draft: DraftModel, folder: str | Path, extra_provenance: dict[str
 
 
 def read_draft_config(folder: str | Path) -> DraftConfig:
-    path = Path(folder) / "config.json"
+    path = resolve_draft_path(str(folder)) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"'{folder}' is not a draft folder: {path.name} is missing.")
     data = json.loads(path.read_text())
@@ -80,7 +81,7 @@ def read_draft_config(folder: str | Path) -> DraftConfig:
 
 def load_draft(folder: str | Path, base) -> DraftModel:
     """Load a draft folder onto `base`; fails naming both shapes when the base does not match."""
-    folder = Path(folder)
+    folder = resolve_draft_path(str(folder))
     cfg = read_draft_config(folder)
     check_base_matches(cfg, base.describe())
     state = load_file(str(folder / WEIGHTS))
