@@ -253,3 +253,15 @@ def test_build_dynamic_tree_depth_one() -> None:
     assert tokens.tolist() == [-1, 3, 1, 0]
     assert parents.tolist() == [-1, 0, 0, 0]
     assert scores.tolist() == [0.0, -0.5, -1.0, -2.0]
+
+
+def test_stable_topk_equals_full_stable_sort_with_ties():
+    from specforge_het.inference.tree import stable_topk
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, k in [((50,), 5), ((3, 200), 7), ((4, 9), 9), ((1000,), 1)]:
+        x = torch.randint(0, 6, shape, generator=gen).float()  # many ties
+        x[..., 0] = float("-inf")
+        ref_v, ref_i = torch.sort(x, dim=-1, descending=True, stable=True)
+        v, i = stable_topk(x, k)
+        assert torch.equal(v, ref_v[..., :k]) and torch.equal(i, ref_i[..., :k])

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from specforge_het.inference.tree import build_dynamic_tree, chain_parents, static_parents, static_tree_spec
+from specforge_het.inference.tree import (
+    build_dynamic_tree,
+    chain_parents,
+    stable_topk,
+    static_parents,
+    static_tree_spec,
+)
 from specforge_het.models.base import keep_cache_entries
 
 
@@ -140,8 +146,8 @@ class DraftProposer:
         par = parents.tolist()
         n = len(par)
         draft_ids = torch.zeros(n, dtype=torch.long, device=root_logp.device)
-        order = torch.sort(root_logp, descending=True, stable=True).indices
-        sorted_children = {0: order}  # node -> its children's candidate tokens, best first
+        width = max(ranks[1:], default=0) + 1  # children needed per node
+        sorted_children = {0: stable_topk(root_logp, width)[1]}  # node -> its best child tokens, best first
         row_of, n_rows = {0: -1}, 0
         depth = [0] * n
         for i in range(1, n):
@@ -155,6 +161,6 @@ class DraftProposer:
                 logp = self._step(draft_ids[feed], torch.tensor([row_of[par[i]] for i in feed]))
                 for j, i in enumerate(feed):
                     row_of[i] = n_rows + j
-                    sorted_children[i] = torch.sort(logp[j], descending=True, stable=True).indices
+                    sorted_children[i] = stable_topk(logp[j], width)[1]
                 n_rows += len(feed)
         return draft_ids[1:], parents
