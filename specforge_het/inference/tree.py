@@ -174,8 +174,6 @@ def stable_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values[..., :k], torch.gather(indices, -1, order)[..., :k]
 
 
-_stable_topk = stable_topk
-
 
 def _expand(
     frontier_scores: torch.Tensor, child_logprobs: torch.Tensor, top_k: int
@@ -188,9 +186,9 @@ def _expand(
         )
     if not 1 <= top_k <= child_logprobs.shape[1]:
         raise ValueError(f"top_k must be in [1, V={child_logprobs.shape[1]}], got {top_k}")
-    logp, cand_tokens = _stable_topk(child_logprobs, top_k)  # [K, top_k]
+    logp, cand_tokens = stable_topk(child_logprobs, top_k)  # [K, top_k]
     cand_scores = frontier_scores[:, None] + logp  # [K, top_k]
-    scores, flat = _stable_topk(cand_scores.flatten(), top_k)  # [top_k]
+    scores, flat = stable_topk(cand_scores.flatten(), top_k)  # [top_k]
     return cand_tokens, cand_scores, flat, scores
 
 

@@ -133,7 +133,3 @@ class VocabAdapter(nn.Module):
     def coverage(self, base_token_ids: torch.Tensor) -> float:
         return coverage(self.d2t.cpu(), base_token_ids.cpu())
 
-
-def width_linear(in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
-    """The width adapter is a plain Linear (named `fc` / `to_base` / `embed_proj` in the draft)."""
-    return nn.Linear(in_features, out_features, bias=bias)

@@ -8,7 +8,6 @@ Sources (`--dataset.path`):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +147,3 @@ class Collator:
                 out["features"][i, : f.shape[0]] = f
         return out
 
-
-def describe_source(path: str, rows: TrainingRows) -> str:
-    return json.dumps({"path": path, "kind": rows.kind, "rows": len(rows.rows),
-                       "tokens": sum(len(r["input_ids"]) for r in rows.rows)})
