@@ -1,0 +1,89 @@
+"""The bench's rich table, its header, and the JSON file (all per-prompt records and the summary)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from specforge_het.bench.methods import BASELINE
+
+
+def header_info(base, draft_name: str, command: str, memory_kind: str) -> dict:
+    import transformers
+
+    info = {
+        "device": str(base.device), "dtype": str(base.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
+        "base": base.name, "draft": draft_name or "none", "command": command, "peak_memory": memory_kind,
+    }
+    if base.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(base.device)
+    return info
+
+
+def _fmt(x, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if x is None else f"{x:{spec}}{suffix}"
+
+
+def summary_table(summary: dict[str, dict], labels: dict[str, str]) -> Table:
+    """One row per method; speed-up = tokens/s ratio to HF generate (base-only): median over prompts, overall."""
+    table = Table(title="vs HF generate (base-only): same prompts, same process", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    cols = ("method", "speed-up", "overall", "τ", "tok/s", "identical", "peak MB")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
+    for name, s in summary.items():
+        if s["compared"] is None:
+            same = "ref"
+        else:
+            colour = "green" if s["identical"] == s["compared"] else "red"
+            same = f"[{colour}]{s['identical']}/{s['compared']}[/]"
+        table.add_row(labels.get(name, name), _fmt(s["speedup_median"], ".2f", "x"), _fmt(s["speedup_overall"], ".2f", "x"),
+                      _fmt(s["tau"]), _fmt(s["tokens_per_s"]), same, _fmt(s["peak_mb"], ".0f"))
+    return table
+
+
+def header_lines(info: dict, n_prompts: int, max_new_tokens: int) -> list[str]:
+    gpu = f" ({info['gpu']})" if "gpu" in info else ""
+    return [
+        f"[bold]bench[/] · {info['device']}{gpu} · {info['dtype']} · {info['torch_threads']} torch threads · "
+        f"torch {info['torch']} · transformers {info['transformers']}",
+        f"base {info['base']} · draft {info['draft']} · {n_prompts} prompts · max_new_tokens {max_new_tokens} · "
+        "greedy · batch 1 · time = whole call, prefill included",
+        f"command: {info['command']}",
+    ]
+
+
+def print_report(info: dict, summary: dict, labels: dict, skipped: dict, mismatched: dict[str, list],
+                 n_prompts: int, max_new_tokens: int, console: Console | None = None) -> None:
+    console = console or Console()
+    for line in header_lines(info, n_prompts, max_new_tokens):
+        console.print(line, highlight=False)
+    console.print(summary_table(summary, labels))
+    console.print("[dim]speed-up: median over prompts of the tokens/s ratio; overall: total tokens/s ratio. "
+                  "τ: ours = tokens committed per verify step (the decoder's accept stats); HF = new tokens / base "
+                  f"forward calls (counted by a hook). peak MB: {info['peak_memory']}.[/]")
+    for name, reason in skipped.items():
+        console.print(f"[yellow]skipped {labels.get(name, name)}: {reason}[/]")
+    for name, where in mismatched.items():
+        if where:
+            shown = ", ".join(f"{c} turn {t}" for c, t in where[:6])
+            note = " Our base-only decoder must equal HF generate: please report this." if name == "ours-base" else ""
+            console.print(f"[bold red]{labels.get(name, name)}: output differs from {labels[BASELINE]} on "
+                          f"{len(where)} prompt(s): {shown}.[/]{note}")
+
+
+def write_json(path: str | Path, info: dict, labels: dict, skipped: dict, summary: dict, records, config: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"header": info, "methods": labels, "skipped": skipped, "summary": summary,
+               "records": [r.to_json() for r in records], "config": config}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
