@@ -48,6 +48,7 @@ class ModelingConfig:
     draft_head_dim: int = _f(0, "head dim; 0 = width / heads")
     draft_intermediate_size: int = _f(0, "MLP width; 0 = 4 x width rounded like Llama")
     draft_rope_theta: float = _f(10000.0, "rotary base of the draft's own rotary embedding")
+    draft_first_input_norm: bool = _f(True, "EagleV2: false = layer 0 has no input_layernorm (the EAGLE-1/2 layout SGLang and EAGLE load)")
     feature_layers: list[int] = _f([], "base layers handed to the draft (HF hidden_states index, -1 = final normed); [] = algorithm default")
     vocab: str = _f("reduced", "draft vocabulary: base = full base vocab, reduced = subset of base ids, foreign = draft tokenizer", ("base", "reduced", "foreign"))
     draft_vocab_size: int = _f(32000, "size of the reduced vocabulary (capped at the base vocabulary)")
@@ -132,6 +133,9 @@ class InferenceConfig:
     system_prompt: str = _f("", "system prompt ('' = the chat template's default)")
     chat_template: bool = _f(True, "wrap prompts with the base tokenizer's chat template")
     warmup: bool = _f(True, "one untimed warm-up generation before timing")
+    auto_acceptance: str = _f("measure", "tree auto: the draft's acceptance measured on calibration prompts, or read from its training_log.json", ("measure", "training_log"))
+    auto_prompts: str = _f("", "tree auto: calibration prompts JSONL (FILE[:N]); '' = built-in generic prompts")
+    auto_remeasure: bool = _f(False, "tree auto: measure again instead of using the cached cost model")
 
 
 @dataclass

@@ -87,6 +87,7 @@ def draft_config(m: ModelingConfig, base, token_counts=None, draft_tokenizer=Non
         feature_layers=features, base=base.describe(), vocab=m.vocab, draft_vocab_size=vsize, embed=embed,
         embed_vocab_size=evsize, input_map_width=mapw, attn_implementation=m.attn_implementation,
         draft_tokenizer=m.draft_tokenizer if m.vocab == "foreign" else "", init_from=m.init_from,
+        first_input_norm=m.draft_first_input_norm,
         rms_norm_eps=getattr(base.config, "rms_norm_eps", 1e-6), **sizes,
     )
     return cfg, vocab
@@ -151,7 +152,9 @@ def _copy_layer(dst: nn.Module, src: nn.Module) -> None:
     sd = dict(src.state_dict())
     own = dst.state_dict()
     for key, value in list(sd.items()):
-        if key.startswith("input_layernorm.") and "input_layernorm.hidden_norm.weight" in own:
+        if key.startswith("input_layernorm.") and not any(k.startswith("input_layernorm.") for k in own):
+            sd.pop(key)  # EAGLE-1/2 layer 0 has no input norm
+        elif key.startswith("input_layernorm.") and "input_layernorm.hidden_norm.weight" in own:
             sd.pop(key)
             sd["input_layernorm.hidden_norm.weight"] = value
             sd["input_layernorm.embed_norm.weight"] = value

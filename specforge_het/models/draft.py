@@ -41,6 +41,7 @@ class DraftConfig:
     attn_implementation: str = "sdpa"
     draft_tokenizer: str = ""
     init_from: str = ""
+    first_input_norm: bool = True  # False: layer 0 reads fc's output without input_layernorm (EAGLE-1/2 layout)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +100,8 @@ class DraftModel(nn.Module):
         self.lm_head = nn.Linear(hd, cfg.draft_vocab_size, bias=False) if cfg.draft_vocab_size else None
         if self.algorithm.fused_first_layer:
             self._fuse_first_layer()
+        elif not cfg.first_input_norm:
+            self.layers[0].input_layernorm = nn.Identity()  # EAGLE-1/2: no norm between fc and layer 0
 
     def _fuse_first_layer(self) -> None:
         layer, hd = self.layers[0], self.cfg.hidden_size
