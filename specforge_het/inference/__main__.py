@@ -66,15 +66,22 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
     if inf.compare and inf.target_model_only:
         raise SystemExit("--inference.compare and --inference.target_model_only exclude each other")
     modes = [BASE, SPEC] if inf.compare else [BASE] if inf.target_model_only else [SPEC]
-    if inf.tree == "auto":
-        raise SystemExit("--inference.tree auto (cost-model tree sizing) is not available yet; use chain, static or dynamic")
     base, draft = load_pair(cfg, SPEC in modes)
-    proposer = DraftProposer(draft, TreeSpec.from_config(inf)) if draft is not None else None
+    tree = "auto" if inf.tree == "auto" else f"{inf.tree} (depth {inf.max_depth}, top_k {inf.top_k}, tokens {inf.total_tokens})"
+    decision = None
+    if inf.tree == "auto" and draft is not None:  # cost-model tree sizing (specforge_het/inference/auto_tree.py)
+        from specforge_het.inference.auto_tree import choose_tree
+
+        decision = choose_tree(base, draft, inf, cfg.modeling.draft_path, Console())
+        tree = f"auto → {decision.chosen.shape.describe()}"
+    spec = decision.tree_spec if decision is not None else TreeSpec.from_config(inf)
+    proposer = DraftProposer(draft, spec) if draft is not None else None
     records = run_all(base, proposer, conversations, inf, modes)
     summary = summarise(records)
+    if decision is not None:
+        summary["tree_auto"] = decision.to_json()
     info = device_info(base.device, base.dtype)
     prompts_by_turn = {(c.id, k): t for c in conversations for k, t in enumerate(c.turns)}
-    tree = f"{inf.tree} (depth {inf.max_depth}, top_k {inf.top_k}, tokens {inf.total_tokens})"
     print_report(records, summary, info, prompts_by_turn, tree)
     if outfile:
         append_json(outfile, cfg.to_dict(), presets, records, summary, info)

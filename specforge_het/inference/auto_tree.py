@@ -1,0 +1,199 @@
+"""`--inference.tree auto`: measure (or load cached) costs and acceptance, choose the tree shape, report it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from specforge_het.assets import cache_dir, resolve_draft_path
+from specforge_het.inference import calibrate
+from specforge_het.inference.cost_model import (
+    Acceptance,
+    Candidate,
+    Costs,
+    acceptance_from_training_log,
+    search,
+)
+from specforge_het.inference.prompts import load_conversations
+from specforge_het.inference.proposer import TreeSpec
+
+SCHEMA = 1
+SHOW = 8  # candidates shown in the report
+
+
+@dataclass
+class Decision:
+    chosen: Candidate
+    ranked: list[Candidate]
+    costs: Costs
+    acceptance: Acceptance
+    cache_file: Path
+    measured_s: float | None  # None: loaded from the cache
+
+    @property
+    def tree_spec(self) -> TreeSpec:
+        s = self.chosen.shape
+        return TreeSpec(s.kind, s.max_depth, s.top_k, s.total_tokens)
+
+    def to_json(self) -> dict:
+        return {"chosen": self.chosen.to_json(), "candidates": [c.to_json() for c in self.ranked[:SHOW]],
+                "costs": self.costs.to_json(), "acceptance": self.acceptance.to_json(),
+                "cache_file": str(self.cache_file), "measured_s": self.measured_s}
+
+
+# ---------------------------------------------------------------- identity and cache
+
+
+def draft_identity(draft, draft_path: str) -> dict:
+    """What makes two drafts the same for the cache: the weights file's path, size and time, or the config."""
+    if draft_path:
+        folder = resolve_draft_path(draft_path)
+        weights = folder / "model.safetensors"
+        st = weights.stat()
+        return {"path": str(weights.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"untrained": draft.cfg.to_dict()}
+
+
+def calibration_prompts(spec: str) -> list[str]:
+    """'' = the built-in generic prompts; else a prompt JSONL (FILE[:N]), first turns only."""
+    if not spec:
+        return list(calibrate.CALIBRATION_PROMPTS)
+    return [c.turns[0] for c in load_conversations(spec)]
+
+
+def cache_key(base, draft, inf, draft_path: str, prompts: list[str]) -> dict:
+    device = base.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    acceptance = {"source": inf.auto_acceptance}
+    if inf.auto_acceptance == "training_log":
+        st = (resolve_draft_path(draft_path) / "training_log.json").stat()
+        acceptance.update(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    else:
+        acceptance.update(prompts=hashlib.sha256("\n\0".join(prompts).encode()).hexdigest()[:16],
+                          answer_tokens=calibrate.ANSWER_TOKENS, chat_template=inf.chat_template,
+                          system_prompt=inf.system_prompt)
+    return {"schema": SCHEMA, "device": str(device), "device_name": name, "dtype": str(base.dtype),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "base": base.describe(),
+            "draft": draft_identity(draft, draft_path), "context": calibrate.cost_context(base),
+            "acceptance": acceptance}
+
+
+def cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    draft = Path(key["draft"]["path"]).parent.name if "path" in key["draft"] else "untrained"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key['base']['name']}__{draft}__{key['device']}_"
+                  f"{key['dtype'].replace('torch.', '')}_{key['threads']}t")
+    return cache_dir() / "cost_model" / f"{slug[-120:]}__{digest}.json"
+
+
+def training_log_acceptance(draft_path: str) -> Acceptance:
+    if not draft_path:
+        raise SystemExit("--inference.auto_acceptance training_log needs a trained draft: give --modeling.draft_path")
+    folder = resolve_draft_path(draft_path)
+    log = folder / "training_log.json"
+    if not log.is_file():
+        raise SystemExit(f"{log} not found: use --inference.auto_acceptance measure for this draft")
+    top_k = 4
+    run_config = folder / "run_config.json"
+    if run_config.is_file():
+        top_k = int(json.loads(run_config.read_text()).get("training", {}).get("top_k_accuracy", top_k))
+    return acceptance_from_training_log(json.loads(log.read_text()), top_k, str(log))
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def choose_tree(base, draft, inf, draft_path: str = "", console: Console | None = None) -> Decision:
+    """Costs and acceptance (cached), every shape scored, the best chosen; tables printed."""
+    console = console or Console()
+    from_log = inf.auto_acceptance == "training_log"
+    log_acc = training_log_acceptance(draft_path) if from_log else None  # fails early on a missing log
+    prompts = [] if from_log else calibration_prompts(inf.auto_prompts)
+    key = cache_key(base, draft, inf, draft_path, prompts)
+    path = cache_path(key)
+    measured_s = None
+    if path.is_file() and not inf.auto_remeasure:
+        data = json.loads(path.read_text())
+        costs, acc = Costs.from_json(data["costs"]), Acceptance.from_json(data["acceptance"])
+        console.print(f"tree auto: cost model from the cache {path} (--inference.auto_remeasure to measure again)")
+    else:
+        t0 = time.perf_counter()
+        with console.status("tree auto: measuring base and draft costs on this device"):
+            raw = calibrate.measure_costs(base, draft)
+        costs = raw.smoothed()
+        if log_acc is not None:
+            acc = log_acc
+        else:
+            with console.status("tree auto: measuring the draft's acceptance on calibration prompts"):
+                acc = calibrate.measure_acceptance(base, draft, prompts, inf)
+        measured_s = round(time.perf_counter() - t0, 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "costs": costs.to_json(), "raw_costs": raw.to_json(),
+                                    "acceptance": acc.to_json(), "measured_s": measured_s}, indent=1) + "\n")
+        console.print(f"tree auto: measured in {measured_s:.1f} s, cached in {path}")
+    ranked = search(costs, acc)
+    decision = Decision(ranked[0], ranked, costs, acc, path, measured_s)
+    print_decision(decision, console)
+    return decision
+
+
+# ---------------------------------------------------------------- report
+
+
+def cost_table(costs: Costs) -> Table:
+    table = Table(title=f"measured costs (ms, made non-decreasing) · base-only step {1e3 * costs.base_step:.1f} ms")
+    table.add_column("tree tokens N", justify="right")
+    table.add_column("verify", justify="right")
+    table.add_column("top_k", justify="right")
+    table.add_column("draft depth 1", justify="right")
+    table.add_column("per extra step", justify="right")
+    rows = max(len(costs.verify), len(costs.draft_fixed))
+    for i in range(rows):
+        v = costs.verify[i] if i < len(costs.verify) else None
+        f = costs.draft_fixed[i] if i < len(costs.draft_fixed) else None
+        s = costs.draft_step[i] if i < len(costs.draft_step) else None
+        table.add_row(*(("", "") if v is None else (str(v[0]), f"{1e3 * v[1]:.1f}")),
+                      *(("", "", "") if f is None else (str(f[0]), f"{1e3 * f[1]:.1f}", f"{1e3 * s[1]:.1f}")))
+    return table
+
+
+def acceptance_table(acc: Acceptance) -> Table:
+    table = Table(title=f"draft acceptance · {acc.source}")
+    for col in ("depth", "rank 0", "ranks 0-3", "ranks 0-7", "positions"):
+        table.add_column(col, justify="right")
+    for d, row in enumerate(acc.probs, start=1):
+        n = str(acc.samples[d - 1]) if d - 1 < len(acc.samples) else ""
+        table.add_row(str(d), f"{row[0]:.3f}", f"{sum(row[:4]):.3f}", f"{sum(row[:8]):.3f}", n)
+    return table
+
+
+def candidates_table(ranked: list[Candidate]) -> Table:
+    table = Table(title="tree shapes, best predicted tokens/s first")
+    for col in ("tree", "E[τ]", "verify ms", "draft ms", "step ms", "pred tok/s", "pred speed-up"):
+        table.add_column(col, justify="left" if col == "tree" else "right")
+    for i, c in enumerate(ranked[:SHOW]):
+        style = "bold green" if i == 0 else None
+        table.add_row(c.shape.describe(), f"{c.tau:.3f}", f"{1e3 * c.verify_s:.1f}", f"{1e3 * c.draft_s:.1f}",
+                      f"{1e3 * c.step_s:.1f}", f"{c.tokens_per_s:.2f}", f"{c.speedup:.2f}x", style=style)
+    return table
+
+
+def print_decision(decision: Decision, console: Console) -> None:
+    console.print(cost_table(decision.costs))
+    console.print(acceptance_table(decision.acceptance))
+    console.print(candidates_table(decision.ranked))
+    c = decision.chosen
+    console.print(f"[bold]tree auto chose: {c.shape.describe()}[/] · expected τ {c.tau:.2f} · "
+                  f"predicted speed-up {c.speedup:.2f}x over base-only")
+    if c.speedup < 1:
+        console.print("[yellow]the cost model predicts no speed-up on this device for this draft: "
+                      "base-only decoding (--inference.target_model_only) would be faster[/]")

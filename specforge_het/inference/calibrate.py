@@ -1,0 +1,208 @@
+"""Measurements behind `--inference.tree auto`: base verify cost, draft cost, the draft's acceptance.
+
+Everything runs on the actual device, dtype and thread count, through the same pieces the
+decoder uses (BaseModel forward with a tree mask and a KV cache rolled back after each verify,
+DraftProposer.propose/update). Results are cached per (device, dtype, threads, base, draft) in
+$SPECFORGE_HET_CACHE/cost_model/ (default ~/.cache/specforge_het/cost_model/).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+
+from specforge_het.inference.accept import greedy_accept
+from specforge_het.inference.cost_model import Acceptance, Costs, acceptance_from_ranks
+from specforge_het.inference.decoder import Decoder
+from specforge_het.inference.prompts import render
+from specforge_het.inference.proposer import DraftProposer, TreeSpec
+from specforge_het.inference.tree import layout_from_parents, stable_topk
+from specforge_het.models.base import keep_cache_entries
+
+VERIFY_SIZES = (1, 2, 4, 8, 16, 32, 64)  # tree tokens per verify, root included
+DRAFT_TOP_KS = (1, 2, 4, 8)  # nodes expanded per draft step
+UPDATE_SIZES = (1, 4, 8)  # tokens committed per verify
+DEEP = 4  # a proposal of this depth next to one of depth 1 gives the cost per draft step
+CONTEXT = 256  # tokens in the KV cache while costs are measured
+ANSWER_TOKENS = 48  # base tokens decoded per calibration prompt
+MAX_DEPTH, MAX_RANK = 8, 8  # acceptance is measured this deep and this wide
+
+# Generic calibration prompts (deliberately not from MT-Bench, GSM8K or the training prompts).
+CALIBRATION_PROMPTS = (
+    "Explain how a refrigerator keeps food cold, in a few sentences.",
+    "Write a short, friendly email inviting a colleague to lunch on Friday.",
+    "Give three tips for learning a new programming language, one sentence each.",
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device,
+                   reset: Callable[[], object] | None = None) -> float:
+    """Median wall time of `fn` over `repeats` runs after one untimed warm-up; `reset` runs untimed after each."""
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+        if reset is not None:
+            reset()
+    return statistics.median(times)
+
+
+def context_ids(base, length: int) -> torch.Tensor:
+    """A realistic token sequence of `length` tokens: the calibration prompts, rendered and repeated. -> [1, L]"""
+    ids = torch.cat([render(base.tokenizer, [{"role": "user", "content": p}])[0] for p in CALIBRATION_PROMPTS])
+    reps = -(-length // ids.shape[0])
+    return ids.repeat(reps)[:length][None].to(base.device)
+
+
+def cost_context(base) -> int:
+    limit = getattr(base.config, "max_position_embeddings", None) or CONTEXT + 2 * max(VERIFY_SIZES)
+    return max(1, min(CONTEXT, limit - 2 * max(VERIFY_SIZES)))
+
+
+# ---------------------------------------------------------------- costs
+
+
+@torch.no_grad()
+def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: int) -> tuple[list, float]:
+    """Base verify seconds per tree size (decoder bookkeeping included) and one base-only step."""
+    cache = base.new_cache()
+    base(ctx, cache, feature_layers=layers, logits="last")
+    past, device = ctx.shape[1], base.device
+    pool = ctx[0].repeat(-(-max(VERIFY_SIZES) // past))
+
+    def rollback():
+        keep_cache_entries(cache, past, torch.empty(0, dtype=torch.long, device=device))
+
+    def verify(n: int):
+        tokens = pool[:n]
+        parents = torch.tensor([-1] + [(i - 1) // 2 for i in range(1, n)], device=device)  # a bushy tree
+        layout = layout_from_parents(parents)
+        positions = past + layout.position_offsets.to(device)
+        out = base(tokens[None], cache, positions, layout.attn_mask.to(device), feature_layers=layers, logits="all")
+        path, _ = greedy_accept(tokens, parents, out.logits[0].argmax(-1))
+        keep_cache_entries(cache, past, path.to(device))
+        return None if out.features is None else out.features[0, path]
+
+    def base_step():
+        base(pool[:1][None], cache, logits="all").logits[0, -1].argmax()
+
+    points = [(n, median_seconds(lambda n=n: verify(n), repeats, device, rollback)) for n in VERIFY_SIZES]
+    return points, median_seconds(base_step, repeats, device, rollback)
+
+
+@torch.no_grad()
+def measure_draft(base, draft, ctx: torch.Tensor, repeats: int) -> tuple[list, list, list]:
+    """Proposal seconds at depth 1 and per extra step, per top_k; update seconds per committed count."""
+    layers = tuple(draft.cfg.feature_layers)
+    feats = base(ctx, base.new_cache(), feature_layers=layers, logits="none").features[0]  # [L, F*H]
+    root = int(ctx[0, -1])
+    fixed, per_step = [], []
+    for k in DRAFT_TOP_KS:
+        t = {}
+        for depth in (1, DEEP):
+            kind = "chain" if k == 1 else "dynamic"
+            proposer = DraftProposer(draft, TreeSpec(kind, depth, k, min(16, 1 + k + (depth - 1) * k * k)))
+            proposer.start(ctx[0, :-1], root, feats[:-1])
+            t[depth] = median_seconds(proposer.propose, repeats, base.device)
+        fixed.append((k, t[1]))
+        per_step.append((k, max(t[DEEP] - t[1], 0.0) / (DEEP - 1)))
+    proposer = DraftProposer(draft, TreeSpec("chain", 1))
+    proposer.start(ctx[0, :-1], root, feats[:-1])
+    update = [(m, median_seconds(lambda m=m: proposer.update(ctx[0, :m], feats[:m]), repeats, base.device))
+              for m in UPDATE_SIZES]
+    return fixed, per_step, update
+
+
+def measure_costs(base, draft, repeats: int = 3) -> Costs:
+    ctx = context_ids(base, cost_context(base))
+    verify, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats)
+    fixed, per_step, update = measure_draft(base, draft, ctx, repeats)
+    return Costs(tuple(verify), tuple(fixed), tuple(per_step), tuple(update), base_step)
+
+
+# ---------------------------------------------------------------- acceptance
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [S, K] -> additive mask [1, 1, S, K]."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def _ranks(draft, hidden_out: torch.Tensor, truth: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank of `truth` [J] (base ids) among the draft's candidates from hidden_out [J, Hd], and the
+    token to feed next: the truth when it is a candidate, else the draft's best (never counted)."""
+    logp = torch.log_softmax(draft.logits(hidden_out).float(), dim=-1)
+    _, rows = stable_topk(logp, max_rank)  # [J, R], the proposer's order
+    cand = draft.to_base_ids(rows)
+    match = cand == truth[:, None]
+    rank = torch.where(match.any(-1), match.int().argmax(-1), torch.full_like(truth, max_rank))
+    return rank, torch.where(rank < max_rank, truth, cand[:, 0])
+
+
+@torch.no_grad()
+def truth_ranks(base, draft, prompt_ids: torch.Tensor, answer: list[int], depth: int = MAX_DEPTH,
+                max_rank: int = MAX_RANK) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every answer token as root, the ranks of the next `depth` true tokens along the draft's chain.
+
+    Equivalent to the proposer fed the true path at every start, batched: one draft forward per
+    depth over all starts, each start attending its own committed prefix and chain.
+    Returns (ranks [J, depth], valid [J, depth]) with J = len(answer) - 1 starts.
+    """
+    d, device = draft, base.device
+    z = torch.cat([prompt_ids[0].to(device), torch.tensor(answer, device=device)])  # [S]
+    s, n = z.shape[0], prompt_ids.shape[1]
+    feats = base(z[None], base.new_cache(), feature_layers=tuple(d.cfg.feature_layers), logits="none").features[0]
+    m, dtype = s - 1, d.fc.weight.dtype  # committed pairs (z[i+1], feats[i])
+    cache = DynamicCache()
+    hidden_in = d.input_from_base(z[None, 1:], feats[None, :m].to(dtype))
+    causal = torch.ones(m, m, dtype=torch.bool, device=device).tril()
+    h = d(z[None, 1:], hidden_in, torch.arange(m, device=device)[None], _additive(causal, dtype), cache)[0]
+    roots = torch.arange(n, s - 1, device=device)  # root z[p] has pairs 0..p-1 committed
+    j = roots.shape[0]
+    ranks = torch.full((j, depth), max_rank, dtype=torch.long, device=device)
+    valid = (roots[:, None] + torch.arange(1, depth + 1, device=device)[None]) <= s - 1  # [J, D]
+    truth = lambda k: z[(roots + k).clamp_max(s - 1)]  # noqa: E731  true token at depth k
+    ranks[:, 0], feed = _ranks(d, h[roots - 1], truth(1), max_rank)
+    parent = h[roots - 1]
+    committed = torch.arange(m, device=device)[None] < roots[:, None]  # [J, m]
+    own = torch.eye(j, dtype=torch.bool, device=device)
+    for k in range(1, depth):  # feed depth-k nodes, read depth-(k+1) ranks
+        allowed = torch.cat([committed] + [own] * k, dim=1)  # [J, m + J*k]
+        hidden_in = d.input_from_self(feed[None], parent[None])
+        out = d(feed[None], hidden_in, (roots + k - 1)[None], _additive(allowed, dtype), cache)[0]  # [J, Hd]
+        ranks[:, k], feed = _ranks(d, out, truth(k + 1), max_rank)
+        parent = out
+    return ranks.cpu(), valid.cpu()
+
+
+def measure_acceptance(base, draft, prompts: list[str], inf, answer_tokens: int = ANSWER_TOKENS) -> Acceptance:
+    """Decode a short base answer per prompt (greedy), then rank the true tokens under the draft."""
+    all_ranks, all_valid = [], []
+    for text in prompts:
+        ids = render(base.tokenizer, [{"role": "user", "content": text}], inf.chat_template, inf.system_prompt)
+        answer = Decoder(base).generate(ids, answer_tokens).tokens
+        if len(answer) < 2:
+            continue
+        ranks, valid = truth_ranks(base, draft, ids, answer)
+        all_ranks.append(ranks)
+        all_valid.append(valid)
+    if not all_ranks:
+        raise ValueError("the calibration prompts gave no answers of 2+ tokens; pass other prompts "
+                         "with --inference.auto_prompts FILE.jsonl")
+    n = sum(r.shape[0] for r in all_ranks)
+    return acceptance_from_ranks(torch.cat(all_ranks), torch.cat(all_valid), MAX_RANK,
+                                 f"measured on {len(prompts)} calibration prompts ({n} positions)")
