@@ -25,8 +25,8 @@ from eagle_v2.parts import compare_hidden, compare_logits, compare_static_tree, 
 from eagle_v2.protocol import DEFAULT_REF_PYTHON, TASKS, ReferenceUnavailable, Request, run_worker
 from eagle_v2.report import BASE, OURS, SPEC, merge_runs, notes_lines, parts_table, run_record, runs_table, summarise
 from specforge_het.inference.decoder import Decoder, eos_ids
-from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.prompts import load_conversations, render
+from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import static_parents
 from specforge_het.models.base import LAST, BaseModel
 
