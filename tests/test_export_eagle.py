@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from specforge_het.config import ModelingConfig, resolve
-from specforge_het.export import ExportError, FORMATS, check_folder, export_draft, import_folder, to_state_dict
+from specforge_het.export import FORMATS, ExportError, check_folder, export_draft, import_folder, to_state_dict
 from specforge_het.export.__main__ import main
 from specforge_het.export.eagle import (
     EAGLE_KEY_MAP,
