@@ -325,9 +325,15 @@ def engine_mode(model: str, draft_model: str | None = None, speculative_algorith
         model: base model folder, Hub id or embedded name.
         draft_model: exported SGLang draft folder (none: base-only decoding).
         speculative_algorithm: EAGLE or EAGLE3 (default: read from the draft's config.json).
-        num_steps: draft tree depth; eagle_topk: branching; num_draft_tokens: tree size (all three or none).
+        num_steps: draft tree depth (SGLang --speculative-num-steps); the three tree flags: all or none.
+        eagle_topk: branching per draft step (--speculative-eagle-topk).
+        num_draft_tokens: tokens verified per step (--speculative-num-draft-tokens); num_steps + 1 for a chain.
+        dtype: auto, half, float16, bfloat16, float or float32.
+        disable_cuda_graph: eager decode and prefill (slower; for debugging).
         mtbench: 'mtbench', 'mtbench:N', FILE or FILE:N.
+        max_new_tokens: per turn. temperature: 0 = greedy.
         batch_size: conversations sent to the engine at once (0 = all).
+        system_prompt: prepended to every conversation.
         outfile: append one JSON line (engine kwargs, summary, per-request figures).
         dry_run: print the engine kwargs and stop (no sglang, no GPU needed).
     """
@@ -379,6 +385,17 @@ def server_mode(model: str, draft_model: str | None = None, speculative_algorith
     """Launch `python -m sglang.launch_server` with the speculative flags built from ours (foreground).
 
     Unknown flags are appended as SGLang flags (`--mem_fraction_static 0.7` -> `--mem-fraction-static 0.7`).
+    Benchmark the running server with SGLang's benchmark/mtbench/bench_sglang_eagle.py (command printed).
+
+    Args:
+        model: base model folder, Hub id or embedded name.
+        draft_model: exported SGLang draft folder (none: a plain server).
+        speculative_algorithm: EAGLE or EAGLE3 (default: read from the draft's config.json).
+        num_steps: draft tree depth; with eagle_topk and num_draft_tokens: all three or none.
+        eagle_topk: branching per draft step.
+        num_draft_tokens: tokens verified per step (num_steps + 1 for a chain).
+        host: address to bind (0.0.0.0 inside a container).
+        dry_run: print the command and stop (no sglang, no GPU needed).
     """
     try:
         check_extra(extra, SERVER_FLAGS)

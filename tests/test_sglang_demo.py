@@ -119,6 +119,17 @@ def test_our_draft_folder_must_be_exported_first(our_draft):
     assert f"python -m specforge_het.export {our_draft} OUT --format sglang-eagle3" in text
 
 
+def test_a_folder_from_our_exporter_is_recognised(llama_base, tmp_path):
+    """The exporter's sglang-eagle3 output (Llama draft layer, 3 feature layers) is what the demo accepts."""
+    from specforge_het.export import export_draft
+    from specforge_het.models.build import build_draft
+
+    draft = build_draft(draft_modeling(family="llama", feature_layers=[1, 2, 3]), llama_base)
+    out = str(export_draft(draft, tmp_path / "serve", "sglang-eagle3"))
+    assert demo.draft_algorithm(out, None) == "EAGLE3"
+    assert demo.speculative_args(out)["speculative_draft_model_path"] == out
+
+
 def test_speculative_args(tmp_path):
     folder = serving_folder(tmp_path / "serve", "LlamaForCausalLMEagle3")
     assert demo.speculative_args(None) == {}
