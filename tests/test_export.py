@@ -340,3 +340,14 @@ def test_cli_import_folder_back_into_a_draft_folder(drafts, llama_base, base_dir
     back = load_draft(tmp_path / "back", llama_base)
     assert torch.allclose(two_step_logits(back, llama_base), two_step_logits(drafts["v3_reduced_w64"], llama_base),
                           rtol=0, atol=1e-6)
+
+
+def test_cli_exports_a_shipped_draft_by_name(drafts, tmp_path, monkeypatch, capsys):
+    from specforge_het import assets
+
+    monkeypatch.setattr(assets, "SHIPPED_DRAFTS", tmp_path / "shipped")
+    save_draft(drafts["v2"], tmp_path / "shipped" / "tiny-eagle2")
+    main(["tiny-eagle2", str(tmp_path / "out"), "--format", "sglang-eagle", "--dtype", "bfloat16"])
+    assert check_folder(tmp_path / "out", "sglang-eagle") == []
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert "--speculative-algorithm EAGLE " in capsys.readouterr().err

@@ -132,7 +132,7 @@ def import_folder_verb(cfg: Config, presets: list[str], src: str, out: str, form
 
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a in VERBS for a in argv) and not any(a in ("-h", "--help") for a in argv[:1]):
+    if not any(a in (*VERBS, "show") for a in argv) and argv[:1] not in (["-h"], ["--help"]):
         argv = ["export", *argv]  # `python -m specforge_het.export DRAFT OUT --format F`
     verbs = {"export": export, "check": check, "import_eagle": import_eagle, "import_folder": import_folder_verb}
     return run_cli(verbs, "python -m specforge_het.export", argv)
