@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 from specforge_het.assets import resolve_model_path
+from specforge_het.models.lean import KVCache, attend_mask, layer_forward, supports_lean
 
 LAST = -1  # feature id of the final normed hidden state
 
@@ -62,6 +64,8 @@ class BaseModel(nn.Module):
             layer.register_forward_hook(self._tap(i + 1))
         types = getattr(self.config, "layer_types", None) or []
         self.sliding_window = getattr(self.config, "sliding_window", None) if "sliding_attention" in types else None
+        self.layer_types = [types[i] if i < len(types) else "full_attention" for i in range(len(self.layers))]
+        self.lean = supports_lean(self.layers, self.config)  # KV-cached forwards skip HF's glue (models/lean.py)
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -121,9 +125,13 @@ class BaseModel(nn.Module):
     def norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.body.norm(hidden)
 
-    def new_cache(self) -> DynamicCache:
-        """A cache that keeps every entry: sliding layers are windowed by the mask, not by eviction."""
-        return DynamicCache()
+    def new_cache(self, capacity: int = 0) -> KVCache | DynamicCache:
+        """A cache that keeps every entry: sliding layers are windowed by the mask, not by eviction.
+
+        Supported families get a preallocated `KVCache` (sized for `capacity` entries, grown on
+        demand) and the lean forward; others a DynamicCache and HF's forward.
+        """
+        return KVCache(len(self.layers), capacity or 256) if self.lean else DynamicCache()
 
     def _tap(self, idx: int):
         def hook(_module, _inputs, output):
@@ -166,25 +174,54 @@ class BaseModel(nn.Module):
         s = input_ids.shape[1]
         if positions is None:
             positions = torch.arange(past, past + s, device=input_ids.device)
-        mask = self.attention_masks(positions, past, tree_mask)
-        self._want, self._taps = frozenset(feature_layers), {}
+        if isinstance(cache, KVCache):
+            hidden, taps = self._lean_forward(input_ids, cache, positions, tree_mask, frozenset(feature_layers))
+        else:
+            hidden, taps = self._hf_forward(input_ids, cache, positions, tree_mask, frozenset(feature_layers))
+        feats = None
+        if feature_layers:
+            taps = {**taps, LAST: hidden}
+            if 0 in feature_layers:
+                taps[0] = self.embed(input_ids)
+            feats = torch.cat([taps[i] for i in feature_layers], dim=-1)
+        head_in = {"all": hidden, "last": hidden[:, -1:], "none": None}[logits]
+        return BaseOutput(hidden, feats, None if head_in is None else self.head(head_in))
+
+    def _hf_forward(self, input_ids, cache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
+        mask = self.attention_masks(positions, cache.get_seq_length(), tree_mask)
+        self._want, self._taps = want, {}
         try:
             out = self.body(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions[None],
                 past_key_values=cache, use_cache=True,
             )
+            return out.last_hidden_state, self._taps
         finally:
-            self._want = frozenset()
-        hidden = out.last_hidden_state
-        feats = None
-        if feature_layers:
-            taps = {**self._taps, LAST: hidden}
-            if 0 in feature_layers:
-                taps[0] = self.embed(input_ids)
-            feats = torch.cat([taps[i] for i in feature_layers], dim=-1)
-        self._taps = {}
-        head_in = {"all": hidden, "last": hidden[:, -1:], "none": None}[logits]
-        return BaseOutput(hidden, feats, None if head_in is None else self.head(head_in))
+            self._want, self._taps = frozenset(), {}
+
+    def _lean_forward(self, input_ids, cache: KVCache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
+        """The body over HF's own modules, without HF's glue (see models/lean.py); same outputs."""
+        if not self.lean:
+            raise ValueError(f"{type(self.layers[0]).__name__} has no lean forward: use a DynamicCache (new_cache).")
+        past, s = cache.length, input_ids.shape[1]
+        h = self.body.embed_tokens(input_ids)
+        pos_ids, rope, masks, taps = positions[None], {}, {}, {}
+        for i, layer in enumerate(self.layers):
+            kind = self.layer_types[i]
+            if kind not in rope:
+                rope[kind] = self._rotary(h, pos_ids, kind)
+                window = self.sliding_window if kind == "sliding_attention" else None
+                masks[kind] = attend_mask(positions, past, tree_mask, window)
+            h = layer_forward(layer, h, *rope[kind], masks[kind], cache, i)
+            if i + 1 in want:
+                taps[i + 1] = h
+        cache.advance(s)
+        return self.body.norm(h), taps
+
+    def _rotary(self, h: torch.Tensor, pos_ids: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.body.rotary_emb, Gemma3RotaryEmbedding):
+            return self.body.rotary_emb(h, pos_ids, kind)
+        return self.body.rotary_emb(h, pos_ids)
 
     @torch.no_grad()
     def features(self, input_ids: torch.Tensor, feature_layers: tuple[int, ...], attention_mask=None) -> BaseOutput:
@@ -213,6 +250,9 @@ def keep_cache_entries(cache: DynamicCache, past_len: int, keep: torch.Tensor) -
     """
     n_keep = keep.shape[0]
     contiguous = bool(n_keep == 0 or (keep[-1].item() == n_keep - 1))
+    if isinstance(cache, KVCache):
+        cache.keep(past_len, keep, contiguous)
+        return
     index = None if contiguous else torch.cat([torch.arange(past_len, device=keep.device), past_len + keep])
     for layer in cache.layers:
         if layer.keys is None or layer.keys.numel() == 0:

@@ -1,0 +1,175 @@
+"""A lean forward over HF decoder layers, and a preallocated KV cache with rollback by index.
+
+HF's model forward costs a few milliseconds of Python per call on top of the matmuls (mask
+creation, cache objects, per-layer kwargs plumbing, `repeat_kv` copies). Speculative decoding
+calls the base with 1-16 tokens, so that overhead is a large share of every step on a CPU.
+`run_layers` calls the layers' own sub-modules (norms, projections, MLP, rotary) in HF's order
+with the same tensor operations, so its outputs equal HF's (the tests check logits and greedy
+tokens); only the glue is new:
+
+* `KVCache` holds one preallocated K/V buffer per layer [1, H_kv, capacity, D] and a length.
+  Appending writes in place; rolling back to an accepted tree path moves a few entries and
+  sets the length: no concatenation, no re-allocation per step.
+* masks are boolean, built once per forward for all layers; a single new token with no window
+  to enforce needs none.
+* grouped-query attention runs in SDPA (`enable_gqa`), without copying K/V per head.
+
+Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention;
+anything else runs through HF (`supports_lean` says which).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.gemma3 import modeling_gemma3 as g3
+from transformers.models.llama import modeling_llama as ll
+from transformers.models.qwen3 import modeling_qwen3 as q3
+
+LEAN_LAYERS = (ll.LlamaDecoderLayer, q3.Qwen3DecoderLayer, g3.Gemma3DecoderLayer)
+
+
+def supports_lean(layers, config) -> bool:
+    """True when every layer is a known family layer, attention is SDPA and no logit softcapping is set."""
+    return (
+        len(layers) > 0
+        and all(type(layer) in LEAN_LAYERS for layer in layers)
+        and getattr(config, "_attn_implementation", None) == "sdpa"
+        and getattr(config, "attn_logit_softcapping", None) is None
+    )
+
+
+class _LayerView:
+    """What HF's DynamicCache layers expose: the valid keys/values of one layer."""
+
+    def __init__(self, cache: KVCache, i: int):
+        self._cache, self._i = cache, i
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        k = self._cache.k[self._i]
+        return None if k is None else k[:, :, : self._cache.length]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        v = self._cache.v[self._i]
+        return None if v is None else v[:, :, : self._cache.length]
+
+
+class KVCache:
+    """Per-layer K/V buffers [1, H_kv, capacity, D] holding `length` valid entries (batch size 1).
+
+    A forward writes its S new entries at [length, length+S) in every layer, then `advance(S)`.
+    Capacity doubles when a write would overflow (rare when sized from the request up front).
+    """
+
+    def __init__(self, num_layers: int, capacity: int = 256):
+        self.k: list[torch.Tensor | None] = [None] * num_layers
+        self.v: list[torch.Tensor | None] = [None] * num_layers
+        self.length = 0
+        self.capacity = max(int(capacity), 16)
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    @property
+    def layers(self) -> list[_LayerView]:
+        return [_LayerView(self, i) for i in range(len(self.k))]
+
+    def write(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer i's new k, v [1, H_kv, S, D] after the valid entries; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        buf_k, buf_v = self.k[i], self.v[i]
+        if buf_k is None or end > buf_k.shape[2]:
+            cap = max(self.capacity, end)
+            while cap < end:
+                cap *= 2
+            self.capacity = cap
+            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            new_v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
+            if buf_k is not None:
+                new_k[:, :, : self.length] = buf_k[:, :, : self.length]
+                new_v[:, :, : self.length] = buf_v[:, :, : self.length]
+            self.k[i], self.v[i] = buf_k, buf_v = new_k, new_v
+        buf_k[:, :, self.length : end] = k
+        buf_v[:, :, self.length : end] = v
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
+    def advance(self, s: int) -> None:
+        self.length += s
+
+    def keep(self, past_len: int, keep: torch.Tensor, contiguous: bool) -> None:
+        """Keep the first `past_len` entries plus the new entries at offsets `keep` (sorted)."""
+        n = keep.shape[0]
+        if not contiguous:
+            src = keep + past_len
+            for buf in (*self.k, *self.v):
+                if buf is not None:
+                    buf[:, :, past_len : past_len + n] = buf.index_select(2, src)
+        self.length = past_len + n
+
+
+# ---------------------------------------------------------------- masks
+
+
+def attend_mask(positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor | None,
+                window: int | None) -> torch.Tensor | None:
+    """Boolean mask [1, 1, S, past+S] (True = attend) for S new tokens at `positions` [S].
+
+    Cached keys sit at positions 0..past-1; `tree_mask` [S, S] (ancestor-or-self) defaults to
+    causal; `window` (sliding layers) blocks keys with query_pos - key_pos >= window, as HF does.
+    None when every key may be attended (one new token, nothing outside the window).
+    """
+    s, device = positions.shape[0], positions.device
+    if tree_mask is None and s == 1 and (window is None or past_len < window):
+        return None
+    allowed = torch.ones(s, past_len + s, dtype=torch.bool, device=device)
+    if tree_mask is None:
+        allowed[:, past_len:].tril_()
+    else:
+        allowed[:, past_len:] = tree_mask
+    if window is not None and past_len + s > window:
+        key_pos = torch.cat([torch.arange(past_len, device=device), positions])
+        allowed &= (positions[:, None] - key_pos[None, :]) < window
+    return allowed[None, None]
+
+
+# ---------------------------------------------------------------- layers
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's apply_rotary_pos_emb for one tensor: x * cos + rotate_half(x) * sin (same operations)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos) + (rotated * sin)
+
+
+def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                  cache: KVCache | None, index: int) -> torch.Tensor:
+    """One Llama/Qwen3/Gemma3 decoder layer on h [1, S, H]; cos/sin [1, S, D]; appends K/V to `cache`.
+
+    Without a cache the layer attends causally over its own S tokens (mask None) or as `mask` says.
+    """
+    attn = layer.self_attn
+    b, s, _ = h.shape
+    x = layer.input_layernorm(h)
+    shape = (b, s, -1, attn.head_dim)
+    q = attn.q_proj(x).view(shape)
+    k = attn.k_proj(x).view(shape)
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    if hasattr(attn, "q_norm"):  # Qwen3, Gemma3: RMSNorm over head_dim
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = _rope(q.transpose(1, 2), cos, sin)
+    k = _rope(k.transpose(1, 2), cos, sin)
+    if cache is not None:
+        k, v = cache.write(index, k, v)
+    causal = mask is None and s > 1 and k.shape[2] == s
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling, is_causal=causal,
+                                         enable_gqa=q.shape[1] != k.shape[1])
+    out = attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+    if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
+        h = h + layer.post_attention_layernorm(out)
+        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+    h = h + out
+    return h + layer.mlp(layer.post_attention_layernorm(h))
