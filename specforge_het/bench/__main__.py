@@ -68,9 +68,9 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
         draft, draft_name = load_draft_for(m, base)
     helpers = load_assistants(base, m.base_model, "hf-assisted" in wanted, "hf-uag" in wanted, assistant,
                               universal_assistant)
-    runnable, skipped = build_methods(base, draft, inf, wanted, helpers, pld_tokens)
+    runnable, skipped = build_methods(base, draft, inf, wanted, helpers, pld_tokens, draft_name)
     labels = {**METHODS, **{x.name: x.label for x in runnable}}
-    memory, counter = PeakMemory(base.device), ForwardCounter(base.body)
+    memory, counter = PeakMemory(base.device), ForwardCounter(base.model)
     try:
         records = run_suite(runnable, conversations, base, inf, counter, memory)
     finally:
@@ -84,7 +84,7 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
         console.print(f"[yellow]{memory.note}[/]")
     out = Path(outfile) if outfile else default_outfile(m.base_model)
     config = {"presets": presets, "modeling": cfg.to_dict()["modeling"], "inference": cfg.to_dict()["inference"],
-              "prompts": prompts, "pld_tokens": pld_tokens}
+              "prompts": prompts, "pld_tokens": pld_tokens, "method_info": {x.name: x.info for x in runnable if x.info}}
     write_json(out, info, {x.name: x.label for x in runnable}, skipped, summary, records, config)
     try:
         png = plot_summary(summary, labels, out.with_suffix(".png"), f"{info['base']} · {info['device']} · {prompts}")

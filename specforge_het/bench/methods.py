@@ -35,7 +35,8 @@ OURS_SPECULATIVE = ("ours-chain", "ours-tree", "ours-auto")
 @dataclass
 class Generation:
     tokens: list[int]  # new tokens, EOS included when it stopped there
-    accept_lengths: list[int] | None = None  # ours: tokens committed per verify step (prefill not counted)
+    accept_lengths: list[int] | None = None  # ours: tokens committed per decode step (prefill not counted)
+    forwards: int | None = None  # ours: base forwards (prefill + decode steps); None = count them with the hook
 
 
 @dataclass
@@ -43,10 +44,12 @@ class Method:
     name: str
     label: str
     run: Callable[[torch.Tensor, int], Generation]
+    info: dict | None = None  # extra facts for the JSON (e.g. the auto tree's decision)
 
 
 class ForwardCounter:
-    """Counts forward calls of a module (the base's decoder stack) through a forward hook."""
+    """Counts forward calls of a module through a forward hook: the base's HF model, which every HF
+    `generate` step calls once (an assistant is a separate module, so its calls are not counted)."""
 
     def __init__(self, module: nn.Module):
         self.count = 0
@@ -98,7 +101,7 @@ def ours_method(name: str, base, proposer: DraftProposer | None, label: str | No
 
     def run(input_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         res = decoder.generate(input_ids, max_new_tokens)
-        return Generation(res.tokens, res.accept_lengths if proposer is not None else None)
+        return Generation(res.tokens, res.accept_lengths, forwards=1 + res.steps)
 
     return Method(name, label or METHODS[name], run)
 
@@ -118,29 +121,31 @@ def load_assistant(name_or_path: str, base):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def auto_tree_available() -> str | None:
-    """None when the cost-model tree chooser can be used, else the reason it cannot."""
+def auto_tree(base, draft, inf, draft_path: str) -> tuple[TreeSpec | None, str, dict | None]:
+    """(tree spec, '', decision) chosen by the cost model (`--inference.tree auto`), or (None, reason, None)."""
     try:
-        import specforge_het.inference.cost_model  # noqa: F401
+        from specforge_het.inference.auto_tree import choose_tree
     except ImportError as e:
-        return f"--inference.tree auto is not available in this build ({e})"
-    return None
+        return None, f"--inference.tree auto is not available in this build ({e})", None
+    from rich.console import Console
+
+    decision = choose_tree(base, draft, inf, draft_path, Console(stderr=True))
+    return decision.tree_spec, "", decision.to_json()
 
 
 def tree_specs(inf) -> dict[str, TreeSpec]:
     return {
         "ours-chain": TreeSpec("chain", inf.max_depth),
         "ours-tree": TreeSpec("dynamic", inf.max_depth, inf.top_k, inf.total_tokens),
-        "ours-auto": TreeSpec("auto", inf.max_depth, inf.top_k, inf.total_tokens),
     }
 
 
-def tree_label(name: str, spec: TreeSpec) -> str:
+def tree_label(prefix: str, spec: TreeSpec) -> str:
     if spec.kind == "chain":
-        return f"ours chain {spec.max_depth}"
+        return f"{prefix} chain {spec.max_depth}"
     if spec.kind == "dynamic":
-        return f"ours tree d{spec.max_depth} k{spec.top_k} n{spec.total_tokens}"
-    return METHODS[name]
+        return f"{prefix} tree d{spec.max_depth} k{spec.top_k} n{spec.total_tokens}"
+    return f"{prefix} {spec.kind}"
 
 
 @dataclass
@@ -151,39 +156,48 @@ class Assistants:
     other_reason: str = ""
 
 
-def build_methods(base, draft, inf, wanted: list[str], assistants: Assistants,
-                  pld_tokens: int = 10) -> tuple[list[Method], dict[str, str]]:
+def _hf_with_assistant(name: str, base, assistants: Assistants) -> Method | str:
+    if name == "hf-assisted":
+        if assistants.same is None:
+            return assistants.same_reason
+        return hf_method(name, base, assistant_model=assistants.same[0])
+    if assistants.other is None:
+        return assistants.other_reason
+    model, tok = assistants.other
+    return hf_method(name, base, assistant_model=model, tokenizer=base.tokenizer, assistant_tokenizer=tok)
+
+
+def _ours_speculative(name: str, base, draft, inf, draft_path: str) -> Method | str:
+    if draft is None:
+        return "no draft"
+    if name == "ours-auto":
+        spec, reason, decision = auto_tree(base, draft, inf, draft_path)
+        if spec is None:
+            return reason
+        method = ours_method(name, base, DraftProposer(draft, spec), tree_label("ours auto:", spec))
+        method.info = {"tree_auto": decision}
+        return method
+    spec = tree_specs(inf)[name]
+    return ours_method(name, base, DraftProposer(draft, spec), tree_label("ours", spec))
+
+
+def build_methods(base, draft, inf, wanted: list[str], assistants: Assistants, pld_tokens: int = 10,
+                  draft_path: str = "") -> tuple[list[Method], dict[str, str]]:
     """The wanted methods that can run here, and {name: reason} for those skipped."""
     methods, skipped = [], {}
-    specs = tree_specs(inf)
     for name in wanted:
         if name == "hf":
-            methods.append(hf_method(name, base))
+            made = hf_method(name, base)
         elif name == "ours-base":
-            methods.append(ours_method(name, base, None))
+            made = ours_method(name, base, None)
         elif name == "hf-pld":
-            methods.append(hf_method(name, base, {"prompt_lookup_num_tokens": pld_tokens}))
-        elif name == "hf-assisted":
-            if assistants.same is None:
-                skipped[name] = assistants.same_reason
-            else:
-                methods.append(hf_method(name, base, assistant_model=assistants.same[0]))
-        elif name == "hf-uag":
-            if assistants.other is None:
-                skipped[name] = assistants.other_reason
-            else:
-                model, tok = assistants.other
-                methods.append(hf_method(name, base, assistant_model=model, tokenizer=base.tokenizer,
-                                         assistant_tokenizer=tok))
-        elif name in OURS_SPECULATIVE:
-            reason = "no draft" if draft is None else auto_tree_available() if name == "ours-auto" else None
-            if reason:
-                skipped[name] = reason
-                continue
-            try:
-                proposer = DraftProposer(draft, specs[name])
-            except ValueError as e:  # a tree kind this build's proposer does not know
-                skipped[name] = f"the decoder does not take --inference.tree auto yet ({e})"
-                continue
-            methods.append(ours_method(name, base, proposer, tree_label(name, specs[name])))
+            made = hf_method(name, base, {"prompt_lookup_num_tokens": pld_tokens})
+        elif name in ("hf-assisted", "hf-uag"):
+            made = _hf_with_assistant(name, base, assistants)
+        else:
+            made = _ours_speculative(name, base, draft, inf, draft_path)
+        if isinstance(made, str):
+            skipped[name] = made
+        else:
+            methods.append(made)
     return methods, skipped

@@ -46,7 +46,7 @@ class Record:
     prompt_tokens: int
     new_tokens: int
     seconds: float  # wall time of the whole call, prefill included
-    forwards: int  # base forward calls, counted by a hook on the base's decoder stack
+    forwards: int  # base forward calls: HF = counted by a hook on the HF model; ours = prefill + decode steps
     committed: int  # tokens committed by decode steps (τ numerator)
     steps: int  # decode steps (τ denominator): ours = verify steps; HF = base forwards
     peak_mb: float | None
@@ -121,7 +121,8 @@ def measure(method: Method, ids: torch.Tensor, max_new_tokens: int, counter: For
     gen = method.run(ids, max_new_tokens)
     _sync(device)
     seconds = time.perf_counter() - t0
-    n, forwards = len(gen.tokens), counter.count
+    n = len(gen.tokens)
+    forwards = counter.count if gen.forwards is None else gen.forwards
     if gen.accept_lengths:  # ours: the decoder's own accept statistics
         committed, steps = sum(gen.accept_lengths), len(gen.accept_lengths)
     else:  # HF (whose first forward also verifies), or ours without any decode step
