@@ -114,8 +114,9 @@ def test_acceptance_from_ranks_counts_only_accepted_paths():
     assert acc.probs == ((0.5, 0.25), (0.0, 0.5))
     assert acc.samples == (4, 2)
     shrunk = acceptance_from_ranks(ranks, valid, 2, "test", prior_weight=2.0)
-    pooled = (2 / 6, 2 / 6)  # all depths: ranks 0,1,0 | 1 over 6 samples
-    assert shrunk.probs[1] == pytest.approx(((0 + 2 * pooled[0]) / 4, (1 + 2 * pooled[1]) / 4), abs=1e-6)
+    assert shrunk.probs[0] == pytest.approx((0.5, 0.25), abs=1e-6)  # the prior is the same frequencies
+    every_start = (1 / 3, 1 / 3)  # depth 2 over all 3 valid starts: ranks 1, 3, 0
+    assert shrunk.probs[1] == pytest.approx(((0 + 2 * every_start[0]) / 4, (1 + 2 * every_start[1]) / 4), abs=1e-6)
 
 
 def test_acceptance_from_training_log():
@@ -226,7 +227,7 @@ def sharp_draft(llama_base):
 
 
 def test_truth_ranks_equal_proposer_and_unrolled_draft(llama_base, sharp_draft, tok_a):
-    base, draft, depth = llama_base, sharp_draft, 4
+    base, draft, depth, R = llama_base, sharp_draft, 4, 40
     prompt = tok_a("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
     layers = tuple(draft.cfg.feature_layers)
     feats = base.features(prompt, layers).features[0]
@@ -234,7 +235,7 @@ def test_truth_ranks_equal_proposer_and_unrolled_draft(llama_base, sharp_draft, 
     proposer.start(prompt[0], 7, feats)
     chain = proposer.propose()[0].tolist()  # [root 7, the draft's own top-1 chain]
     answer = chain + [5, 9, 11]
-    ranks, valid = calibrate.truth_ranks(base, draft, prompt, answer, depth=depth, max_rank=3)
+    ranks, valid = calibrate.truth_ranks(base, draft, prompt, answer, depth=depth, max_rank=R)
     assert ranks.shape == valid.shape == (len(answer) - 1, depth)
     assert ranks[0].tolist() == [0] * depth  # the proposer's own chain ranks first at every depth
     assert valid[:, 0].all() and not valid[-1, 1:].any()
@@ -245,15 +246,15 @@ def test_truth_ranks_equal_proposer_and_unrolled_draft(llama_base, sharp_draft, 
     for j in range(len(answer) - 1):
         p = n + j
         for k in range(depth):
-            if not valid[j, k] or (ranks[j, :k] >= 3).any():
-                continue  # only ranks along a path that would be accepted are used
+            if not valid[j, k]:
+                continue
             logp = unrolled_logprobs(draft, z, zfeats, p, z[p + 1: p + 1 + k].tolist())
-            order = torch.sort(logp, descending=True, stable=True).indices[:3]
+            order = torch.sort(logp, descending=True, stable=True).indices[:R]
             cand = draft.to_base_ids(order).tolist()
             truth = int(z[p + 1 + k])
-            assert int(ranks[j, k]) == (cand.index(truth) if truth in cand else 3), (j, k)
+            assert int(ranks[j, k]) == (cand.index(truth) if truth in cand else R), (j, k)
             checked += 1
-    assert checked >= len(answer) - 1 + depth - 1
+    assert checked == int(valid.sum()) and ((ranks > 0) & (ranks < R)).sum() >= 3  # not only top-1 hits
 
 
 def test_measured_costs_have_every_point(llama_base, sharp_draft):

@@ -44,20 +44,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device,
-                   reset: Callable[[], object] | None = None) -> float:
-    """Median wall time of `fn` over `repeats` runs after one untimed warm-up; `reset` runs untimed after each."""
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-        if reset is not None:
-            reset()
-    return statistics.median(times)
+Job = tuple[Callable[[], object], Callable[[], object] | None]  # (timed call, untimed reset after it)
+
+
+def interleaved_medians(jobs: list[Job], repeats: int, device: torch.device) -> list[float]:
+    """Median wall time of each job over `repeats` rounds, after one untimed warm-up round.
+
+    Every round times each job once, so a burst of load from other processes on a shared
+    machine lands on all jobs alike instead of on whichever size was being measured.
+    """
+    times: list[list[float]] = [[] for _ in jobs]
+    for round_ in range(repeats + 1):
+        for i, (fn, reset) in enumerate(jobs):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_:
+                times[i].append(time.perf_counter() - t0)
+            if reset is not None:
+                reset()
+    return [statistics.median(t) for t in times]
 
 
 def context_ids(base, length: int) -> torch.Tensor:
@@ -99,8 +106,9 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
     def base_step():
         base(pool[:1][None], cache, logits="all").logits[0, -1].argmax()
 
-    points = [(n, median_seconds(lambda n=n: verify(n), repeats, device, rollback)) for n in VERIFY_SIZES]
-    return points, median_seconds(base_step, repeats, device, rollback)
+    jobs = [(lambda n=n: verify(n), rollback) for n in VERIFY_SIZES] + [(base_step, rollback)]
+    *times, step = interleaved_medians(jobs, repeats, device)
+    return list(zip(VERIFY_SIZES, times)), step
 
 
 @torch.no_grad()
@@ -109,24 +117,25 @@ def measure_draft(base, draft, ctx: torch.Tensor, repeats: int) -> tuple[list, l
     layers = tuple(draft.cfg.feature_layers)
     feats = base(ctx, base.new_cache(), feature_layers=layers, logits="none").features[0]  # [L, F*H]
     root = int(ctx[0, -1])
-    fixed, per_step = [], []
+    jobs: list[Job] = []
     for k in DRAFT_TOP_KS:
-        t = {}
         for depth in (1, DEEP):
             kind = "chain" if k == 1 else "dynamic"
             proposer = DraftProposer(draft, TreeSpec(kind, depth, k, min(16, 1 + k + (depth - 1) * k * k)))
             proposer.start(ctx[0, :-1], root, feats[:-1])
-            t[depth] = median_seconds(proposer.propose, repeats, base.device)
-        fixed.append((k, t[1]))
-        per_step.append((k, max(t[DEEP] - t[1], 0.0) / (DEEP - 1)))
-    proposer = DraftProposer(draft, TreeSpec("chain", 1))
-    proposer.start(ctx[0, :-1], root, feats[:-1])
-    update = [(m, median_seconds(lambda m=m: proposer.update(ctx[0, :m], feats[:m]), repeats, base.device))
-              for m in UPDATE_SIZES]
+            jobs.append((proposer.propose, None))  # propose() leaves the draft cache as it found it
+    updater = DraftProposer(draft, TreeSpec("chain", 1))
+    updater.start(ctx[0, :-1], root, feats[:-1])  # each update grows its context a little: harmless
+    jobs += [(lambda m=m: updater.update(ctx[0, :m], feats[:m]), None) for m in UPDATE_SIZES]
+    times = interleaved_medians(jobs, repeats, base.device)
+    fixed = [(k, times[2 * i]) for i, k in enumerate(DRAFT_TOP_KS)]
+    per_step = [(k, max(times[2 * i + 1] - times[2 * i], 0.0) / (DEEP - 1)) for i, k in enumerate(DRAFT_TOP_KS)]
+    update = list(zip(UPDATE_SIZES, times[2 * len(DRAFT_TOP_KS):]))
     return fixed, per_step, update
 
 
-def measure_costs(base, draft, repeats: int = 3) -> Costs:
+def measure_costs(base, draft, repeats: int = 5) -> Costs:
+    """Raw measured costs (see Costs.smoothed for the non-decreasing fit the search uses)."""
     ctx = context_ids(base, cost_context(base))
     verify, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats)
     fixed, per_step, update = measure_draft(base, draft, ctx, repeats)
@@ -142,24 +151,22 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ~allowed, torch.finfo(dtype).min)[None, None]
 
 
-def _ranks(draft, hidden_out: torch.Tensor, truth: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank of `truth` [J] (base ids) among the draft's candidates from hidden_out [J, Hd], and the
-    token to feed next: the truth when it is a candidate, else the draft's best (never counted)."""
+def _ranks(draft, hidden_out: torch.Tensor, truth: torch.Tensor, max_rank: int) -> torch.Tensor:
+    """Rank of `truth` [J] (base ids) among the draft's top max_rank candidates from hidden_out [J, Hd]
+    (max_rank = not among them). -> [J]"""
     logp = torch.log_softmax(draft.logits(hidden_out).float(), dim=-1)
     _, rows = stable_topk(logp, max_rank)  # [J, R], the proposer's order
-    cand = draft.to_base_ids(rows)
-    match = cand == truth[:, None]
-    rank = torch.where(match.any(-1), match.int().argmax(-1), torch.full_like(truth, max_rank))
-    return rank, torch.where(rank < max_rank, truth, cand[:, 0])
+    match = draft.to_base_ids(rows) == truth[:, None]
+    return torch.where(match.any(-1), match.int().argmax(-1), torch.full_like(truth, max_rank))
 
 
 @torch.no_grad()
 def truth_ranks(base, draft, prompt_ids: torch.Tensor, answer: list[int], depth: int = MAX_DEPTH,
                 max_rank: int = MAX_RANK) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every answer token as root, the ranks of the next `depth` true tokens along the draft's chain.
+    """For every answer token as root, the ranks of the next `depth` true tokens, the draft fed the true path.
 
-    Equivalent to the proposer fed the true path at every start, batched: one draft forward per
-    depth over all starts, each start attending its own committed prefix and chain.
+    Equivalent to the proposer's tree steps along the true path at every start, batched: one
+    draft forward per depth over all starts, each start attending its own committed prefix and chain.
     Returns (ranks [J, depth], valid [J, depth]) with J = len(answer) - 1 starts.
     """
     d, device = draft, base.device
@@ -176,15 +183,16 @@ def truth_ranks(base, draft, prompt_ids: torch.Tensor, answer: list[int], depth:
     ranks = torch.full((j, depth), max_rank, dtype=torch.long, device=device)
     valid = (roots[:, None] + torch.arange(1, depth + 1, device=device)[None]) <= s - 1  # [J, D]
     truth = lambda k: z[(roots + k).clamp_max(s - 1)]  # noqa: E731  true token at depth k
-    ranks[:, 0], feed = _ranks(d, h[roots - 1], truth(1), max_rank)
+    ranks[:, 0] = _ranks(d, h[roots - 1], truth(1), max_rank)
     parent = h[roots - 1]
     committed = torch.arange(m, device=device)[None] < roots[:, None]  # [J, m]
     own = torch.eye(j, dtype=torch.bool, device=device)
     for k in range(1, depth):  # feed depth-k nodes, read depth-(k+1) ranks
         allowed = torch.cat([committed] + [own] * k, dim=1)  # [J, m + J*k]
+        feed = truth(k)
         hidden_in = d.input_from_self(feed[None], parent[None])
         out = d(feed[None], hidden_in, (roots + k - 1)[None], _additive(allowed, dtype), cache)[0]  # [J, Hd]
-        ranks[:, k], feed = _ranks(d, out, truth(k + 1), max_rank)
+        ranks[:, k] = _ranks(d, out, truth(k + 1), max_rank)
         parent = out
     return ranks.cpu(), valid.cpu()
 

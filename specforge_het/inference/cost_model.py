@@ -76,22 +76,24 @@ def acceptance_from_ranks(ranks: torch.Tensor, valid: torch.Tensor, max_rank: in
     ranks [T, D]: for start position t, the rank of the base's token at depth d among the draft's
     candidates when fed the true path (0-based; >= max_rank = not among the top max_rank).
     valid [T, D]: whether the true token at that depth exists. Depth d counts a start only when
-    depths 1..d-1 were hits (the path so far would be accepted). Each depth's estimate is shrunk
-    towards all depths pooled with `prior_weight` pseudo-samples (deep depths have few samples).
+    depths 1..d-1 were hits (the path so far would be accepted). Deep depths have few such starts,
+    so each depth's estimate is shrunk, with `prior_weight` pseudo-samples, towards the same
+    depth's rank frequencies over every start (the draft fed the true path, hit or not).
     """
     if ranks.shape != valid.shape or ranks.dim() != 2:
         raise ValueError(f"ranks and valid must both be [T, D], got {tuple(ranks.shape)} and {tuple(valid.shape)}")
     hit = (ranks < max_rank) & valid  # [T, D]
     alive = torch.ones(ranks.shape[0], dtype=torch.bool)
-    counts, samples = [], []
+    probs, samples = [], []
     for d in range(ranks.shape[1]):
         eligible = alive & valid[:, d]
-        samples.append(int(eligible.sum()))
-        counts.append(torch.stack([(eligible & (ranks[:, d] == r)).sum() for r in range(max_rank)]).double())
+        one_hot = torch.stack([ranks[:, d] == r for r in range(max_rank)], dim=1).double()  # [T, R]
+        marginal = (one_hot * valid[:, d, None]).sum(0) / max(int(valid[:, d].sum()), 1)  # [R]
+        n = int(eligible.sum())
+        est = ((one_hot * eligible[:, None]).sum(0) + prior_weight * marginal) / (n + prior_weight)
+        probs.append(tuple(round(float(p), 6) for p in est))
+        samples.append(n)
         alive = alive & hit[:, d]
-    pooled = torch.stack(counts).sum(0) / max(sum(samples), 1)  # [R] all depths together
-    probs = [tuple(round(float(p), 6) for p in (c + prior_weight * pooled) / (n + prior_weight))
-             for c, n in zip(counts, samples)]
     return Acceptance(tuple(probs), source, tuple(samples))
 
 
