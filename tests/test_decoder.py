@@ -352,7 +352,7 @@ def test_draft_cache_bookkeeping(bases, drafts, greedy_ref, prompt_ids, kind, mo
     base = bases["llama"]
     caches: list[DynamicCache] = []
 
-    def new_cache():
+    def new_cache(capacity=0):
         caches.append(DynamicCache())
         return caches[-1]
 

@@ -11,6 +11,8 @@ The tokens committed this step are ``tokens[path[1:]]`` followed by ``bonus``, i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from specforge_het.inference.tree import check_parents
@@ -59,28 +61,42 @@ def _path_tensor(node: int, par: list[int], device: torch.device) -> torch.Tenso
     return torch.tensor(chain[::-1], dtype=torch.long, device=device)
 
 
-def greedy_accept(tokens: torch.Tensor, parents: torch.Tensor, base_argmax: torch.Tensor) -> tuple[torch.Tensor, int]:
+NodeRows = Callable[[int], torch.Tensor]  # node index -> the base's output at that node, computed on demand
+
+
+def greedy_accept(
+    tokens: torch.Tensor, parents: torch.Tensor, base_argmax: torch.Tensor | Callable[[int], int]
+) -> tuple[torch.Tensor, int]:
     """Greedy verification: accept node i if its parent is accepted and
     ``tokens[i] == base_argmax[parents[i]]``.
 
     Picks the longest accepted root-path (ties: lowest node index). ``tokens[0]`` is
     ignored. Returns ``(path [tau], bonus)`` with ``bonus = base_argmax[path[-1]]``;
     the step commits ``len(path) == tau`` tokens (accepted drafts + bonus).
+    ``base_argmax`` is a tensor [N] or a function node -> argmax; a function is called only for
+    nodes on accepted paths (the root first), so a caller can run the LM head on those rows only.
     """
     par = check_parents(parents)
     n = len(par)
     _check_node_tensor("tokens", tokens, n, 1)
-    _check_node_tensor("base_argmax", base_argmax, n, 1)
-    tok, top = tokens.tolist(), base_argmax.tolist()
-    ok, depth, best = [True] + [False] * (n - 1), [0] * n, 0
+    if callable(base_argmax):
+        top = base_argmax
+    else:
+        _check_node_tensor("base_argmax", base_argmax, n, 1)
+        top = base_argmax.tolist().__getitem__
+    tok = tokens.tolist()
+    children: list[list[int]] = [[] for _ in range(n)]
     for i in range(1, n):
-        p = par[i]
-        ok[i] = ok[p] and tok[i] == top[p]
-        if ok[i]:
-            depth[i] = depth[p] + 1
-            if depth[i] > depth[best]:
-                best = i
-    return _path_tensor(best, par, tokens.device), int(top[best])
+        children[par[i]].append(i)
+    tops: dict[int, int] = {}
+    best, best_depth, stack = 0, 0, [(0, 0)]
+    while stack:  # every accepted node, each evaluated once
+        node, depth = stack.pop()
+        tops[node] = t = int(top(node))
+        if depth > best_depth or (depth == best_depth and node < best):
+            best, best_depth = node, depth
+        stack.extend((c, depth + 1) for c in children[node] if tok[c] == t)
+    return _path_tensor(best, par, tokens.device), tops[best]
 
 
 def _normalise(p: torch.Tensor) -> torch.Tensor:
@@ -130,7 +146,7 @@ def _try_candidates(
 def tree_rejection_sample(
     tokens: torch.Tensor,
     parents: torch.Tensor,
-    base_probs: torch.Tensor,
+    base_probs: torch.Tensor | NodeRows,
     generator: torch.Generator,
     draft_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
@@ -143,24 +159,29 @@ def tree_rejection_sample(
     min(1, p(x) / q(x)), else p <- norm(max(p - q, 0)) and q <- norm(q with q(x) = 0).
     On acceptance move to the child; when no child is accepted the bonus token is drawn
     from the residual p. The committed tokens are distributed exactly as the base model.
-    ``tokens [N]``, ``parents [N]``, ``base_probs [N, V]``, ``draft_probs [N, V]``.
+    ``tokens [N]``, ``parents [N]``, ``base_probs [N, V]`` (or a function node -> probs [V], called
+    only for nodes on the sampled path), ``draft_probs [N, V]``.
     Returns ``(path [tau], bonus)`` as in :func:`greedy_accept`.
     """
     par = check_parents(parents)
     n = len(par)
     _check_node_tensor("tokens", tokens, n, 1)
-    _check_node_tensor("base_probs", base_probs, n, 2)
-    if draft_probs is not None and draft_probs.shape != base_probs.shape:
-        raise ValueError(f"draft_probs must have shape {tuple(base_probs.shape)}, got {tuple(draft_probs.shape)}")
-    dtype = torch.promote_types(base_probs.dtype, torch.float32)
+    row = base_probs if callable(base_probs) else base_probs.__getitem__
+    if not callable(base_probs):
+        _check_node_tensor("base_probs", base_probs, n, 2)
+        if draft_probs is not None and draft_probs.shape != base_probs.shape:
+            raise ValueError(f"draft_probs must have shape {tuple(base_probs.shape)}, got {tuple(draft_probs.shape)}")
+    elif draft_probs is not None:
+        _check_node_tensor("draft_probs", draft_probs, n, 2)
     children: list[list[int]] = [[] for _ in range(n)]
     for i in range(1, n):
         children[par[i]].append(i)
     tok = tokens.tolist()
     path, cur = [0], 0
     while True:
-        p = _normalise(base_probs[cur].to(dtype))  # [V]
-        q = None if draft_probs is None else _normalise(draft_probs[cur].to(dtype))  # [V]
+        p = row(cur)  # [V]
+        p = _normalise(p.to(torch.promote_types(p.dtype, torch.float32)))
+        q = None if draft_probs is None else _normalise(draft_probs[cur].to(p.dtype))  # [V]
         nxt, p = _try_candidates(children[cur], tok, p, q, generator)
         if nxt is None:
             break

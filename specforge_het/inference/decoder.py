@@ -76,6 +76,7 @@ class Decoder:
         if not self.sampling.greedy and generator is None:
             raise ValueError("sampling needs an explicit torch.Generator")
         self.eos = eos_ids(base)
+        self._root_accept_rate = 0.0  # running share of verify steps that accepted the root's child
 
     def _choose(self, logits: torch.Tensor) -> int:
         """Next token from base logits [V]."""
@@ -105,7 +106,7 @@ class Decoder:
         layers = () if self.proposer is None else self.proposer.feature_layers
         _sync(device)
         t0 = time.perf_counter()
-        cache = self.base.new_cache()
+        cache = self.base.new_cache(input_ids.shape[1] + max_new_tokens + 2 * lookahead + 1)
         out = self.base(input_ids, cache, feature_layers=layers, logits="last")
         root = self._choose(out.logits[0, -1])
         if self.proposer is not None:
@@ -144,17 +145,55 @@ class Decoder:
         past = cache.get_seq_length()
         positions = past + layout.position_offsets.to(tokens.device)
         out = self.base(tokens[None], cache, positions, layout.attn_mask.to(tokens.device),
-                        feature_layers=self.proposer.feature_layers, logits="all")
-        logits = out.logits[0]  # [N, V]
+                        feature_layers=self.proposer.feature_layers, logits="none")
+        rows = TreeRows(self._row_fn(out.hidden[0]), parents.tolist(), self._prefetch_root)
         if self.sampling.greedy:
-            path, bonus = greedy_accept(tokens, parents, logits.argmax(-1))
+            path, bonus = greedy_accept(tokens, parents, rows)
         else:
-            s = self.sampling
-            probs = sampling_probs(logits, s.temperature, s.top_p, s.top_k)
-            path, bonus = tree_rejection_sample(tokens, parents, probs, self.generator)
+            path, bonus = tree_rejection_sample(tokens, parents, rows, self.generator)
+        self._root_accept_rate += 0.25 * (float(path.numel() > 1) - self._root_accept_rate)
         path = path.to(tokens.device)
         keep_cache_entries(cache, past, path)
         new = torch.cat([tokens[path[1:]], torch.tensor([bonus], device=tokens.device)])
         self.proposer.update(new, None if out.features is None else out.features[0, path])
         result.accept_lengths.append(int(path.numel()))
         return new.tolist()
+
+    @property
+    def _prefetch_root(self) -> bool:
+        """Head rows for the root's whole best chain at once when the root's best child was accepted often."""
+        return self._root_accept_rate >= 0.5
+
+    def _row_fn(self, hidden: torch.Tensor):
+        """rows -> per-row argmax ints (greedy) or sampling probabilities [V], from verify hidden states [N, H]."""
+        s = self.sampling
+        if s.greedy:
+            return lambda rows: self.base.head(hidden[rows]).argmax(-1).tolist()
+        return lambda rows: sampling_probs(self.base.head(hidden[rows]), s.temperature, s.top_p, s.top_k)
+
+
+class TreeRows:
+    """Base outputs at draft-tree nodes, computed on first use, so the LM head runs only on rows the
+    acceptance rule reads (the accepted path, ~tau rows) instead of all N tree nodes.
+
+    A request for node i computes i together with its first-child chain (the draft's best
+    continuation, likely needed next) in one head call; for the root, the chain only when
+    `prefetch_root` (the root's best child was accepted often lately). -> output of `fn` per row.
+    """
+
+    def __init__(self, fn, parents: list[int], prefetch_root: bool):
+        self.fn, self.prefetch_root = fn, prefetch_root
+        self.first_child = [-1] * len(parents)
+        for i in range(len(parents) - 1, 0, -1):
+            self.first_child[parents[i]] = i
+        self.done: dict[int, object] = {}
+
+    def __call__(self, node: int):
+        if node not in self.done:
+            rows, c = [node], self.first_child[node]
+            while c >= 0 and c not in self.done and (node != 0 or self.prefetch_root):
+                rows.append(c)
+                c = self.first_child[c]
+            for r, value in zip(rows, self.fn(rows)):
+                self.done[r] = value
+        return self.done[node]
