@@ -40,9 +40,9 @@ def acc_of(*rows, source="synthetic") -> Acceptance:
     return Acceptance(tuple(tuple(r) for r in rows), source)
 
 
-def flat_costs(verify, draft_fixed=1e-6, draft_step=1e-6, update=1e-6, base_step=0.1) -> Costs:
-    return Costs(tuple(verify), ((1, draft_fixed), (8, draft_fixed)), ((1, draft_step), (8, draft_step)),
-                 ((1, update), (8, update)), base_step)
+def flat_costs(verify, draft_fixed=1e-6, draft_step=1e-6, update=1e-6, head=1e-6, base_step=0.1) -> Costs:
+    return Costs(tuple(verify), ((1, head), (8, head)), ((1, draft_fixed), (8, draft_fixed)),
+                 ((1, draft_step), (8, draft_step)), ((1, update), (8, update)), base_step)
 
 
 # ---------------------------------------------------------------- expected accept length
@@ -150,19 +150,23 @@ def test_interpolate_and_monotone():
     assert interpolate(((3, 7.0),), 50) == 7.0
     assert monotone(((1, 1.0), (2, 3.0), (4, 2.0), (8, 4.0))) == ((1, 1.0), (2, 2.5), (4, 2.5), (8, 4.0))
     assert monotone(((2, 5.0), (1, 6.0), (4, 1.0))) == ((1, 4.0), (2, 4.0), (4, 4.0))
-    costs = Costs(((1, 1.0), (2, 0.5)), ((1, 0.2), (2, 0.1)), ((1, 0.0),), ((1, 0.0),), 1.0).smoothed()
+    costs = Costs(((1, 1.0), (2, 0.5)), ((1, 0.0),), ((1, 0.2), (2, 0.1)), ((1, 0.0),), ((1, 0.0),), 1.0).smoothed()
     assert costs.verify == ((1, 0.75), (2, 0.75))
     assert [x for x, _ in costs.draft_fixed] == [1, 2] and [y for _, y in costs.draft_fixed] == pytest.approx([0.15] * 2)
     assert Costs.from_json(json.loads(json.dumps(costs.to_json()))) == costs
 
 
 def test_evaluate_hand_computed():
-    costs = Costs(((1, 0.1), (4, 0.2)), ((1, 0.01), (2, 0.02)), ((1, 0.005), (2, 0.01)), ((1, 0.001), (8, 0.008)), 0.1)
+    costs = Costs(((1, 0.1), (4, 0.2)), ((1, 0.01), (5, 0.05)), ((1, 0.01), (2, 0.02)), ((1, 0.005), (2, 0.01)),
+                  ((1, 0.001), (8, 0.008)), 0.1)
     c = evaluate(costs, acc_of([0.5]), TreeShape("chain", 3, 1, 4))
     assert c.tau == pytest.approx(1.875)
-    assert (c.verify_s, c.draft_s, c.update_s) == pytest.approx((0.2, 0.02, 0.001875))
-    assert c.tokens_per_s == pytest.approx(1.875 / 0.221875)
-    assert c.speedup == pytest.approx(0.1 * 1.875 / 0.221875)
+    # verify: layers for 4 tokens + the head on min(4, τ + 1) = 2.875 rows
+    assert (c.verify_s, c.draft_s, c.update_s) == pytest.approx((0.2 + 0.02875, 0.02, 0.001875))
+    assert c.tokens_per_s == pytest.approx(1.875 / 0.250625)
+    assert c.speedup == pytest.approx(0.1 * 1.875 / 0.250625)
+    one = evaluate(costs, acc_of([0.5]), TreeShape("chain", 1, 1, 2))
+    assert one.verify_s == pytest.approx(interpolate(costs.verify, 2) + 0.02)  # min(N = 2, τ + 1 = 2.5) rows
 
 
 def test_candidate_shapes():
@@ -260,6 +264,7 @@ def test_truth_ranks_equal_proposer_and_unrolled_draft(llama_base, sharp_draft, 
 def test_measured_costs_have_every_point(llama_base, sharp_draft):
     costs = calibrate.measure_costs(llama_base, sharp_draft, repeats=1)
     assert [n for n, _ in costs.verify] == list(calibrate.VERIFY_SIZES)
+    assert [r for r, _ in costs.head] == list(calibrate.HEAD_ROWS) and all(s > 0 for _, s in costs.head)
     assert [k for k, _ in costs.draft_fixed] == [k for k, _ in costs.draft_step] == list(calibrate.DRAFT_TOP_KS)
     assert [m for m, _ in costs.update] == list(calibrate.UPDATE_SIZES)
     assert all(s > 0 for _, s in costs.verify + costs.draft_fixed + costs.update) and costs.base_step > 0

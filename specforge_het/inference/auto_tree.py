@@ -26,7 +26,7 @@ from specforge_het.inference.cost_model import (
 from specforge_het.inference.prompts import load_conversations
 from specforge_het.inference.proposer import TreeSpec
 
-SCHEMA = 1
+SCHEMA = 2  # 2: LM head rows measured apart from the verify forward
 SHOW = 8  # candidates shown in the report
 
 
@@ -151,18 +151,16 @@ def choose_tree(base, draft, inf, draft_path: str = "", console: Console | None 
 
 def cost_table(costs: Costs) -> Table:
     table = Table(title=f"measured costs (ms, made non-decreasing) · base-only step {1e3 * costs.base_step:.1f} ms")
-    table.add_column("tree tokens N", justify="right")
-    table.add_column("verify", justify="right")
-    table.add_column("top_k", justify="right")
-    table.add_column("draft depth 1", justify="right")
-    table.add_column("per extra step", justify="right")
-    rows = max(len(costs.verify), len(costs.draft_fixed))
-    for i in range(rows):
-        v = costs.verify[i] if i < len(costs.verify) else None
-        f = costs.draft_fixed[i] if i < len(costs.draft_fixed) else None
-        s = costs.draft_step[i] if i < len(costs.draft_step) else None
-        table.add_row(*(("", "") if v is None else (str(v[0]), f"{1e3 * v[1]:.1f}")),
-                      *(("", "", "") if f is None else (str(f[0]), f"{1e3 * f[1]:.1f}", f"{1e3 * s[1]:.1f}")))
+    for col in ("tree tokens N", "verify (layers)", "head rows", "LM head", "top_k", "draft depth 1", "per extra step"):
+        table.add_column(col, justify="right")
+
+    def cells(points, i, *more):
+        if i >= len(points):
+            return ("",) * (2 + len(more))
+        return (str(points[i][0]), f"{1e3 * points[i][1]:.1f}", *(f"{1e3 * m[i][1]:.1f}" for m in more))
+
+    for i in range(max(len(costs.verify), len(costs.head), len(costs.draft_fixed))):
+        table.add_row(*cells(costs.verify, i), *cells(costs.head, i), *cells(costs.draft_fixed, i, costs.draft_step))
     return table
 
 

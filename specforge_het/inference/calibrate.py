@@ -15,7 +15,6 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache
 
-from specforge_het.inference.accept import greedy_accept
 from specforge_het.inference.cost_model import Acceptance, Costs, acceptance_from_ranks
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.prompts import render
@@ -24,6 +23,7 @@ from specforge_het.inference.tree import layout_from_parents, stable_topk
 from specforge_het.models.base import keep_cache_entries
 
 VERIFY_SIZES = (1, 2, 4, 8, 16, 32, 64)  # tree tokens per verify, root included
+HEAD_ROWS = (1, 2, 4, 8)  # base LM head rows per verify (the decoder runs it along the accepted path)
 DRAFT_TOP_KS = (1, 2, 4, 8)  # nodes expanded per draft step
 UPDATE_SIZES = (1, 4, 8)  # tokens committed per verify
 DEEP = 4  # a proposal of this depth next to one of depth 1 gives the cost per draft step
@@ -83,8 +83,9 @@ def cost_context(base) -> int:
 
 
 @torch.no_grad()
-def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: int) -> tuple[list, float]:
-    """Base verify seconds per tree size (decoder bookkeeping included) and one base-only step."""
+def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: int) -> tuple[list, list, float]:
+    """Seconds of the base layers per tree size (decoder bookkeeping included), of the LM head per
+    row count, and of one base-only step."""
     cache = base.new_cache()
     base(ctx, cache, feature_layers=layers, logits="last")
     past, device = ctx.shape[1], base.device
@@ -98,17 +99,20 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
         parents = torch.tensor([-1] + [(i - 1) // 2 for i in range(1, n)], device=device)  # a bushy tree
         layout = layout_from_parents(parents)
         positions = past + layout.position_offsets.to(device)
-        out = base(tokens[None], cache, positions, layout.attn_mask.to(device), feature_layers=layers, logits="all")
-        path, _ = greedy_accept(tokens, parents, out.logits[0].argmax(-1))
-        keep_cache_entries(cache, past, path.to(device))
+        out = base(tokens[None], cache, positions, layout.attn_mask.to(device), feature_layers=layers, logits="none")
+        path = torch.tensor([0, 1, 3][: max(1, n.bit_length())], device=device)  # root, child, grandchild
+        keep_cache_entries(cache, past, path)
         return None if out.features is None else out.features[0, path]
+
+    hidden = base(pool[:max(HEAD_ROWS)][None], base.new_cache(), logits="none").hidden[0]  # [R, H]
 
     def base_step():
         base(pool[:1][None], cache, logits="all").logits[0, -1].argmax()
 
-    jobs = [(lambda n=n: verify(n), rollback) for n in VERIFY_SIZES] + [(base_step, rollback)]
+    jobs = [(lambda n=n: verify(n), rollback) for n in VERIFY_SIZES]
+    jobs += [(lambda r=r: base.head(hidden[:r]).argmax(-1), None) for r in HEAD_ROWS] + [(base_step, rollback)]
     *times, step = interleaved_medians(jobs, repeats, device)
-    return list(zip(VERIFY_SIZES, times)), step
+    return list(zip(VERIFY_SIZES, times)), list(zip(HEAD_ROWS, times[len(VERIFY_SIZES):])), step
 
 
 @torch.no_grad()
@@ -137,9 +141,9 @@ def measure_draft(base, draft, ctx: torch.Tensor, repeats: int) -> tuple[list, l
 def measure_costs(base, draft, repeats: int = 5) -> Costs:
     """Raw measured costs (see Costs.smoothed for the non-decreasing fit the search uses)."""
     ctx = context_ids(base, cost_context(base))
-    verify, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats)
+    verify, head, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats)
     fixed, per_step, update = measure_draft(base, draft, ctx, repeats)
-    return Costs(tuple(verify), tuple(fixed), tuple(per_step), tuple(update), base_step)
+    return Costs(tuple(verify), tuple(head), tuple(fixed), tuple(per_step), tuple(update), base_step)
 
 
 # ---------------------------------------------------------------- acceptance

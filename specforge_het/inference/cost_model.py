@@ -15,10 +15,11 @@ draft's log-probs: the tree the decoder would build for a draft whose confidence
 measured acceptance.
 
 Cost model: one speculative step costs
-``verify(N) + draft(D, K) + update(τ)``: the base forward over the N tree tokens (with the
-decoder's tree layout, acceptance and cache roll-back), the draft's proposal (a fixed part plus
-one draft step per extra level, each expanding K nodes), and the draft's update with the τ
-accepted tokens. Predicted speed-up = (E[τ] / step) / (1 / base-only step).
+``verify(N) + head(min(N, τ + 1)) + draft(D, K) + update(τ)``: the base layers over the N tree
+tokens (with the decoder's tree layout and cache roll-back), the base LM head on the rows the
+acceptance rule reads (the decoder runs it on demand along the accepted path, plus about one
+prefetched row), the draft's proposal (a fixed part plus one draft step per extra level, each
+expanding K nodes), and the draft's update with the τ accepted tokens. Predicted speed-up = (E[τ] / step) / (1 / base-only step).
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def monotone(points: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ..
 class Costs:
     """Measured seconds on one device / dtype / thread count for one base + draft pair."""
 
-    verify: tuple[tuple[int, float], ...]  # (tree tokens N, s): base verify step, decoder bookkeeping included
+    verify: tuple[tuple[int, float], ...]  # (tree tokens N, s): base layers + decoder bookkeeping, no LM head
+    head: tuple[tuple[int, float], ...]  # (rows, s): the base LM head (+ argmax) on that many rows
     draft_fixed: tuple[tuple[int, float], ...]  # (top_k, s): a depth-1 proposal
     draft_step: tuple[tuple[int, float], ...]  # (top_k, s): each further draft step expanding top_k nodes
     update: tuple[tuple[int, float], ...]  # (accepted tokens, s): the draft's update after a verify
@@ -235,12 +237,14 @@ class Costs:
         return interpolate(self.draft_fixed, top_k) + (depth - 1) * interpolate(self.draft_step, top_k)
 
     def step(self, shape: TreeShape, tau: float) -> tuple[float, float, float]:
-        """(verify, draft, update) seconds of one speculative step."""
-        return (interpolate(self.verify, shape.total_tokens), self.draft(shape.max_depth, shape.top_k),
-                interpolate(self.update, tau))
+        """(verify with its head rows, draft, update) seconds of one speculative step."""
+        n = shape.total_tokens
+        verify = interpolate(self.verify, n) + interpolate(self.head, min(n, tau + 1.0))
+        return verify, self.draft(shape.max_depth, shape.top_k), interpolate(self.update, tau)
 
     def to_json(self) -> dict:
-        return {"verify": [list(p) for p in self.verify], "draft_fixed": [list(p) for p in self.draft_fixed],
+        return {"verify": [list(p) for p in self.verify], "head": [list(p) for p in self.head],
+                "draft_fixed": [list(p) for p in self.draft_fixed],
                 "draft_step": [list(p) for p in self.draft_step], "update": [list(p) for p in self.update],
                 "base_step": self.base_step}
 
@@ -249,12 +253,13 @@ class Costs:
         def pts(key):
             return tuple((int(x), float(y)) for x, y in data[key])
 
-        return cls(pts("verify"), pts("draft_fixed"), pts("draft_step"), pts("update"), float(data["base_step"]))
+        return cls(pts("verify"), pts("head"), pts("draft_fixed"), pts("draft_step"), pts("update"),
+                   float(data["base_step"]))
 
     def smoothed(self) -> Costs:
         """Every curve made non-decreasing (see `monotone`)."""
-        return Costs(monotone(self.verify), monotone(self.draft_fixed), monotone(self.draft_step),
-                     monotone(self.update), self.base_step)
+        return Costs(monotone(self.verify), monotone(self.head), monotone(self.draft_fixed),
+                     monotone(self.draft_step), monotone(self.update), self.base_step)
 
 
 # ---------------------------------------------------------------- search
