@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from specforge_het.inference.tree import (
     build_dynamic_tree,
@@ -22,6 +21,7 @@ from specforge_het.inference.tree import (
     static_tree_spec,
 )
 from specforge_het.models.base import keep_cache_entries
+from specforge_het.models.lean import KVCache, pack_linears
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,15 @@ class DraftProposer:
         if tree.kind not in ("chain", "static", "dynamic"):
             raise ValueError(f"tree kind '{tree.kind}' is not one of chain, static, dynamic")
         self.draft, self.tree = draft, tree
+        if draft.fc.weight.device.type == "cpu":
+            pack_linears(draft)  # few-row matmuls on prepacked oneDNN weights (models/lean.py)
         self.feature_layers = tuple(draft.cfg.feature_layers)
         if tree.kind == "static":
             self._static = static_parents(static_tree_spec(tree.static_tree))
         self.reset()
 
     def reset(self) -> None:
-        self.cache = DynamicCache()
+        self.cache = KVCache(0) if self.draft is None else self.draft.new_cache()  # no draft: test oracles
         self.committed = 0  # pairs in the draft cache
         self.root_token: int = -1
         self.root_hidden: torch.Tensor | None = None  # [Hd] output at the last committed pair
@@ -108,8 +110,14 @@ class DraftProposer:
         return torch.log_softmax(self.draft.logits(hidden_out).float(), dim=-1)
 
     def _mask(self, s: int, past: int, local: torch.Tensor) -> torch.Tensor:
-        """Additive mask [1, 1, s, past + local_cols]: every committed pair + the allowed new/tree columns."""
-        allowed = torch.cat([torch.ones(s, past, dtype=torch.bool, device=local.device), local], dim=1)
+        """Mask [1, 1, s, past + local_cols]: every committed pair + the allowed new/tree columns.
+
+        Boolean (True = attend) for the lean KVCache path, additive for HF layers.
+        """
+        allowed = torch.ones(s, past + local.shape[1], dtype=torch.bool, device=local.device)
+        allowed[:, past:] = local
+        if isinstance(self.cache, KVCache):
+            return allowed[None, None]
         dtype = self.draft.fc.weight.dtype
         return torch.zeros(allowed.shape, dtype=dtype, device=local.device).masked_fill_(
             ~allowed, torch.finfo(dtype).min)[None, None]

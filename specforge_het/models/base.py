@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 from specforge_het.assets import resolve_model_path
-from specforge_het.models.lean import KVCache, attend_mask, layer_forward, supports_lean
+from specforge_het.models.lean import KVCache, attend_mask, layer_forward, pack_linears, supports_lean
 
 LAST = -1  # feature id of the final normed hidden state
 
@@ -66,6 +66,8 @@ class BaseModel(nn.Module):
         self.sliding_window = getattr(self.config, "sliding_window", None) if "sliding_attention" in types else None
         self.layer_types = [types[i] if i < len(types) else "full_attention" for i in range(len(self.layers))]
         self.lean = supports_lean(self.layers, self.config)  # KV-cached forwards skip HF's glue (models/lean.py)
+        if self.device.type == "cpu":
+            pack_linears(self.model)  # few-row inference matmuls on prepacked oneDNN weights (models/lean.py)
 
     # ------------------------------------------------------------ loading
     @classmethod

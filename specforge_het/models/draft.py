@@ -16,6 +16,7 @@ from torch import nn
 from specforge_het.algorithms import get_algorithm
 from specforge_het.models.adapters import VocabAdapter
 from specforge_het.models.families import family_config, get_family
+from specforge_het.models.lean import KVCache, layer_forward, supports_lean
 
 
 @dataclass
@@ -155,10 +156,19 @@ class DraftModel(nn.Module):
         return draft_ids if self.vocab is None else self.vocab.to_base(draft_ids)
 
     # ------------------------------------------------------------ forward
+    def new_cache(self, capacity: int = 0):
+        """Draft KV cache for inference: a preallocated KVCache (lean forward) where the layers allow it."""
+        from transformers import DynamicCache
+
+        if supports_lean(self.layers, self.hf_config):
+            return KVCache(len(self.layers), capacity or 256)
+        return DynamicCache()
+
     def forward(self, input_ids, hidden_in, position_ids, attention_mask=None, cache=None) -> torch.Tensor:
         """Run the draft layers. input_ids [B, S] base ids, hidden_in [B, S, Hd] -> hidden_out [B, S, Hd].
 
-        attention_mask: additive 4-D [B, 1, S, past+S] or None for plain causal (no cache).
+        attention_mask: 4-D [B, 1, S, past+S] (additive, or bool with True = attend) or None for plain
+        causal (no cache). With a `KVCache` (batch size 1) the layers run through the lean forward.
         """
         fused = self.layers[0].input_layernorm if self.algorithm.fused_first_layer else None
         if fused is not None:
@@ -166,6 +176,11 @@ class DraftModel(nn.Module):
         h = hidden_in
         pos_emb = self.family.rotary_call(self.rotary, h, position_ids)
         try:
+            if isinstance(cache, KVCache):
+                for i, layer in enumerate(self.layers):
+                    h = layer_forward(layer, h, *pos_emb, attention_mask, cache, i)
+                cache.advance(h.shape[1])
+                return h
             for layer in self.layers:
                 h = layer(h, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
                           use_cache=cache is not None, position_embeddings=pos_emb)
