@@ -1,0 +1,284 @@
+"""The fast inference paths give the same answers as the plain ones.
+
+* lean base forward + KVCache == HF forward + DynamicCache (prefill, tree verify, rollback, decode),
+  for every family, Gemma3 past its sliding window included; unsupported setups fall back to HF;
+* lean draft forward == HF draft layers;
+* oneDNN-packed linears == F.linear, and step aside for autograd, many rows and changed weights;
+* lazy acceptance (base outputs computed per node on demand) == acceptance over all rows, and
+  reads only nodes on accepted paths; TreeRows batches a node with its first-child chain.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import draft_modeling
+from torch import nn
+from transformers import DynamicCache
+
+from specforge_het.inference.accept import greedy_accept, tree_rejection_sample
+from specforge_het.inference.decoder import Decoder, TreeRows
+from specforge_het.inference.proposer import DraftProposer, TreeSpec
+from specforge_het.inference.tree import layout_from_parents
+from specforge_het.models.base import BaseModel, keep_cache_entries
+from specforge_het.models.build import build_draft
+from specforge_het.models.lean import KVCache, attend_mask, pack_linears, packing_available
+
+FAMILIES = ("llama", "qwen3", "gemma3")
+T, F_ = True, False
+TREE = torch.tensor([-1, 0, 0, 1, 1, 3])  # 6 nodes, two branches
+
+
+def _ids(n: int, start: int = 5) -> torch.Tensor:
+    return (torch.arange(n) * 11 % 280 + start)[None]
+
+
+# ---------------------------------------------------------------- lean base forward
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("prompt_len", [5, 24])  # 24 > gemma3's sliding window 16
+def test_lean_base_equals_hf(bases, family, prompt_len) -> None:
+    base = bases[family]
+    assert base.lean
+    lean, hf = base.new_cache(capacity=8), DynamicCache()  # capacity 8: the lean cache must grow
+    assert isinstance(lean, KVCache)
+    layers = (1, 3, -1)
+    layout = layout_from_parents(TREE)
+    tree_ids = torch.tensor([[40, 41, 42, 43, 44, 45]])
+    with torch.no_grad():
+        outs = {}
+        for name, cache in (("lean", lean), ("hf", hf)):
+            pre = base(_ids(prompt_len), cache, feature_layers=layers, logits="all")
+            ver = base(tree_ids, cache, prompt_len + layout.position_offsets, layout.attn_mask,
+                       feature_layers=layers, logits="all")
+            keep_cache_entries(cache, prompt_len, torch.tensor([0, 2]))  # not a prefix: entries move
+            step = base(torch.tensor([[46]]), cache, feature_layers=layers, logits="all")
+            keep_cache_entries(cache, prompt_len + 2, torch.tensor([0]))
+            step2 = base(torch.tensor([[47, 48]]), cache, logits="last")
+            outs[name] = (pre.logits, pre.features, ver.logits, ver.features, step.logits, step.features,
+                          step2.logits, cache.get_seq_length())
+    assert outs["lean"][-1] == outs["hf"][-1] == prompt_len + 5
+    for got, want in zip(outs["lean"][:-1], outs["hf"][:-1]):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    # and against a plain HF forward of the kept sequence
+    kept = torch.cat([_ids(prompt_len), tree_ids[:, [0, 2]], torch.tensor([[46, 47, 48]])], dim=1)
+    with torch.no_grad():
+        ref = base.model(input_ids=kept).logits[0, -1]
+    torch.testing.assert_close(outs["lean"][6][0, -1], ref, atol=2e-5, rtol=1e-5)
+
+
+def test_unsupported_attention_falls_back_to_hf(base_dirs) -> None:
+    eager = BaseModel.load(base_dirs["llama"], attn_implementation="eager")
+    assert not eager.lean
+    cache = eager.new_cache()
+    assert isinstance(cache, DynamicCache)
+    with torch.no_grad():
+        out = eager(_ids(6), cache, logits="last").logits
+        ref = eager.model(input_ids=_ids(6)).logits[:, -1:]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no lean forward"):
+        eager(_ids(3), KVCache(eager.num_layers))
+
+
+def test_kv_cache_write_grow_keep() -> None:
+    cache = KVCache(2, capacity=4)
+    a = torch.arange(2 * 3 * 2, dtype=torch.float32).view(1, 2, 3, 2)
+    for i in range(2):
+        k, v = cache.write(i, a + i, -a - i)
+        assert k.shape == (1, 2, 3, 2)
+    cache.advance(3)
+    b = torch.full((1, 2, 20, 2), 7.0)  # overflows capacity 16: the buffers grow, old entries kept
+    for i in range(2):
+        k, _ = cache.write(i, b, b)
+        assert k.shape[2] == 23 and torch.equal(k[:, :, :3], a + i)
+    cache.advance(20)
+    assert cache.get_seq_length() == 23 and cache.capacity >= 23
+    cache.keep(3, torch.tensor([1, 4]), contiguous=False)  # keep new entries 1 and 4 after 3 old ones
+    assert cache.get_seq_length() == 5
+    torch.testing.assert_close(cache.layers[1].keys[:, :, :3], a + 1)
+    assert torch.equal(cache.layers[0].values[:, :, 3:], torch.full((1, 2, 2, 2), 7.0))
+    cache.keep(2, torch.empty(0, dtype=torch.long), contiguous=True)
+    assert cache.get_seq_length() == 2 and cache.layers[0].keys.shape[2] == 2
+
+
+def test_attend_mask_literal() -> None:
+    assert attend_mask(torch.tensor([7]), 7, None, None) is None  # one token sees everything
+    assert attend_mask(torch.tensor([7]), 7, None, 16) is None  # still inside the window
+    m = attend_mask(torch.tensor([20]), 20, None, 16)[0, 0]
+    assert m.tolist() == [[F_] * 5 + [T] * 16]  # 20 - k >= 16 blocked: keys 0..4
+    tree = torch.tensor([[T, F_, F_], [T, T, F_], [T, F_, T]])
+    m = attend_mask(torch.tensor([2, 3, 3]), 2, tree, None)[0, 0]
+    assert m.tolist() == [[T, T, T, F_, F_], [T, T, T, T, F_], [T, T, T, F_, T]]
+    causal = attend_mask(torch.tensor([2, 3]), 2, None, None)[0, 0]
+    assert causal.tolist() == [[T, T, T, F_], [T, T, T, T]]
+    slid = attend_mask(torch.tensor([4, 5, 5]), 4, tree, 3)[0, 0]  # window 3: query 5 drops keys 0..2
+    assert slid.tolist() == [[F_, F_, T, T, T, F_, F_], [F_, F_, F_, T, T, T, F_], [F_, F_, F_, T, T, F_, T]]
+
+
+# ---------------------------------------------------------------- lean draft forward
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lean_draft_equals_hf_layers(bases, family) -> None:
+    base = bases["llama"]
+    draft = build_draft(draft_modeling(family=family), base, seed=0).eval()
+    n, k = 9, 3
+    ids = _ids(n + k)
+    feats = base.features(ids, tuple(draft.cfg.feature_layers)).features
+    tree = torch.tensor([[T, F_, F_], [T, T, F_], [T, F_, T]])
+    outs = {}
+    with torch.no_grad():
+        for name, cache in (("lean", draft.new_cache(4)), ("hf", DynamicCache())):
+            allowed = torch.ones(n, n, dtype=torch.bool).tril()
+            masks = [allowed, torch.cat([torch.ones(k, n, dtype=torch.bool), tree], dim=1)]
+            if name == "hf":
+                masks = [torch.zeros(m.shape).masked_fill(~m, torch.finfo(torch.float32).min) for m in masks]
+            h_in = draft.input_from_base(ids[:, :n], feats[:, :n])
+            a = draft(ids[:, :n], h_in, torch.arange(n)[None], masks[0][None, None], cache)
+            h_tree = draft.input_from_self(ids[:, n:], a[:, -k:])
+            b = draft(ids[:, n:], h_tree, torch.tensor([[n, n + 1, n + 1]]), masks[1][None, None], cache)
+            outs[name] = (a, b, cache.get_seq_length())
+    assert isinstance(draft.new_cache(), KVCache)
+    assert outs["lean"][2] == outs["hf"][2] == n + k
+    torch.testing.assert_close(outs["lean"][0], outs["hf"][0], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(outs["lean"][1], outs["hf"][1], atol=2e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- packed linears
+
+needs_onednn = pytest.mark.skipif(not packing_available(), reason="oneDNN not available in this torch build")
+
+
+@needs_onednn
+def test_packed_linear_equals_f_linear_and_steps_aside() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 300)
+    plain = nn.Linear(64, 300)
+    plain.load_state_dict(lin.state_dict())
+    assert pack_linears(nn.Sequential(lin)) == 1
+    assert pack_linears(nn.Sequential(lin)) == 0  # routed once
+    x = torch.randn(1, 5, 64)
+    with torch.no_grad():
+        got = lin(x)
+        assert "_packed_state" in lin.__dict__ and lin.__dict__["_packed_state"][1] is not None
+        torch.testing.assert_close(got, plain(x), atol=1e-5, rtol=1e-5)
+        many = torch.randn(200, 64)
+        assert torch.equal(lin(many), plain(many))  # many rows: F.linear itself
+        lin.weight.mul_(2.0)  # in-place change: repacked on the next call
+        plain.weight.mul_(2.0)
+        torch.testing.assert_close(lin(x), plain(x), atol=1e-5, rtol=1e-5)
+    y = lin(x)  # autograd: F.linear, and gradients flow
+    assert torch.equal(y, plain(x))
+    y.sum().backward()
+    assert lin.weight.grad is not None
+
+
+@needs_onednn
+def test_bases_route_linears_through_packing(bases) -> None:
+    base = bases["qwen3"]
+    with torch.no_grad():
+        base(_ids(3), base.new_cache(), logits="last")
+    packed = [m for m in base.model.modules() if isinstance(m, nn.Linear) and "_packed_state" in m.__dict__]
+    assert len(packed) == 7 * base.num_layers + 1  # q k v o gate up down per layer + LM head
+
+
+# ---------------------------------------------------------------- lazy acceptance
+
+
+def _random_tree(rng: random.Random, n: int) -> list[int]:
+    return [-1] + [rng.randrange(i) for i in range(1, n)]
+
+
+def _recording(values, calls: list[int]):
+    """node -> values[node], noting every node asked for."""
+    def row(i: int):
+        calls.append(i)
+        return values[i]
+    return row
+
+
+def test_lazy_greedy_equals_full_and_reads_only_accepted_nodes() -> None:
+    rng = random.Random(0)
+    for trial in range(300):
+        n = rng.randrange(1, 14)
+        parents = torch.tensor(_random_tree(rng, n))
+        tokens = torch.tensor([rng.randrange(3) for _ in range(n)])  # 3 tokens: many matches, some ties
+        argmax = torch.tensor([rng.randrange(3) for _ in range(n)])
+        calls: list[int] = []
+        lazy = greedy_accept(tokens, parents, _recording(argmax.tolist(), calls))
+        full = greedy_accept(tokens, parents, argmax)
+        assert lazy[0].tolist() == full[0].tolist() and lazy[1] == full[1], trial
+        assert calls[0] == 0 and len(set(calls)) == len(calls)
+        for i in calls[1:]:  # read only where the parent was read and its argmax is this token
+            p = int(parents[i])
+            assert p in calls and int(tokens[i]) == int(argmax[p])
+
+
+def test_lazy_rejection_sampling_equals_full() -> None:
+    rng = random.Random(1)
+    for trial in range(100):
+        n = rng.randrange(1, 10)
+        parents = torch.tensor(_random_tree(rng, n))
+        tokens = torch.tensor([rng.randrange(5) for _ in range(n)])
+        probs = torch.softmax(torch.randn(n, 5, generator=torch.Generator().manual_seed(trial)) * 2, -1)
+        calls: list[int] = []
+        a = tree_rejection_sample(tokens, parents, _recording(probs, calls),
+                                  torch.Generator().manual_seed(trial))
+        b = tree_rejection_sample(tokens, parents, probs, torch.Generator().manual_seed(trial))
+        assert a[0].tolist() == b[0].tolist() and a[1] == b[1], trial
+        assert calls == a[0].tolist()  # exactly the sampled path, in order
+
+
+def test_tree_rows_batches_first_child_chains() -> None:
+    seen: list[list[int]] = []
+
+    def fn(rows):
+        seen.append(list(rows))
+        return [10 * r for r in rows]
+
+    chain = [-1, 0, 1, 2, 3]
+    rows = TreeRows(fn, chain, prefetch_root=False)
+    assert rows(0) == 0 and seen == [[0]]
+    assert rows(1) == 10 and seen[-1] == [1, 2, 3, 4]
+    assert rows(3) == 30 and len(seen) == 2  # already computed
+    seen.clear()
+    assert TreeRows(fn, chain, prefetch_root=True)(0) == 0 and seen == [[0, 1, 2, 3, 4]]
+    seen.clear()
+    tree = TreeRows(fn, [-1, 0, 0, 1, 1, 2], prefetch_root=False)
+    tree(0), tree(2), tree(1)
+    assert seen == [[0], [2, 5], [1, 3]]
+
+
+def test_verify_runs_the_head_only_on_read_rows(bases, tok_b_dir, monkeypatch) -> None:
+    """An untrained draft is almost never right: the LM head then runs on ~1 row per verify step,
+    not on every tree node, and the output is still base-only greedy."""
+    base = bases["llama"]
+    prompt = _ids(12)
+    ref = Decoder(base).generate(prompt, 24)
+    draft = build_draft(draft_modeling(tok_dir=tok_b_dir), base, seed=0).eval()
+    spec = TreeSpec("dynamic", max_depth=3, top_k=3, total_tokens=8)
+    rows: list[int] = []
+    head = base.head
+    monkeypatch.setattr(base, "head", lambda h: rows.append(h.shape[-2] if h.dim() > 1 else 1) or head(h))
+    res = Decoder(base, DraftProposer(draft, spec)).generate(prompt, 24)
+    assert res.tokens == ref.tokens
+    verify_rows = sum(rows) - 1  # the prefill's last row
+    assert verify_rows <= sum(res.accept_lengths) + spec.max_depth * sum(a > 1 for a in res.accept_lengths)
+    assert verify_rows < res.steps * spec.total_tokens
+
+
+def test_base_only_decoding_unchanged_by_packing(bases) -> None:
+    """Greedy base-only decoding with the fast paths equals a plain argmax loop over HF's forward."""
+    base = bases["gemma3"]
+    prompt = _ids(20)
+    res = Decoder(base).generate(prompt, 12)
+    ids, ref = prompt.clone(), []
+    with torch.no_grad():
+        for _ in range(12):
+            logits = base.model(input_ids=ids).logits[0, -1]  # HF's whole forward, no cache
+            ref.append(int(logits.argmax()))
+            ids = torch.cat([ids, torch.tensor([[ref[-1]]])], dim=1)
+    assert res.tokens == ref
