@@ -282,3 +282,12 @@ def test_base_only_decoding_unchanged_by_packing(bases) -> None:
             ref.append(int(logits.argmax()))
             ids = torch.cat([ids, torch.tensor([[ref[-1]]])], dim=1)
     assert res.tokens == ref
+
+
+def test_stable_topk_k1_is_the_first_maximum() -> None:
+    from specforge_het.inference.tree import stable_topk
+
+    x = torch.randint(0, 3, (6, 50), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    ref_v, ref_i = torch.sort(x, dim=-1, descending=True, stable=True)
+    v, i = stable_topk(x, 1)
+    assert torch.equal(v, ref_v[:, :1]) and torch.equal(i, ref_i[:, :1])

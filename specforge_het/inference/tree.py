@@ -165,6 +165,9 @@ def stable_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     of those few only: a full sort of a 32k-row draft vocabulary per draft step is wasted work.
     """
     k = min(k, x.shape[-1])
+    if k == 1:  # chains: max returns the first maximal index, which is the tie rule
+        values, indices = torch.max(x, dim=-1, keepdim=True)
+        return values, indices
     kth = torch.topk(x, k, dim=-1).values[..., -1:]
     kk = int((x >= kth).sum(-1).max())
     values, indices = torch.topk(x, kk, dim=-1)  # [.., kk] every candidate, ties in any order
