@@ -95,7 +95,14 @@ def test_kv_cache_write_grow_keep() -> None:
         k, _ = cache.write(i, b, b)
         assert k.shape[2] == 23 and torch.equal(k[:, :, :3], a + i)
     cache.advance(20)
-    assert cache.get_seq_length() == 23 and cache.capacity >= 23
+    assert cache.get_seq_length() == 23 and cache.capacity == 32  # doubled from 16
+    buffers = [id(b) for b in cache.k]
+    for _ in range(9):  # growing one entry at a time within capacity: no reallocation
+        for i in range(2):
+            cache.write(i, b[:, :, :1], b[:, :, :1])
+        cache.advance(1)
+    assert [id(b) for b in cache.k] == buffers and cache.get_seq_length() == 32
+    cache.keep(23, torch.empty(0, dtype=torch.long), contiguous=True)
     cache.keep(3, torch.tensor([1, 4]), contiguous=False)  # keep new entries 1 and 4 after 3 old ones
     assert cache.get_seq_length() == 5
     torch.testing.assert_close(cache.layers[1].keys[:, :, :3], a + 1)

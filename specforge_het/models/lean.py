@@ -89,8 +89,8 @@ class KVCache:
         end = self.length + k.shape[2]
         buf_k, buf_v = self.k[i], self.v[i]
         if buf_k is None or end > buf_k.shape[2]:
-            cap = max(self.capacity, end)
-            while cap < end:
+            cap = self.capacity
+            while cap < end:  # doubling: a cache sized too small reallocates O(log n) times
                 cap *= 2
             self.capacity = cap
             new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
