@@ -29,3 +29,31 @@ concept: setup
 
 clean:
 	rm -rf $(VENV)
+
+# Rebuild the shipped drafts from scratch (CPU; the README's results section gives the times).
+# Each step resumes where it stopped; the data is base-generated answers to the shipped training prompts.
+PROMPTS := specforge_het/data/files/train_prompts.jsonl
+GEN := $(BIN)/python -m specforge_het.data_gen gen_dataset $(PROMPTS) --@smollm2 \
+	--dataset_generation.batch_size 8 --dataset_generation.max_new_tokens 128
+TRAIN_SMOLLM2 := $(BIN)/python -m specforge_het.train --@smollm2 --dataset.path runs/data/smollm2_328 \
+	--modeling.init_from smollm2-135m-instruct --modeling.init_layers 29 --training.per_device_batch_size 4 \
+	--training.learning_rate 2e-3 --training.warmup_ratio 0.05 --dataset.max_length 1024 --dataset.eval_fraction 0.03 \
+	--training.eval_steps 50 --training.logging_steps 10 --training.save_steps 50
+
+.PHONY: data-smollm2 draft-smollm2-eagle3 draft-smollm2-eagle2
+
+runs/data/smollm2_328/meta.json: | setup
+	$(GEN) --dataset_generation.output_dir runs/data/smollm2 --dataset_generation.ds_range 0,160
+	$(GEN) --dataset_generation.output_dir runs/data/smollm2_g --dataset_generation.ds_range 160,328
+	$(BIN)/python -m specforge_het.data_gen merge_datasets runs/data/smollm2_328 runs/data/smollm2 runs/data/smollm2_g --allow_gaps
+
+data-smollm2: runs/data/smollm2_328/meta.json
+
+draft-smollm2-eagle3: data-smollm2
+	$(TRAIN_SMOLLM2) --@eagle_v3 --modeling.draft_vocab_size 8192 --training.ttt_steps 5 --training.max_steps 200 \
+		--training.output_dir runs/smollm2_eagle3
+	$(BIN)/python -m specforge_het.drafts ship runs/smollm2_eagle3 smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3"
+
+draft-smollm2-eagle2: data-smollm2
+	$(TRAIN_SMOLLM2) --@eagle_v2 --training.max_steps 150 --training.output_dir runs/smollm2_eagle2
+	$(BIN)/python -m specforge_het.drafts ship runs/smollm2_eagle2 smollm2-135m-instruct-eagle2 --rebuild "make draft-smollm2-eagle2"
