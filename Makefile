@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m specforge_het.inference --@smollm2 --@eagle_v3 --@tree_cpu --inference.compare $(DEMO_ARGS)
+	$(BIN)/python -m specforge_het.inference --@smollm2 --inference.tree auto --modeling.draft_path smollm2-135m-instruct-eagle3 --inference.compare $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q
