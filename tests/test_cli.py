@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_config_table_rows() -> None:
     i = keys.index("inference.top_k")
     assert (values[i], defaults[i]) == ("9", "4")
     assert all(k.startswith("inference.") for k in keys)
-    assert len(keys) == 15
+    assert keys == [f"inference.{f.name}" for f in dataclasses.fields(cfg.inference)]  # one row per key, in order
     assert table.title == "resolved config (presets: @p)"
 
 
