@@ -133,6 +133,8 @@ class InferenceConfig:
     system_prompt: str = _f("", "system prompt ('' = the chat template's default)")
     chat_template: bool = _f(True, "wrap prompts with the base tokenizer's chat template")
     warmup: bool = _f(True, "one untimed warm-up generation before timing")
+    lookup_tokens: int = _f(0, "prompt lookup: up to this many tokens that followed the latest n-gram match in the context, added to the draft tree as one more branch (0 = off)")
+    lookup_ngram: int = _f(3, "prompt lookup: longest n-gram matched against the context (tried down to 1)")
     auto_acceptance: str = _f("measure", "tree auto: the draft's acceptance measured on calibration prompts, or read from its training_log.json", ("measure", "training_log"))
     auto_prompts: str = _f("", "tree auto: calibration prompts JSONL (FILE[:N]); '' = built-in generic prompts")
     auto_remeasure: bool = _f(False, "tree auto: measure again instead of using the cached cost model")

@@ -78,7 +78,7 @@ def _run_all_methods(bench_files, base_dirs, out: Path) -> None:
 def test_every_method_runs_and_matches_hf_generate(bench_run):
     data, _ = bench_run
     ran = set(data["summary"])
-    assert set(data["skipped"]) == (set() if _auto_tree_built() else {"ours-auto"})
+    assert set(data["skipped"]) == (set() if _auto_tree_built() else {"ours-auto", "ours-auto-lookup"})
     if _auto_tree_built():
         chosen = data["config"]["method_info"]["ours-auto"]["tree_auto"]["chosen"]
         assert data["methods"]["ours-auto"].startswith(f"ours auto: {chosen['tree'].replace('dynamic', 'tree')}")
@@ -272,7 +272,7 @@ def test_bench_cli_on_embedded_smollm2(tmp_path):
     cfg, _, _ = resolve(["--@smollm2", "--@eagle_v3"])
     args = ["--@smollm2", "--@eagle_v3", "--@tree_cpu", "--prompts", "mtbench:1", "--inference.max_new_tokens", "8",
             "--outfile", str(tmp_path / "smollm2.json"),  # all but ours-auto, whose calibration is tested on its own
-            "--methods", "hf,ours-base,hf-pld,hf-assisted,hf-uag,ours-chain,ours-tree"]
+            "--methods", "hf,ours-base,hf-pld,hf-assisted,hf-uag,ours-chain,ours-tree,ours-lookup"]
     base = BaseModel.load(cfg.modeling.base_model)
     if find_shipped_draft(base.describe(), "eagle_v3", "reduced") is None:
         args += ["--modeling.draft_path", str(save_draft(build_draft(cfg.modeling, base), tmp_path / "draft"))]
@@ -281,7 +281,7 @@ def test_bench_cli_on_embedded_smollm2(tmp_path):
                           env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "smollm2.json").read_text())
-    assert set(data["summary"]) >= {"hf", "ours-base", "hf-pld", "ours-chain", "ours-tree"}
+    assert set(data["summary"]) >= {"hf", "ours-base", "hf-pld", "ours-chain", "ours-tree", "ours-lookup"}
     assert {"hf-assisted", "hf-uag"} <= set(data["skipped"])
     for name, s in data["summary"].items():
         if name != "hf":

@@ -17,12 +17,14 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from specforge_het.inference.decoder import Decoder, Sampling
+from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.base import BaseModel
 from specforge_het.models.build import build_draft
 from specforge_het.testing import OracleProposer
 
 PROMPT = "Hello"
+LOOKUP_PROMPT = "x = a + b; y = a + b"  # the tiny base's first token is one of the prompt's about a third of the time
 SHARPNESS = 4.0  # the tiny base's logits x4: at temperature 1 its top token has p ~ 0.15, not ~ 1/V
 RUNS = 800
 ALPHA = 1e-3
@@ -142,6 +144,8 @@ def random_draft(sharp_base):
 def make_proposer(name: str, base, draft):
     if name == "random_draft":  # a dynamic tree of 7 draft tokens the base rarely agrees with
         return DraftProposer(draft, TreeSpec("dynamic", max_depth=3, top_k=3, total_tokens=8))
+    if name == "lookup":  # the same tree plus the prompt-lookup branch (tokens copied from the context)
+        return LookupProposer(make_proposer("random_draft", base, draft), num_tokens=3, max_ngram=1)
     # the base's own best 2 children, their best 2 children ...: the draft tokens are often accepted
     return OracleProposer(base, TreeSpec("static", static_tree="tree_k2_d3"))
 
@@ -161,10 +165,12 @@ def sample_runs(decoder: Decoder, ids: torch.Tensor, length: int, runs: int) -> 
 # ---------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("proposer", ["random_draft", "oracle"])
+@pytest.mark.parametrize("proposer", ["random_draft", "oracle", "lookup"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_speculative_sampling_is_lossless(sharp_base, prompt_ids, random_draft, case, proposer):
+def test_speculative_sampling_is_lossless(sharp_base, prompt_ids, tok_a, random_draft, case, proposer):
     s, length = CASES[case]
+    if proposer == "lookup":  # a prompt whose tokens come back, so the lookup branch is proposed
+        prompt_ids = tok_a(LOOKUP_PROMPT, return_tensors="pt").input_ids
     decoder = Decoder(sharp_base, make_proposer(proposer, sharp_base, random_draft), s,
                       torch.Generator().manual_seed(SEED))
     exact = exact_sequences(sharp_base, prompt_ids, s, decoder.eos, length)
@@ -184,6 +190,8 @@ def test_speculative_sampling_is_lossless(sharp_base, prompt_ids, random_draft, 
         assert fit_pvalue(counts, exact_sequences(sharp_base, prompt_ids, wrong, decoder.eos, length)) < ALPHA, wrong
     # both branches of the acceptance rule were taken
     assert sum(t == 1 for t in taus) / RUNS > 0.05  # every draft token rejected
+    if proposer == "lookup":  # the branch was proposed (the tiny base often repeats a context token)
+        assert decoder.proposer.branch_nodes > RUNS // 5
     if proposer == "oracle":
         assert sum(t >= 2 for t in taus) / RUNS > 0.2  # a draft token accepted
         assert sum(t >= length for t in taus) / RUNS > 0.05  # all tested tokens but the first from drafts

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from specforge_het.bench.loading import load_assistants, load_draft_for
-from specforge_het.bench.methods import METHODS, OURS_SPECULATIVE, ForwardCounter, build_methods, parse_methods
+from specforge_het.bench.methods import METHODS, OURS_DRAFTED, ForwardCounter, build_methods, parse_methods
 from specforge_het.bench.plot import plot_summary
 from specforge_het.bench.report import header_info, print_report, write_json
 from specforge_het.bench.suite import PeakMemory, load_prompts, run_suite
@@ -40,11 +40,12 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
     Args:
         prompts: mtbench[:N] (shipped MT-Bench, both turns) | gsm8k:PATH[:N] (GSM8K test JSONL) | PATH.jsonl[:N].
         methods: comma-separated subset of hf, ours-base, hf-pld, hf-assisted, hf-uag, ours-chain, ours-tree,
-            ours-auto (default: all; hf, the reference, always runs).
+            ours-auto, ours-lookup, ours-auto-lookup (default: all; hf, the reference, always runs).
         assistant: same-tokenizer assistant for HF assisted generation (embedded name or folder).
         universal_assistant: another-tokenizer assistant for HF universal assisted generation
             (default for gemma3-270m: smollm2-135m-instruct).
-        pld_tokens: prompt_lookup_num_tokens of HF prompt lookup decoding.
+        pld_tokens: prompt_lookup_num_tokens of HF prompt lookup decoding, and the lookup branch of ours
+            (ours-lookup, ours-auto-lookup) unless --inference.lookup_tokens is set.
         outfile: JSON path (default runs/bench/<base>.json); the plot goes beside it as .png.
     """
     from transformers.utils import logging as hf_logging
@@ -64,7 +65,7 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
         raise SystemExit(str(e)) from None
     base = BaseModel.load(m.base_model, m.dtype, m.device, m.attn_implementation)
     draft, draft_name = None, ""
-    if any(w in OURS_SPECULATIVE for w in wanted):
+    if any(w in OURS_DRAFTED for w in wanted):
         draft, draft_name = load_draft_for(m, base)
     helpers = load_assistants(base, m.base_model, "hf-assisted" in wanted, "hf-uag" in wanted, assistant,
                               universal_assistant)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from specforge_het.inference.decoder import Decoder, eos_ids
+from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 
 BASELINE = "hf"
@@ -28,8 +29,10 @@ METHODS: dict[str, str] = {
     "ours-chain": "ours chain",
     "ours-tree": "ours tree",
     "ours-auto": "ours auto",
+    "ours-lookup": "ours prompt lookup",
+    "ours-auto-lookup": "ours auto + lookup",
 }
-OURS_SPECULATIVE = ("ours-chain", "ours-tree", "ours-auto")
+OURS_DRAFTED = ("ours-chain", "ours-tree", "ours-auto", "ours-auto-lookup")  # these need a draft
 
 
 @dataclass
@@ -96,7 +99,7 @@ def hf_method(name: str, base, config_extra: dict | None = None, **generate_kwar
     return Method(name, METHODS[name], run)
 
 
-def ours_method(name: str, base, proposer: DraftProposer | None, label: str | None = None) -> Method:
+def ours_method(name: str, base, proposer, label: str | None = None) -> Method:
     decoder = Decoder(base, proposer)
 
     def run(input_ids: torch.Tensor, max_new_tokens: int) -> Generation:
@@ -167,14 +170,21 @@ def _hf_with_assistant(name: str, base, assistants: Assistants) -> Method | str:
     return hf_method(name, base, assistant_model=model, tokenizer=base.tokenizer, assistant_tokenizer=tok)
 
 
-def _ours_speculative(name: str, base, draft, inf, draft_path: str) -> Method | str:
+def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_tokens: int) -> Method | str:
+    if name == "ours-lookup":  # draft-free: the prompt-lookup branch alone, in our decoder
+        proposer = LookupProposer(None, lookup_tokens, inf.lookup_ngram, base.device)
+        return ours_method(name, base, proposer, f"ours prompt lookup {lookup_tokens}")
     if draft is None:
         return "no draft"
-    if name == "ours-auto":
+    if name in ("ours-auto", "ours-auto-lookup"):
         spec, reason, decision = auto_tree(base, draft, inf, draft_path)
         if spec is None:
             return reason
-        method = ours_method(name, base, DraftProposer(draft, spec), tree_label("ours auto:", spec))
+        proposer, label = DraftProposer(draft, spec), tree_label("ours auto:", spec)
+        if name == "ours-auto-lookup":
+            proposer = LookupProposer(proposer, lookup_tokens, inf.lookup_ngram, base.device)
+            label += f" + lookup {lookup_tokens}"
+        method = ours_method(name, base, proposer, label)
         method.info = {"tree_auto": decision}
         return method
     spec = tree_specs(inf)[name]
@@ -195,7 +205,7 @@ def build_methods(base, draft, inf, wanted: list[str], assistants: Assistants, p
         elif name in ("hf-assisted", "hf-uag"):
             made = _hf_with_assistant(name, base, assistants)
         else:
-            made = _ours_speculative(name, base, draft, inf, draft_path)
+            made = _ours_speculative(name, base, draft, inf, draft_path, inf.lookup_tokens or pld_tokens)
         if isinstance(made, str):
             skipped[name] = made
         else:

@@ -312,3 +312,29 @@ def build_dynamic_tree(
     out_tokens = torch.cat([root_tok, all_tokens[keep]])  # [N]
     out_scores = torch.cat([zero.to(all_scores.dtype), all_scores[keep]])  # [N]
     return out_tokens, tree_parents, out_scores
+
+
+def merge_chain(tokens: torch.Tensor, parents: torch.Tensor, chain: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add the root path ``chain`` (tokens below the root) to a tree, sharing existing nodes.
+
+    Walks down from the root: where a child of the current node already holds the next chain
+    token the walk follows it, otherwise the rest of the chain is appended as new nodes, so
+    siblings keep distinct tokens and the tree stays in topological order.
+    ``tokens [N]`` (tokens[0] = root), ``parents [N]`` -> ``(tokens [N'], parents [N'])``.
+    """
+    par = check_parents(parents)
+    tok = tokens.tolist()
+    children: dict[tuple[int, int], int] = {(par[i], tok[i]): i for i in range(len(par) - 1, 0, -1)}
+    node, new_tok, new_par = 0, [], []
+    for t in chain:
+        t = int(t)
+        nxt = None if new_tok else children.get((node, t))
+        if nxt is None:
+            new_tok.append(t)
+            new_par.append(node)
+            node = len(par) + len(new_tok) - 1
+        else:
+            node = nxt
+    if not new_tok:
+        return tokens, parents
+    return (torch.cat([tokens, tokens.new_tensor(new_tok)]), torch.cat([parents, parents.new_tensor(new_par)]))

@@ -11,6 +11,7 @@ spell its string (`input_map`, padded with -1), averaged in the draft's own embe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -18,14 +19,21 @@ from torch import nn
 
 # ---------------------------------------------------------------- token strings
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
 def token_strings(tokenizer) -> list[str | None]:
-    """Decoded text of every token id, or None for special tokens and partial UTF-8 bytes.
+    """Decoded text of every token id, or None for special tokens, byte-fallback tokens and partial UTF-8 bytes.
 
     Decoding is done after an anchor token and the anchor's text removed, so tokenizers that
     strip a leading space when a token is decoded alone (SentencePiece) keep it.
     """
     vocab_size = len(tokenizer)
     special = set(tokenizer.all_special_ids)
+    # byte-fallback tokens (<0x2E> ...) decode to the same text as the real token ("."), which the
+    # tokenizer produces instead; they must not take that string's place in the vocabulary map
+    special |= {i for i, t in enumerate(tokenizer.convert_ids_to_tokens(list(range(vocab_size))))
+                if isinstance(t, str) and _BYTE_TOKEN.fullmatch(t)}
     anchor = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("a")[-1])
     anchor_text = tokenizer.decode([anchor])
     texts = tokenizer.batch_decode([[anchor, i] for i in range(vocab_size)], clean_up_tokenization_spaces=False)
@@ -133,3 +141,32 @@ class VocabAdapter(nn.Module):
     def coverage(self, base_token_ids: torch.Tensor) -> float:
         return coverage(self.d2t.cpu(), base_token_ids.cpu())
 
+
+
+def compact_foreign_vocab(d2t: torch.Tensor, input_map: torch.Tensor, token_counts: torch.Tensor, rows: int,
+                          embed_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shrink a trained foreign vocabulary to what the data uses (pure).
+
+    Keeps the ``rows`` head rows whose base ids are most frequent in ``token_counts`` [Vb] (ties:
+    lower row), and only the embedding rows that spell a base id seen in the data or kept in the head.
+    Kept rows' logits are unchanged, so the draft proposes the same tokens among those it keeps.
+    ``d2t`` [Vd], ``input_map`` [Vb, K] (draft embedding rows, -1 padded), ``embed_rows`` = E.
+    Returns (keep_rows [R] sorted, keep_embed [E'] sorted, input_map [Vb, K'] over the kept embedding
+    rows, each row's pieces first and K' <= K the most any row keeps; pieces that were dropped are
+    gone, so a base id unseen in the data may embed to zero).
+    """
+    score = token_counts.double()[d2t]
+    keep_rows = torch.sort(torch.argsort(-score, stable=True)[: max(1, rows)]).values
+    needed = token_counts > 0
+    needed[d2t[keep_rows]] = True
+    pieces = input_map[needed].flatten().long()
+    keep_embed = torch.unique(pieces[pieces >= 0])
+    new_index = torch.full((embed_rows,), -1, dtype=torch.long)
+    new_index[keep_embed] = torch.arange(keep_embed.numel())
+    mapped = new_index[input_map.long().clamp(min=0)]
+    new_map = torch.where(input_map >= 0, mapped, torch.full_like(mapped, -1))
+    valid = new_map >= 0  # pack each row's pieces to the left and drop the columns no row needs
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    width = max(1, int(valid.sum(1).max()))
+    new_map = torch.gather(new_map, 1, order)[:, :width].to(input_map.dtype)
+    return keep_rows, keep_embed, new_map
