@@ -8,12 +8,14 @@ import sys
 import pytest
 import torch
 
+from specforge_het.assets import shipped_drafts
 from specforge_het.config import Config, apply_preset, load_presets, resolve
 from specforge_het.inference.decoder import Decoder
+from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.base import BaseModel
 from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import load_draft, save_draft
+from specforge_het.models.speculative import load_draft, read_draft_config, save_draft
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +56,10 @@ def test_heterogeneous_preset_save_reload_identical_logits(tmp_path):
     assert base.config.model_type == "gemma3_text" and base.hidden_size == 640
     ids = base.tokenizer("Speculative decoding with a foreign tokenizer.", return_tensors="pt").input_ids
     assert draft.vocab.coverage(ids) > 0.5
+    # punctuation and digits too (Gemma's byte-fallback tokens once shadowed them: tests/test_vocab_map.py)
+    text = base.tokenizer("Speculative decoding: 3.5 times faster, isn't it? Yes: 12 of 40 steps.",
+                          add_special_tokens=False, return_tensors="pt").input_ids
+    assert draft.vocab.coverage(text) == 1.0
     feats = base.features(ids, tuple(draft.cfg.feature_layers)).features
     pos = torch.arange(ids.shape[1])[None]
     before = draft.logits(draft(ids, draft.input_from_base(ids, feats), pos))
@@ -91,3 +97,19 @@ def test_inference_compare_on_embedded_default():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "identical outputs: 6/6" in out.stdout
+
+
+@pytest.mark.parametrize("name", shipped_drafts())
+def test_shipped_draft_loads_and_decodes_losslessly(name):
+    """Every shipped draft loads onto its embedded base; greedy speculative decoding (tree and tree +
+    prompt lookup) equals base-only decoding."""
+    cfg = read_draft_config(name)
+    base = base_for(cfg.base["name"])
+    draft = load_draft(name, base).eval()
+    ids = base.tokenizer("User: Name three colours and explain why the sky is blue.\nAssistant:",
+                         return_tensors="pt").input_ids
+    ref = Decoder(base).generate(ids, 24).tokens
+    tree = TreeSpec("dynamic", 4, 4, 12)
+    spec = Decoder(base, DraftProposer(draft, tree)).generate(ids, 24)
+    assert spec.tokens == ref
+    assert Decoder(base, LookupProposer(DraftProposer(draft, tree), 8)).generate(ids, 24).tokens == ref
