@@ -75,3 +75,4 @@ def test_ship_vocab_rows_refuses_a_draft_without_foreign_vocabulary(llama_base, 
     monkeypatch.setattr(drafts_cli, "SHIPPED_DRAFTS", tmp_path / "shipped")
     with pytest.raises(SystemExit, match="foreign"):
         drafts_cli.ship(str(folder), "x", vocab_rows=10)
+    assert not (tmp_path / "shipped" / "x").exists()  # a refusal leaves nothing behind

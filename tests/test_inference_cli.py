@@ -274,3 +274,11 @@ def test_render_plain_layout(tok_a):
     no_template = copy.deepcopy(tok_a)
     no_template.chat_template = None  # e.g. a base model without a template: plain layout
     assert tok_a.decode(render(no_template, messages)[0]) == "User: Hi there\nAssistant:"
+
+
+@pytest.mark.parametrize("key,value", [("lookup_tokens", "-2"), ("lookup_ngram", "0")])
+def test_cli_bad_lookup_values_are_config_errors(base_dirs, capsys, key, value):
+    with pytest.raises(SystemExit) as err:
+        run_in_process(["--modeling.base_model", base_dirs["llama"], "--prompt", "Hello", f"--inference.{key}", value])
+    assert err.value.code == 2
+    assert f"inference.{key} must be" in capsys.readouterr().err

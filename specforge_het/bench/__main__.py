@@ -23,6 +23,7 @@ from specforge_het.bench.suite import PeakMemory, load_prompts, run_suite
 from specforge_het.bench.summary import mismatches, summarise
 from specforge_het.cli import run_cli
 from specforge_het.config import Config
+from specforge_het.inference.lookup import check_lookup_config
 
 console = Console(stderr=True)
 _COMMAND = ["python -m specforge_het.bench"]
@@ -58,6 +59,7 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
         raise SystemExit("no base model: give a preset (e.g. --@smollm2) or --modeling.base_model PATH")
     if inf.temperature > 0:
         raise SystemExit("the bench is greedy only: drop --inference.temperature")
+    check_lookup_config(inf)
     try:
         wanted = parse_methods(methods)
         conversations = load_prompts(prompts)

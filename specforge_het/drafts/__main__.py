@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from specforge_het.assets import SHIPPED_DRAFTS, shipped_drafts
 from specforge_het.models.speculative import FORMAT, WEIGHTS, read_draft_config
 
-KEEP = ("config.json", "provenance.json", "training_log.json", "run_config.json")
+KEEP = ("provenance.json", "training_log.json", "run_config.json")  # config.json is written (it may be compacted)
 
 
 def ship(src: str, name: str, dtype: str = "bfloat16", rebuild: str = "", vocab_rows: int = 0, data: str = "") -> None:
@@ -25,8 +25,6 @@ def ship(src: str, name: str, dtype: str = "bfloat16", rebuild: str = "", vocab_
     (--data, default: the dataset.path SRC was trained on) and the embedding rows that data needs.
     """
     cfg = read_draft_config(src)  # refuse anything that is not a draft folder
-    dst = SHIPPED_DRAFTS / name
-    dst.mkdir(parents=True, exist_ok=True)
     want = getattr(torch, dtype)
     state = load_file(str(Path(src) / WEIGHTS))
     config = json.loads((Path(src) / "config.json").read_text())
@@ -36,6 +34,8 @@ def ship(src: str, name: str, dtype: str = "bfloat16", rebuild: str = "", vocab_
             raise SystemExit(f"--vocab_rows shrinks foreign-vocabulary drafts; '{src}' has embed = {cfg.embed}.")
         compacted = _compact(state, config, src, vocab_rows, data)
     state = {k: (v.to(want) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    dst = SHIPPED_DRAFTS / name  # created only now: a refused compaction leaves nothing behind
+    dst.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dst / WEIGHTS), metadata={"format": FORMAT})
     for f in KEEP:
         if (Path(src) / f).is_file():

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, save_json_config
-from specforge_het.inference.lookup import LookupProposer
+from specforge_het.inference.lookup import LookupProposer, check_lookup_config
 from specforge_het.inference.prompts import Conversation, load_conversations
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.report import append_json, device_info, print_report
@@ -63,6 +63,7 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
         outfile: append one JSON line with config, per-turn figures and device.
     """
     inf = cfg.inference
+    check_lookup_config(inf)
     conversations = gather_prompts(prompt, mtbench, prompts)
     if inf.compare and inf.target_model_only:
         raise SystemExit("--inference.compare and --inference.target_model_only exclude each other")
@@ -77,7 +78,7 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
         tree = f"auto → {decision.chosen.shape.describe()}"
     spec = decision.tree_spec if decision is not None else TreeSpec.from_config(inf)
     proposer = DraftProposer(draft, spec) if draft is not None else None
-    if proposer is not None and inf.lookup_tokens != 0:  # prompt-lookup branch (inference/lookup.py)
+    if proposer is not None and inf.lookup_tokens > 0:  # prompt-lookup branch (inference/lookup.py)
         proposer = LookupProposer(proposer, inf.lookup_tokens, inf.lookup_ngram, base.device)
         tree += f" + lookup {inf.lookup_tokens} (n-gram ≤ {inf.lookup_ngram})"
     records = run_all(base, proposer, conversations, inf, modes)

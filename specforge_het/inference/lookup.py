@@ -14,7 +14,16 @@ from collections.abc import Sequence
 
 import torch
 
+from specforge_het.config import ConfigError
 from specforge_het.inference.tree import merge_chain
+
+
+def check_lookup_config(inf) -> None:
+    """Refuse bad `inference.lookup_*` values before any model is loaded."""
+    if inf.lookup_tokens < 0:
+        raise ConfigError(f"inference.lookup_tokens must be >= 0 (0 = off), got {inf.lookup_tokens}.")
+    if inf.lookup_ngram < 1:
+        raise ConfigError(f"inference.lookup_ngram must be >= 1 (the longest n-gram matched), got {inf.lookup_ngram}.")
 
 
 def lookup_continuation(context: Sequence[int], max_ngram: int, num_tokens: int) -> list[int]:
@@ -22,7 +31,7 @@ def lookup_continuation(context: Sequence[int], max_ngram: int, num_tokens: int)
     last n tokens, trying n = max_ngram down to 1; [] when nothing matches. (Pure.)"""
     if max_ngram < 1 or num_tokens < 1:
         return []
-    ctx = list(context)
+    ctx = context if isinstance(context, list) else list(context)  # the proposer's list: no copy per step
     size = len(ctx)
     for n in range(min(max_ngram, size - 1), 0, -1):
         pattern = ctx[size - n:]

@@ -142,7 +142,6 @@ class VocabAdapter(nn.Module):
         return coverage(self.d2t.cpu(), base_token_ids.cpu())
 
 
-
 def compact_foreign_vocab(d2t: torch.Tensor, input_map: torch.Tensor, token_counts: torch.Tensor, rows: int,
                           embed_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shrink a trained foreign vocabulary to what the data uses (pure).
