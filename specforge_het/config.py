@@ -56,6 +56,7 @@ class ModelingConfig:
     init_from: str = _f("", "pretrained LM whose layers (and embeddings) initialise the draft")
     init_layers: list[int] = _f([], "which layers of init_from to copy; [] = the first draft_num_layers")
     lora_rank: int = _f(0, "LoRA rank for layers copied from init_from; 0 = full fine-tuning")
+    init_draft: str = _f("", "train on from this trained draft folder: its architecture, vocabulary and weights ('' = a new draft)")
     dtype: str = _f("float32", "dtype of base and draft", ("float32", "bfloat16", "float16"))
     device: str = _f("cpu", "torch device: cpu, cuda, cuda:1, ... or auto")
     attn_implementation: str = _f("sdpa", "HF attention implementation for base and draft", ("sdpa", "eager"))
@@ -89,6 +90,7 @@ class TrainingConfig:
     deepspeed: str = _f("", "DeepSpeed JSON config passed to HF Trainer ('' = off)")
     fsdp: str = _f("", "FSDP options passed to HF Trainer, e.g. 'full_shard auto_wrap' ('' = off)")
     dataloader_num_workers: int = _f(0, "data loader worker processes")
+    bf16: bool = _f(False, "bfloat16 autocast (mixed precision; weights and optimizer stay in modeling.dtype)")
 
 
 @dataclass

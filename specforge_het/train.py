@@ -32,6 +32,8 @@ def check_consistency(cfg: Config) -> None:
         raise ConfigError(f"modeling.draft_tokenizer is set but modeling.vocab = {m.vocab}: set vocab = foreign or drop the tokenizer.")
     if m.algorithm == "eagle_v3" and t.ttt_steps < 1:
         raise ConfigError("training.ttt_steps must be >= 1 for eagle_v3.")
+    if m.init_draft and (m.init_from or m.lora_rank):
+        raise ConfigError("modeling.init_draft continues a trained draft; drop modeling.init_from / lora_rank, which build a new one.")
     if m.lora_rank and not m.init_from:
         raise ConfigError("modeling.lora_rank needs modeling.init_from (LoRA adapts pretrained layers).")
     if t.feature_noise < 0 or t.vloss_w < 0 or t.ploss_w < 0:
@@ -61,7 +63,7 @@ def training_arguments(cfg: Config, has_eval: bool):
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every,
         ddp_backend=t.ddp_backend or None, ddp_find_unused_parameters=True,
         deepspeed=t.deepspeed or None, fsdp=t.fsdp or "", dataloader_num_workers=t.dataloader_num_workers,
-        label_names=[],
+        label_names=[], bf16=t.bf16,
     )
 
 
@@ -70,7 +72,7 @@ def build_trainer(cfg: Config, presets: list[str]):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from specforge_het.models.base import BaseModel
-    from specforge_het.models.build import build_draft
+    from specforge_het.models.build import build_draft, warm_start_draft
     from specforge_het.training.data import Collator, RowsDataset, load_rows, token_counts
     from specforge_het.training.trainer import DraftTrainer, DraftTrainingModule, RichProgress
 
@@ -84,7 +86,10 @@ def build_trainer(cfg: Config, presets: list[str]):
                           "--dataset_generation.store_features, or train online.")
     if offline and rows.hidden_size and rows.hidden_size % base.hidden_size:
         raise ConfigError(f"stored features have width {rows.hidden_size}; base width is {base.hidden_size}: wrong base.")
-    draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=t.seed)
+    if m.init_draft:
+        draft = warm_start_draft(m, base)
+    else:
+        draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=t.seed)
     draft.train(True)
     gen = torch.Generator().manual_seed(t.seed)
     order = torch.randperm(len(rows.rows), generator=gen).tolist()

@@ -111,6 +111,21 @@ def build_draft(m: ModelingConfig, base, token_counts: torch.Tensor | None = Non
     return draft.attach(base).to(device=base.device, dtype=base.dtype)
 
 
+def warm_start_draft(m: ModelingConfig, base) -> DraftModel:
+    """A trained draft folder to train on (more data, more steps): architecture, vocabulary and weights come
+    from the folder; the architecture keys of `m` are not used."""
+    from specforge_het.models.speculative import load_draft
+
+    try:
+        draft = load_draft(m.init_draft, base)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"modeling.init_draft: {exc}") from exc
+    if draft.cfg.algorithm != m.algorithm:
+        raise ConfigError(f"modeling.init_draft '{m.init_draft}' is a {draft.cfg.algorithm} draft but the run trains "
+                          f"{m.algorithm}: use the matching --@{draft.cfg.algorithm} preset.")
+    return draft
+
+
 def _init_weights(draft: DraftModel, std: float = 0.02) -> None:
     for mod in draft.modules():
         if isinstance(mod, (nn.Linear, nn.Embedding)):
