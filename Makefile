@@ -40,7 +40,7 @@ TRAIN_SMOLLM2 := $(BIN)/python -m specforge_het.train --@smollm2 --dataset.path 
 	--training.learning_rate 2e-3 --training.warmup_ratio 0.05 --dataset.max_length 1024 --dataset.eval_fraction 0.03 \
 	--training.eval_steps 50 --training.logging_steps 10 --training.save_steps 50
 
-.PHONY: data-smollm2 draft-smollm2-eagle3 draft-smollm2-eagle2 data-gemma draft-gemma3-het
+.PHONY: data-smollm2 data-smollm2-all draft-smollm2-eagle3 draft-smollm2-eagle2 data-gemma draft-gemma3-het
 
 runs/data/smollm2_328/meta.json: | setup
 	$(GEN) --dataset_generation.output_dir runs/data/smollm2 --dataset_generation.ds_range 0,160
@@ -49,10 +49,27 @@ runs/data/smollm2_328/meta.json: | setup
 
 data-smollm2: runs/data/smollm2_328/meta.json
 
-draft-smollm2-eagle3: data-smollm2
+# All 875 training prompts (the first 328 above, then the rest at batch 16).
+runs/data/smollm2_875/meta.json: runs/data/smollm2_328/meta.json
+	$(GEN) --dataset_generation.batch_size 16 --dataset_generation.output_dir runs/data/smollm2_p --dataset_generation.ds_range 328,360
+	$(GEN) --dataset_generation.batch_size 16 --dataset_generation.output_dir runs/data/smollm2_h --dataset_generation.ds_range 360,875
+	$(BIN)/python -m specforge_het.data_gen merge_datasets runs/data/smollm2_875 runs/data/smollm2 runs/data/smollm2_g \
+		runs/data/smollm2_p runs/data/smollm2_h --allow_gaps
+
+data-smollm2-all: runs/data/smollm2_875/meta.json
+
+# EagleV3 in two stages: 200 steps on the first 328 conversations, then on from that draft
+# (--modeling.init_draft) over all 875 with bfloat16 autocast.
+EAGLE3_MORE_STEPS ?= 540
+draft-smollm2-eagle3: data-smollm2 data-smollm2-all
 	$(TRAIN_SMOLLM2) --@eagle_v3 --modeling.draft_vocab_size 8192 --training.ttt_steps 5 --training.max_steps 200 \
 		--training.output_dir runs/smollm2_eagle3
-	$(BIN)/python -m specforge_het.drafts ship runs/smollm2_eagle3 smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3"
+	$(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --modeling.init_draft runs/smollm2_eagle3 \
+		--dataset.path runs/data/smollm2_875 --training.bf16 true --training.ttt_steps 3 --training.per_device_batch_size 4 \
+		--training.learning_rate 1.5e-3 --training.warmup_ratio 0.03 --dataset.max_length 1024 --dataset.eval_fraction 0.03 \
+		--training.max_steps $(EAGLE3_MORE_STEPS) --training.eval_steps 60 --training.logging_steps 10 --training.save_steps 60 \
+		--training.output_dir runs/smollm2_eagle3_more
+	$(BIN)/python -m specforge_het.drafts ship runs/smollm2_eagle3_more smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3"
 
 draft-smollm2-eagle2: data-smollm2
 	$(TRAIN_SMOLLM2) --@eagle_v2 --training.max_steps 150 --training.output_dir runs/smollm2_eagle2
