@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m specforge_het.inference --@smollm2 --inference.tree auto --modeling.draft_path smollm2-135m-instruct-eagle3 --inference.compare $(DEMO_ARGS)
+	$(BIN)/python -m specforge_het.inference --@smollm2 --inference.tree auto --modeling.draft_path smollm2-135m-instruct-eagle3 \
+		--inference.lookup_tokens 10 --inference.compare $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

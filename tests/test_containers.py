@@ -172,7 +172,14 @@ def test_cpu_image_default_command_resolves():
     cmd = next(json.loads(args) for word, args in instructions(DOCKERFILES["cpu"]) if word == "CMD")
     assert cmd[:3] == ["python", "-m", "specforge_het.inference"]
     cfg, presets, rest = resolve(cmd[3:])
-    assert presets == ["smollm2", "eagle_v3", "tree_cpu"] and cfg.inference.compare
+    assert presets == ["smollm2"] and cfg.inference.compare and cfg.inference.tree == "auto"
+    assert cfg.inference.lookup_tokens == 10 and cfg.modeling.draft_path == "smollm2-135m-instruct-eagle3"
+    makefile = (ROOT / "Makefile").read_text()
+    demo_args = re.search(r"^DEMO_ARGS \?= (.*)$", makefile, re.M).group(1)
+    make_demo = makefile.split("\ndemo: setup\n", 1)[1].split("\n\n", 1)[0].replace("$(DEMO_ARGS)", demo_args)
+    for arg in cmd[3:]:
+        if arg.startswith("--"):
+            assert arg in make_demo, f"the image's default command and `make demo` differ at {arg}"
 
 
 # ---------------------------------------------------------------- docker_utils.sh

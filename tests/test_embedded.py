@@ -92,8 +92,9 @@ def test_every_preset_instantiates(preset):
 
 def test_inference_compare_on_embedded_default():
     """The README's main job, shortened: identical outputs on MT-Bench questions."""
-    cmd = [sys.executable, "-m", "specforge_het.inference", "--@smollm2", "--@eagle_v3", "--@tree_cpu",
-           "--inference.compare", "--mtbench", "mtbench:3", "--inference.max_new_tokens", "12"]
+    cmd = [sys.executable, "-m", "specforge_het.inference", "--@smollm2", "--@tree_cpu", "--modeling.draft_path",
+           "smollm2-135m-instruct-eagle3", "--inference.lookup_tokens", "10", "--inference.compare", "--mtbench",
+           "mtbench:3", "--inference.max_new_tokens", "12"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "identical outputs: 6/6" in out.stdout
