@@ -50,7 +50,7 @@ runs/data/smollm2_328/meta.json: | setup
 
 data-smollm2: runs/data/smollm2_328/meta.json
 
-# All 875 training prompts (the first 328 above, then the rest at batch 16).
+# All 875 training prompts (the first 328 above, then the rest at batch 16): 874 conversations.
 runs/data/smollm2_875/meta.json: runs/data/smollm2_328/meta.json
 	$(GEN) --dataset_generation.batch_size 16 --dataset_generation.output_dir runs/data/smollm2_p --dataset_generation.ds_range 328,360
 	$(GEN) --dataset_generation.batch_size 16 --dataset_generation.output_dir runs/data/smollm2_h --dataset_generation.ds_range 360,875
@@ -60,7 +60,7 @@ runs/data/smollm2_875/meta.json: runs/data/smollm2_328/meta.json
 data-smollm2-all: runs/data/smollm2_875/meta.json
 
 # EagleV3 in two stages: 200 steps on the first 328 conversations, then on from that draft
-# (--modeling.init_draft) over all 875 with bfloat16 autocast.
+# (--modeling.init_draft) over all of them (874 conversations: one prompt is too long) with bfloat16 autocast.
 EAGLE3_MORE_STEPS ?= 540
 draft-smollm2-eagle3: data-smollm2 data-smollm2-all
 	$(TRAIN_SMOLLM2) --@eagle_v3 --modeling.draft_vocab_size 8192 --training.ttt_steps 5 --training.max_steps 200 \

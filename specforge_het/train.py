@@ -88,6 +88,9 @@ def build_trainer(cfg: Config, presets: list[str]):
         raise ConfigError(f"stored features have width {rows.hidden_size}; base width is {base.hidden_size}: wrong base.")
     if m.init_draft:
         draft = warm_start_draft(m, base)
+        console.print(f"modeling.init_draft: architecture and vocabulary from {m.init_draft} "
+                      f"({draft.cfg.family}, width {draft.cfg.hidden_size}, vocab {draft.cfg.vocab} "
+                      f"{draft.cfg.draft_vocab_size}); other modeling.* architecture keys are not used")
     else:
         draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=t.seed)
     draft.train(True)

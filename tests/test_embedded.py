@@ -91,7 +91,8 @@ def test_every_preset_instantiates(preset):
 
 
 def test_inference_compare_on_embedded_default():
-    """The README's main job, shortened: identical outputs on MT-Bench questions."""
+    """The README's main job, shortened (a fixed tree instead of `tree auto`, whose calibration
+    tests/test_cost_model.py covers): identical outputs on MT-Bench questions."""
     cmd = [sys.executable, "-m", "specforge_het.inference", "--@smollm2", "--@tree_cpu", "--modeling.draft_path",
            "smollm2-135m-instruct-eagle3", "--inference.lookup_tokens", "10", "--inference.compare", "--mtbench",
            "mtbench:3", "--inference.max_new_tokens", "12"]

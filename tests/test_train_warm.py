@@ -49,6 +49,21 @@ def test_init_draft_starts_from_the_folder_and_keeps_its_vocabulary(bases, base_
     torch.testing.assert_close(after["vocab.d2t"], first["vocab.d2t"])
 
 
+def test_init_draft_foreign_vocabulary_keeps_its_tokenizer(bases, base_dirs, conv, tok_b_dir, tmp_path):
+    kw = dict(algorithm="eagle_v3", vocab="foreign", draft_hidden_size=48, draft_tokenizer=tok_b_dir)
+    first = tmp_path / "foreign"
+    main(tiny_cfg(base_dirs["llama"], conv, first, **kw), ["test"])
+    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "more", init_draft=str(first), **kw)
+    trainer, _ = build_trainer(cfg, [])
+    draft = trainer.model.draft
+    saved = load_draft(first, bases["llama"]).draft_tokenizer
+    assert draft.draft_tokenizer is not None and draft.draft_tokenizer.get_vocab() == saved.get_vocab()
+    trainer.train()
+    trainer.save_model(str(tmp_path / "more"))
+    again = load_draft(tmp_path / "more", bases["llama"])  # the saved folder carries the tokenizer on
+    assert again.cfg.embed == "foreign" and again.draft_tokenizer is not None
+
+
 def test_init_draft_bad_inputs_fail_clearly(base_dirs, conv, trained, tok_a, tmp_path):
     from specforge_het.testing import save_tiny_base
 
