@@ -78,18 +78,26 @@ draft-smollm2-eagle2: data-smollm2
 
 # The heterogeneous pair: Gemma-3-270M base, Llama-family draft of width 576 with SmolLM2's tokenizer,
 # initialised from SmolLM2's layer 15; shipped with its head cut to the 8192 most frequent rows.
-# The shipped folder is the step-40 checkpoint of this run (GEMMA_CKPT); ship runs/gemma_het for all 120 steps.
-GEMMA_CKPT ?= runs/gemma_het/checkpoint-40
+# Stage 1 is a 120-step schedule whose step-40 checkpoint (GEMMA_STAGE1; the run was stopped there)
+# starts stage 2: 90 steps on, bfloat16 autocast, 3-step unroll.
+GEMMA_STAGE1 ?= runs/gemma_het/checkpoint-40
 runs/data/gemma/meta.json: | setup
 	$(BIN)/python -m specforge_het.data_gen gen_dataset $(PROMPTS) --@gemma3 --dataset_generation.batch_size 8 \
 		--dataset_generation.max_new_tokens 128 --dataset_generation.output_dir runs/data/gemma --dataset_generation.ds_range 0,320
 
 data-gemma: runs/data/gemma/meta.json
 
-draft-gemma3-het: data-gemma
+$(GEMMA_STAGE1)/config.json: | data-gemma
 	$(BIN)/python -m specforge_het.train --@gemma3_smollm2_het_init --dataset.path runs/data/gemma \
 		--training.per_device_batch_size 4 --training.learning_rate 2e-3 --training.warmup_ratio 0.05 \
 		--dataset.max_length 1024 --dataset.eval_fraction 0.03 --training.eval_steps 40 --training.logging_steps 10 \
 		--training.save_steps 40 --training.ttt_steps 5 --training.max_steps 120 --training.output_dir runs/gemma_het
-	$(BIN)/python -m specforge_het.drafts ship $(GEMMA_CKPT) gemma3-270m-smollm2-het --vocab_rows 8192 \
+
+draft-gemma3-het: $(GEMMA_STAGE1)/config.json
+	$(BIN)/python -m specforge_het.train --@gemma3_smollm2_het --modeling.init_draft $(GEMMA_STAGE1) \
+		--dataset.path runs/data/gemma --training.bf16 true --training.ttt_steps 3 --training.per_device_batch_size 4 \
+		--training.learning_rate 1.5e-3 --training.warmup_ratio 0.03 --dataset.max_length 1024 --dataset.eval_fraction 0.03 \
+		--training.max_steps 90 --training.eval_steps 30 --training.logging_steps 5 --training.save_steps 30 \
+		--training.output_dir runs/gemma_het_more
+	$(BIN)/python -m specforge_het.drafts ship runs/gemma_het_more gemma3-270m-smollm2-het --vocab_rows 8192 \
 		--rebuild "make draft-gemma3-het"
