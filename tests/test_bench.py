@@ -15,22 +15,27 @@ from conftest import draft_modeling
 from rich.console import Console
 
 import specforge_het.assets as assets
+import specforge_het.bench.methods as bench_methods
 from specforge_het.bench.__main__ import cli
+from specforge_het.bench.integrity import plain_violations
 from specforge_het.bench.loading import find_shipped_draft
 from specforge_het.bench.methods import (
+    DIAGNOSTIC,
     METHODS,
-    ForwardCounter,
     Generation,
     Method,
     hf_method,
+    load_assistant,
     ours_method,
     parse_methods,
 )
 from specforge_het.bench.report import print_report
-from specforge_het.bench.suite import PeakMemory, Record, load_prompts, run_suite
+from specforge_het.bench.suite import PeakMemory, Record, load_prompts, measure, run_suite
 from specforge_het.bench.summary import mismatches, overall_tps, speedups, summarise
 from specforge_het.config import InferenceConfig
+from specforge_het.inference.decoder import Decoder
 from specforge_het.models.build import build_draft
+from specforge_het.models.lean import is_packed, packed_linears, packing_available
 from specforge_het.models.speculative import save_draft
 from specforge_het.testing import save_tiny_base
 
@@ -53,12 +58,47 @@ def bench_files(tmp_path_factory, llama_base, tok_b):
 
 @pytest.fixture(scope="module")
 def bench_run(bench_files, base_dirs):
-    """One in-process run of the CLI with every method; the tiny base is its own same-tokenizer assistant."""
+    """One in-process run of the CLI with every method; the tiny base is its own same-tokenizer assistant.
+
+    Spies (test-only, class-level): every step of every HF generate checks that the models it runs on
+    are plain HF; every decode step of ours records how many base linears are packed at that moment."""
     out = bench_files["root"] / "out" / "bench.json"
+    audit = {"steps": 0, "violations": [], "packed_in_ours": []}
     with pytest.MonkeyPatch.context() as mp:  # the auto tree's cost-model cache goes to tmp, not ~/.cache
         mp.setenv("SPECFORGE_HET_CACHE", str(bench_files["root"] / "cache"))
+        _spy_on_hf_and_ours(mp, audit)
         _run_all_methods(bench_files, base_dirs, out)
-    return json.loads(out.read_text()), out
+    return json.loads(out.read_text()), out, audit
+
+
+def _spy_on_hf_and_ours(mp, audit: dict) -> None:
+    from transformers import GenerationMixin
+
+    running: list = []  # models inside generate() right now (the base, and an assistant drafting for it)
+    generate = GenerationMixin.generate
+
+    def tracked_generate(self, *args, **kwargs):
+        running.append(self)
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            running.pop()
+
+    class AuditingCount(bench_methods.CountForwards):
+        def __call__(self, input_ids, scores, **kwargs):
+            audit["steps"] += 1
+            audit["violations"] += plain_violations(*running)
+            return super().__call__(input_ids, scores, **kwargs)
+
+    decode = Decoder._generate
+
+    def tracked_decode(self, *args):
+        audit["packed_in_ours"].append(sum(is_packed(m) for m in self.base.model.modules()))
+        return decode(self, *args)
+
+    mp.setattr(GenerationMixin, "generate", tracked_generate)
+    mp.setattr(bench_methods, "CountForwards", AuditingCount)
+    mp.setattr(Decoder, "_generate", tracked_decode)
 
 
 def _auto_tree_built() -> bool:
@@ -76,13 +116,13 @@ def _run_all_methods(bench_files, base_dirs, out: Path) -> None:
 
 
 def test_every_method_runs_and_matches_hf_generate(bench_run):
-    data, _ = bench_run
+    data, _, _ = bench_run
     ran = set(data["summary"])
     assert set(data["skipped"]) == (set() if _auto_tree_built() else {"ours-auto", "ours-auto-lookup"})
     if _auto_tree_built():
         chosen = data["config"]["method_info"]["ours-auto"]["tree_auto"]["chosen"]
         assert data["methods"]["ours-auto"].startswith(f"ours auto: {chosen['tree'].replace('dynamic', 'tree')}")
-    assert ran | set(data["skipped"]) == set(METHODS)
+    assert ran | set(data["skipped"]) == set(METHODS) - set(DIAGNOSTIC)
     records = data["records"]
     assert len(records) == 3 * len(ran)  # 2 conversations, 3 turns, every method on each
     for name in ran - {"hf"}:
@@ -95,8 +135,52 @@ def test_every_method_runs_and_matches_hf_generate(bench_run):
     assert second > first  # turn 2 carries turn 1 and the baseline's answer
 
 
+def test_hf_peers_run_on_the_plain_hf_model(bench_run):
+    """During every step of every HF peer's timed run (the warm-up too), the base and the assistant have
+    no instance-level forward and no hooks, although ours ran in between on the same base with its
+    linears packed."""
+    data, _, audit = bench_run
+    assert audit["steps"] > 0 and audit["violations"] == []
+    assert audit["packed_in_ours"] and (max(audit["packed_in_ours"]) > 0) == packing_available()
+    assert data["header"]["fast_paths"]["ours"]["mode"] == "auto" and "plain" in data["header"]["fast_paths"]["hf"]
+
+
+def test_an_hf_peer_on_a_modified_model_is_refused(llama_base):
+    hf = hf_method("hf", llama_base)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    memory = PeakMemory(llama_base.device)
+    assert measure(hf, ids, 2, memory, llama_base.device).new_tokens == 2
+    handle = llama_base.layers[0].register_forward_hook(lambda *a: None)
+    try:
+        with pytest.raises(RuntimeError, match="layers.0: 1 forward hooks"):
+            measure(hf, ids, 2, memory, llama_base.device)
+    finally:
+        handle.remove()
+    if packing_available():
+        with packed_linears(llama_base.model), pytest.raises(RuntimeError, match="instance-level forward"):
+            measure(hf, ids, 2, memory, llama_base.device)
+    assert plain_violations(llama_base.model) == []
+
+
+def test_count_forwards_equals_a_forward_hook(llama_base, base_dirs):
+    """The stopping-criterion count of HF's base forwards equals a hook's, for greedy, lookup and assisted."""
+    assistant, _ = load_assistant(base_dirs["llama"], llama_base)
+    methods = [hf_method("hf", llama_base), hf_method("hf-pld", llama_base, {"prompt_lookup_num_tokens": 3}),
+               hf_method("hf-assisted", llama_base, assistant_model=assistant)]
+    calls = [0]
+    handle = llama_base.model.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    try:
+        for m in methods:
+            calls[0] = 0
+            gen = m.run(torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7]]), 12)
+            assert gen.forwards == calls[0] > 0, m.name
+    finally:
+        handle.remove()
+    assert calls[0] < 12  # assisted: several tokens per base forward
+
+
 def test_forward_counts_and_tau(bench_run):
-    data, _ = bench_run
+    data, _, _ = bench_run
     s, recs = data["summary"], data["records"]
     for r in recs:
         if r["method"] in ("hf", "ours-base"):  # base-only: one base forward per new token
@@ -111,9 +195,10 @@ def test_forward_counts_and_tau(bench_run):
 
 
 def test_json_schema_and_plot(bench_run):
-    data, out = bench_run
+    data, out, _ = bench_run
     assert set(data) == {"header", "methods", "skipped", "summary", "records", "config"}
-    assert set(data["header"]) >= {"device", "dtype", "torch_threads", "torch", "transformers", "base", "draft", "command"}
+    assert set(data["header"]) >= {"device", "dtype", "torch_threads", "torch", "transformers", "base", "draft", "command",
+                                  "fast_paths"}
     assert data["header"]["command"].startswith("python -m specforge_het.bench --modeling.base_model")
     record_keys = {"method", "conversation", "turn", "prompt_tokens", "new_tokens", "seconds", "tokens_per_s", "tau",
                    "forwards", "committed", "steps", "peak_mb", "token_ids", "identical"}
@@ -133,11 +218,14 @@ def test_json_schema_and_plot(bench_run):
 def test_table_printed(bench_run, capsys, bench_files, base_dirs):
     out = bench_files["root"] / "small.json"
     cli(["--modeling.base_model", base_dirs["llama"], "--prompts", f"{bench_files['prompts']}:1",
-         "--methods", "hf,hf-pld", "--inference.max_new_tokens", "3", "--outfile", str(out)])
+         "--methods", "hf,hf-pld,hf-packed", "--inference.fast_paths", "off", "--inference.max_new_tokens", "3",
+         "--outfile", str(out)])
     text = capsys.readouterr().out
     assert "HF prompt lookup" in text and "identical" in text and "1.00x" in text
-    assert "torch threads" in text and "transformers" in text
-    assert set(json.loads(out.read_text())["summary"]) == {"hf", "hf-pld"}
+    assert "torch threads" in text and "transformers" in text and "fast paths: ours off (plain modules" in text
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"hf", "hf-pld", "hf-packed"} and data["summary"]["hf-packed"]["identical"] == 2
+    assert data["config"]["inference"]["fast_paths"] == "off" and data["header"]["fast_paths"]["ours"]["mode"] == "off"
 
 
 # ---------------------------------------------------------------- the identical-output check
@@ -148,15 +236,11 @@ def test_identical_check_flags_a_different_output(llama_base):
 
     def off_by_one(ids: torch.Tensor, n: int) -> Generation:
         tokens = hf.run(ids, n).tokens
-        return Generation([(tokens[0] + 1) % llama_base.vocab_size, *tokens[1:]])
+        return Generation([(tokens[0] + 1) % llama_base.vocab_size, *tokens[1:]], forwards=len(tokens))
 
     methods = [hf, ours_method("ours-base", llama_base, None), Method("broken", "broken", off_by_one)]
-    counter = ForwardCounter(llama_base.model)
-    try:
-        records = run_suite(methods, load_prompts(f"{_write_rows(ROWS)}:1"), llama_base,
-                            InferenceConfig(max_new_tokens=4, warmup=False), counter, PeakMemory(llama_base.device))
-    finally:
-        counter.close()
+    records = run_suite(methods, load_prompts(f"{_write_rows(ROWS)}:1"), llama_base,
+                        InferenceConfig(max_new_tokens=4, warmup=False), PeakMemory(llama_base.device))
     summary = summarise(records, ["hf", "ours-base", "broken"])
     assert summary["ours-base"]["identical"] == 2 and summary["broken"]["identical"] == 0
     assert mismatches(records, "broken") == [("1", 0), ("1", 1)] and mismatches(records, "ours-base") == []
@@ -204,7 +288,8 @@ def test_summarise_median_overall_tau_identical():
 
 
 def test_parse_methods():
-    assert parse_methods(None) == list(METHODS)
+    assert parse_methods(None) == [m for m in METHODS if m not in DIAGNOSTIC] and "hf-packed" in METHODS
+    assert parse_methods("hf-packed") == ["hf", "hf-packed"]  # a diagnostic runs only when named
     assert parse_methods("ours-tree,hf-pld") == ["hf", "hf-pld", "ours-tree"]  # table order, baseline kept
     assert parse_methods(("ours-base",)) == ["hf", "ours-base"]
     with pytest.raises(ValueError, match="unknown method.*'hf-foo'.*choose from"):

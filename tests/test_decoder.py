@@ -180,13 +180,14 @@ def test_speculative_equals_base_only_on_varied_text(untied, untied_ref, long_id
 # ---------------------------------------------------------------- accept lengths
 
 
+@pytest.mark.parametrize("fast_paths", ["auto", "off"])  # off: LM head over all tree rows, plain linears
 @pytest.mark.parametrize("tree", list(ORACLE_TREES))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_oracle_accepts_full_depth(bases, greedy_ref, prompt_ids, family, tree):
+def test_oracle_accepts_full_depth(bases, greedy_ref, prompt_ids, family, tree, fast_paths):
     depth = ORACLE_TREES[tree]
     proposer = OracleProposer(bases[family], TREES[tree])
     assert proposer.depth() == depth
-    res = Decoder(bases[family], proposer).generate(prompt_ids, N_NEW)
+    res = Decoder(bases[family], proposer, fast_paths=fast_paths).generate(prompt_ids, N_NEW)
     assert res.tokens == greedy_ref[family].tokens
     assert res.accept_lengths[:-1] == [depth + 1] * (res.steps - 1)
     assert 1 <= res.accept_lengths[-1] <= depth + 1
@@ -214,13 +215,14 @@ def sometimes_right(base, tree: TreeSpec, bad: int):
     return proposer
 
 
+@pytest.mark.parametrize("fast_paths", ["auto", "off"])
 @pytest.mark.parametrize("tree", list(ORACLE_TREES))
 @pytest.mark.parametrize("family", ("qwen3", "gemma3"))
-def test_sometimes_right_draft(untied, untied_ref, long_ids, tok_a, family, tree):
+def test_sometimes_right_draft(untied, untied_ref, long_ids, tok_a, family, tree, fast_paths):
     base, ref, depth = untied[family], untied_ref[family].tokens, ORACLE_TREES[tree]
     bad = tok_a.pad_token_id
     assert bad not in ref
-    res = Decoder(base, sometimes_right(base, TREES[tree], bad)).generate(long_ids, 40)
+    res = Decoder(base, sometimes_right(base, TREES[tree], bad), fast_paths=fast_paths).generate(long_ids, 40)
     assert res.tokens == ref
     want = [depth + 1 if i % 2 == 0 else 2 for i in range(res.steps)]
     assert res.accept_lengths == want

@@ -72,6 +72,7 @@ def test_cli_compare_end_to_end(compare_run, base_dirs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "identical outputs: 4/4" in proc.stdout
     assert "UNTRAINED" in proc.stderr  # no draft_path: the user is told the draft is untrained
+    assert "fast paths: auto (" in proc.stderr and "fast paths auto (" in " ".join(proc.stdout.split())
 
     (line,) = read_lines(outfile)
     assert set(line) >= {"config", "presets", "device", "summary", "turns"}
@@ -84,6 +85,7 @@ def test_cli_compare_end_to_end(compare_run, base_dirs):
 
     summary = line["summary"]
     assert summary["identical"] == summary["compared"] == 4
+    assert summary["fast_paths"]["mode"] == cfg["inference"]["fast_paths"] == "auto"
     assert isinstance(summary["speedup"], float) and summary["speedup"] > 0
     for mode in (BASE, SPEC):
         assert summary[mode]["turns"] == 4
@@ -169,15 +171,16 @@ def test_cli_with_saved_draft_folder(bases, base_dirs, tok_a, tok_b_dir, tmp_pat
 def test_cli_target_model_only_with_prompt(base_dirs, tmp_path, capsys):
     outfile = tmp_path / "out.jsonl"
     run_in_process(["--modeling.base_model", base_dirs["qwen3"], "--inference.target_model_only",
-                    "--inference.max_new_tokens", "6", "--inference.warmup", "false",
+                    "--inference.max_new_tokens", "6", "--inference.warmup", "false", "--inference.fast_paths", "off",
                     "--prompt", "What is the capital of France?", "--outfile", str(outfile)])
     out, err = capsys.readouterr()
     assert "identical outputs" not in out
     assert "UNTRAINED" not in err  # no draft is built at all
+    assert "fast paths: off (plain modules" in err
     (line,) = read_lines(outfile)
     assert [(t["conversation"], t["turn"], t["mode"]) for t in line["turns"]] == [("prompt", 0, BASE)]
     assert line["turns"][0]["new_tokens"] == 6
-    assert set(line["summary"]) == {BASE}
+    assert set(line["summary"]) == {BASE, "fast_paths"} and line["summary"]["fast_paths"]["mode"] == "off"
 
 
 def test_cli_prompt_sources_are_exclusive(base_dirs, prompts_file):

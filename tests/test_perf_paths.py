@@ -4,6 +4,9 @@
   for every family, Gemma3 past its sliding window included; unsupported setups fall back to HF;
 * lean draft forward == HF draft layers;
 * oneDNN-packed linears == F.linear, and step aside for autograd, many rows and changed weights;
+  packing is undone exactly (plain nn.Linear again);
+* fast paths are opt-in and scoped: a loaded base is plain HF; the decoder packs only while it
+  generates; `--inference.fast_paths auto` and `off` decode the same greedy tokens;
 * lazy acceptance (base outputs computed per node on demand) == acceptance over all rows, and
   reads only nodes on accepted paths; TreeRows batches a node with its first-child chain.
 """
@@ -18,13 +21,24 @@ from conftest import draft_modeling
 from torch import nn
 from transformers import DynamicCache
 
+from specforge_het.bench.integrity import plain_violations
 from specforge_het.inference.accept import greedy_accept, tree_rejection_sample
-from specforge_het.inference.decoder import Decoder, TreeRows
+from specforge_het.inference.decoder import Decoder, Sampling
+from specforge_het.inference.fast_paths import FastPaths, TreeRows
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents
+from specforge_het.models import lean
 from specforge_het.models.base import BaseModel, keep_cache_entries
 from specforge_het.models.build import build_draft
-from specforge_het.models.lean import KVCache, attend_mask, pack_linears, packing_available
+from specforge_het.models.lean import (
+    KVCache,
+    attend_mask,
+    is_packed,
+    pack_linears,
+    packed_linears,
+    packing_available,
+    unpack_linears,
+)
 
 FAMILIES = ("llama", "qwen3", "gemma3")
 T, F_ = True, False
@@ -165,12 +179,13 @@ def test_packed_linear_equals_f_linear_and_steps_aside() -> None:
     lin = nn.Linear(64, 300)
     plain = nn.Linear(64, 300)
     plain.load_state_dict(lin.state_dict())
-    assert pack_linears(nn.Sequential(lin)) == 1
-    assert pack_linears(nn.Sequential(lin)) == 0  # routed once
+    assert pack_linears(nn.Sequential(lin)) == [lin]
+    assert pack_linears(nn.Sequential(lin)) == []  # routed once
+    assert is_packed(lin) and not is_packed(plain)
     x = torch.randn(1, 5, 64)
     with torch.no_grad():
         got = lin(x)
-        assert "_packed_state" in lin.__dict__ and lin.__dict__["_packed_state"][1] is not None
+        assert lean._PACKED[lin][1] is not None and "_packed_state" not in lin.__dict__  # kept beside the module
         torch.testing.assert_close(got, plain(x), atol=1e-5, rtol=1e-5)
         many = torch.randn(200, 64)
         assert torch.equal(lin(many), plain(many))  # many rows: F.linear itself
@@ -181,15 +196,94 @@ def test_packed_linear_equals_f_linear_and_steps_aside() -> None:
     assert torch.equal(y, plain(x))
     y.sum().backward()
     assert lin.weight.grad is not None
+    assert unpack_linears(nn.Sequential(lin)) == 1 and unpack_linears([lin]) == 0
+    assert "forward" not in lin.__dict__ and not is_packed(lin)
+    with torch.no_grad():
+        assert torch.equal(lin(x), plain(x))  # nn.Linear.forward again, bit for bit
 
 
 @needs_onednn
-def test_bases_route_linears_through_packing(bases) -> None:
-    base = bases["qwen3"]
+def test_packed_scope_restores_and_nests() -> None:
+    seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    own = nn.Linear(8, 8)
+    own.forward = lambda x: x  # someone else's override: neither packed nor removed
+    with packed_linears(seq, None, nn.Sequential(own)) as outer:
+        assert len(outer) == 2 and all(is_packed(m) for m in (seq[0], seq[2]))
+        with packed_linears(seq) as inner:
+            assert inner == []  # already routed: the inner block owns nothing
+        assert is_packed(seq[0])  # the inner block did not undo the outer one
+    assert plain_violations(seq) == [] and "forward" in own.__dict__
+    with pytest.raises(RuntimeError), packed_linears(seq):
+        raise RuntimeError("boom")
+    assert plain_violations(seq) == []  # restored on errors too
+
+
+def test_fast_paths_resolve() -> None:
+    auto, off = FastPaths.resolve("auto", torch.device("cpu")), FastPaths.resolve("off", torch.device("cpu"))
+    assert auto.per_row_head and auto.packed == packing_available() and auto.describe().startswith("auto (")
+    assert not off.per_row_head and not off.packed and off.describe().startswith("off (plain modules")
+    assert not FastPaths.resolve("auto", torch.device("meta")).packed  # packing is a CPU path
+    with pytest.raises(ValueError, match="auto, off"):
+        FastPaths.resolve("on", torch.device("cpu"))
+
+
+def _packed_during_generate(decoder: Decoder, monkeypatch, modules: list[nn.Module]) -> list[int]:
+    """Counts of packed nn.Linear under `modules`, seen at every verify/decode step of a generation."""
+    seen: list[int] = []
+    step = decoder._base_step if decoder.proposer is None else decoder._spec_step
+
+    def spy(*args):
+        seen.append(sum(is_packed(m) for root in modules for m in root.modules()))
+        return step(*args)
+
+    monkeypatch.setattr(decoder, "_base_step" if decoder.proposer is None else "_spec_step", spy)
+    return seen
+
+
+@needs_onednn
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_base_is_plain_and_the_decoder_packs_only_while_it_generates(base_dirs, tok_b_dir, mode, monkeypatch) -> None:
+    base = BaseModel.load(base_dirs["qwen3"])
+    assert plain_violations(base.model) == []  # what from_pretrained gives: no overrides, no hooks
+    draft = build_draft(draft_modeling(tok_dir=tok_b_dir), base, seed=0).eval()
+    proposer = DraftProposer(draft, TreeSpec("dynamic", max_depth=3, top_k=3, total_tokens=8))
+    assert plain_violations(base.model, draft) == []  # the proposer's constructor packs nothing either
     with torch.no_grad():
-        base(_ids(3), base.new_cache(), logits="last")
-    packed = [m for m in base.model.modules() if isinstance(m, nn.Linear) and "_packed_state" in m.__dict__]
-    assert len(packed) == 7 * base.num_layers + 1  # q k v o gate up down per layer + LM head
+        base.features(_ids(6), (1, 3, -1))  # feature taps hook the layers only during the call
+    assert plain_violations(base.model) == []
+    decoder = Decoder(base, proposer, fast_paths=mode)
+    seen = _packed_during_generate(decoder, monkeypatch, [base.model, draft])
+    decoder.generate(_ids(10), 6)
+    linears = sum(type(m) is nn.Linear for root in (base.model, draft) for m in root.modules())
+    assert seen and set(seen) == ({linears} if mode == "auto" else {0})
+    assert plain_violations(base.model, draft) == []  # plain again afterwards
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_paths_on_and_off_decode_the_same_greedy_tokens(bases, tok_b_dir, family) -> None:
+    base = bases[family]
+    draft = build_draft(draft_modeling(tok_dir=tok_b_dir), base, seed=0).eval()
+    prompt = _ids(24)  # past gemma3's window of 16 within the generation
+    spec = TreeSpec("dynamic", max_depth=3, top_k=3, total_tokens=8)
+    out = {}
+    for mode in ("auto", "off"):
+        out[mode] = (Decoder(base, fast_paths=mode).generate(prompt, 20).tokens,
+                     Decoder(base, DraftProposer(draft, spec), fast_paths=mode).generate(prompt, 20).tokens)
+    assert out["auto"][0] == out["off"][0] == out["auto"][1] == out["off"][1]
+
+
+def test_fast_paths_on_and_off_sample_the_same_tokens(bases, tok_b_dir) -> None:
+    """Sampling reads the same probabilities per row (lazily, or from the all-rows tensor) and draws the
+    same random numbers: with one seed, auto and off give the same tokens."""
+    base = bases["llama"]
+    draft = build_draft(draft_modeling(tok_dir=tok_b_dir), base, seed=0).eval()
+    spec = TreeSpec("dynamic", max_depth=3, top_k=3, total_tokens=8)
+    out = {}
+    for mode in ("auto", "off"):
+        decoder = Decoder(base, DraftProposer(draft, spec), Sampling(temperature=1.0, top_k=20),
+                          torch.Generator().manual_seed(3), fast_paths=mode)
+        out[mode] = [decoder.generate(_ids(12, start=k), 16).tokens for k in range(4)]
+    assert out["auto"] == out["off"]
 
 
 # ---------------------------------------------------------------- lazy acceptance
@@ -270,11 +364,14 @@ def test_verify_runs_the_head_only_on_read_rows(bases, tok_b_dir, monkeypatch) -
     rows: list[int] = []
     head = base.head
     monkeypatch.setattr(base, "head", lambda h: rows.append(h.shape[-2] if h.dim() > 1 else 1) or head(h))
-    res = Decoder(base, DraftProposer(draft, spec)).generate(prompt, 24)
+    res = Decoder(base, DraftProposer(draft, spec), fast_paths="auto").generate(prompt, 24)
     assert res.tokens == ref.tokens
     verify_rows = sum(rows) - 1  # the prefill's last row
     assert verify_rows <= sum(res.accept_lengths) + spec.max_depth * sum(a > 1 for a in res.accept_lengths)
     assert verify_rows < res.steps * spec.total_tokens
+    rows.clear()  # fast paths off: the head runs over every tree row of every verify
+    res = Decoder(base, DraftProposer(draft, spec), fast_paths="off").generate(prompt, 24)
+    assert res.tokens == ref.tokens and sum(rows) - 1 == res.steps * spec.total_tokens
 
 
 def test_base_only_decoding_unchanged_by_packing(bases) -> None:

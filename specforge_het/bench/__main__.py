@@ -4,7 +4,9 @@
     python -m specforge_het.bench --@gemma3_smollm2_het --@tree_cpu --prompts mtbench:10
 
 Every method decodes the same prompt token ids in this process, interleaved per prompt, after a
-warm-up; greedy, batch 1, same max_new_tokens and EOS ids. Writes a table, a JSON file and a PNG.
+warm-up; greedy, batch 1, same max_new_tokens and EOS ids. HF peers run on the plain HF model
+(checked before each call); ours use the decoder's fast paths (--inference.fast_paths, applied
+only while our decoder generates). Writes a table, a JSON file and a PNG.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from specforge_het.bench.loading import load_assistants, load_draft_for
-from specforge_het.bench.methods import METHODS, OURS_DRAFTED, ForwardCounter, build_methods, parse_methods
+from specforge_het.bench.methods import METHODS, OURS_DRAFTED, build_methods, parse_methods
 from specforge_het.bench.plot import plot_summary
 from specforge_het.bench.report import header_info, print_report, write_json
 from specforge_het.bench.suite import PeakMemory, load_prompts, run_suite
@@ -41,7 +43,8 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
     Args:
         prompts: mtbench[:N] (shipped MT-Bench, both turns) | gsm8k:PATH[:N] (GSM8K test JSONL) | PATH.jsonl[:N].
         methods: comma-separated subset of hf, ours-base, hf-pld, hf-assisted, hf-uag, ours-chain, ours-tree,
-            ours-auto, ours-lookup, ours-auto-lookup (default: all; hf, the reference, always runs).
+            ours-auto, ours-lookup, ours-auto-lookup (default: all; hf, the reference, always runs); and the
+            diagnostic hf-packed (HF generate with our packed linears on; only when named).
         assistant: same-tokenizer assistant for HF assisted generation (embedded name or folder).
         universal_assistant: another-tokenizer assistant for HF universal assisted generation
             (default for gemma3-270m: smollm2-135m-instruct).
@@ -73,13 +76,10 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
                               universal_assistant)
     runnable, skipped = build_methods(base, draft, inf, wanted, helpers, pld_tokens, draft_name)
     labels = {**METHODS, **{x.name: x.label for x in runnable}}
-    memory, counter = PeakMemory(base.device), ForwardCounter(base.model)
-    try:
-        records = run_suite(runnable, conversations, base, inf, counter, memory)
-    finally:
-        counter.close()
+    memory = PeakMemory(base.device)
+    records = run_suite(runnable, conversations, base, inf, memory)
     summary = summarise(records, [x.name for x in runnable])
-    info = header_info(base, draft_name, " ".join(_COMMAND), memory.kind)
+    info = header_info(base, draft_name, " ".join(_COMMAND), memory.kind, inf.fast_paths)
     n_prompts = sum(len(c.turns) for c in conversations)
     print_report(info, summary, labels, skipped, {x.name: mismatches(records, x.name) for x in runnable},
                  n_prompts, inf.max_new_tokens)

@@ -1,9 +1,13 @@
 """The decoding methods the bench compares, each behind one call: `run(input_ids [1, n], max_new_tokens)`.
 
 Every method decodes greedily at batch 1 from the same token ids, stops at the same EOS ids and
-the same `max_new_tokens`. HF methods call `transformers.generate` on the base's own HF model;
-ours call the built-in `Decoder`. Timing, forward counting and memory are done by the suite,
-the same way for every method.
+the same `max_new_tokens`. HF methods call `transformers.generate` on the base's own HF model,
+which is plain: the one `from_pretrained` gives, with no instance-level forward and no hooks of
+ours (the suite checks it before every HF call: `integrity.py`). Ours call the built-in `Decoder`
+with its fast paths (`--inference.fast_paths`), which it applies only while it generates. Each
+method reports its base forwards: ours from the decoder, HF's by a stopping criterion that counts
+generate's steps (one per base forward). Timing and memory are done by the suite, the same way
+for every method.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from specforge_het.inference.decoder import Decoder, eos_ids
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
+from specforge_het.models.lean import packed_linears
 
 BASELINE = "hf"
 # name -> what it is; the table and the plot keep this order
 METHODS: dict[str, str] = {
     "hf": "HF generate",
+    "hf-packed": "HF packed (diag.)",
     "ours-base": "ours base-only",
     "hf-pld": "HF prompt lookup",
     "hf-assisted": "HF assisted",
@@ -33,13 +40,14 @@ METHODS: dict[str, str] = {
     "ours-auto-lookup": "ours auto + lookup",
 }
 OURS_DRAFTED = ("ours-chain", "ours-tree", "ours-auto", "ours-auto-lookup")  # these need a draft
+DIAGNOSTIC = ("hf-packed",)  # run only when named: what HF generate cost when our fast paths leaked into it
 
 
 @dataclass
 class Generation:
     tokens: list[int]  # new tokens, EOS included when it stopped there
+    forwards: int  # base forwards: ours = prefill + decode steps; HF = generate's steps (CountForwards)
     accept_lengths: list[int] | None = None  # ours: tokens committed per decode step (prefill not counted)
-    forwards: int | None = None  # ours: base forwards (prefill + decode steps); None = count them with the hook
 
 
 @dataclass
@@ -48,27 +56,27 @@ class Method:
     label: str
     run: Callable[[torch.Tensor, int], Generation]
     info: dict | None = None  # extra facts for the JSON (e.g. the auto tree's decision)
+    plain: tuple[nn.Module, ...] = ()  # models that must be unmodified HF while it runs (checked by the suite)
 
 
-class ForwardCounter:
-    """Counts forward calls of a module through a forward hook: the base's HF model, which every HF
-    `generate` step calls once (an assistant is a separate module, so its calls are not counted)."""
+class CountForwards(StoppingCriteria):
+    """A `generate` stopping criterion that never stops and counts its calls: one per step, and every
+    step of greedy, prompt-lookup and assisted generation is one forward of the base (tests check
+    the count against a forward hook). It leaves the model untouched, unlike a hook."""
 
-    def __init__(self, module: nn.Module):
-        self.count = 0
-        self._handle = module.register_forward_hook(self._hook)
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
 
-    def _hook(self, *_args) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        self._handle.remove()
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        self.calls += 1
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def parse_methods(spec) -> list[str]:
     """'hf,ours-tree' (or a list) -> known method names, in table order; the baseline is always kept."""
     if spec is None or spec == "":
-        return list(METHODS)
+        return [m for m in METHODS if m not in DIAGNOSTIC]
     names = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
     names = [str(n).strip() for n in names if str(n).strip()]
     unknown = [n for n in names if n not in METHODS]
@@ -87,24 +95,30 @@ def hf_generation_config(base, max_new_tokens: int, **extra):
                             use_cache=True, **extra)
 
 
-def hf_method(name: str, base, config_extra: dict | None = None, **generate_kwargs) -> Method:
-    """HF `generate` on the base's HF model, batch 1, with an explicit attention mask."""
+def hf_method(name: str, base, config_extra: dict | None = None, packed: bool = False, **generate_kwargs) -> Method:
+    """HF `generate` on the base's HF model, batch 1, with an explicit attention mask. The model is plain
+    (checked before every call) unless `packed` (the hf-packed diagnostic: our packed linears on)."""
 
     def run(input_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         ids = input_ids.to(base.device)
         gen = hf_generation_config(base, max_new_tokens, **(config_extra or {}))
-        out = base.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen, **generate_kwargs)
-        return Generation(out[0, ids.shape[1]:].tolist())
+        steps = CountForwards()
+        with packed_linears(base.model if packed else None):
+            out = base.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen,
+                                      stopping_criteria=StoppingCriteriaList([steps]), **generate_kwargs)
+        return Generation(out[0, ids.shape[1]:].tolist(), forwards=steps.calls)
 
-    return Method(name, METHODS[name], run)
+    assistant = generate_kwargs.get("assistant_model")
+    plain = () if packed else tuple(m for m in (base.model, assistant) if m is not None)
+    return Method(name, METHODS[name], run, plain=plain)
 
 
-def ours_method(name: str, base, proposer, label: str | None = None) -> Method:
-    decoder = Decoder(base, proposer)
+def ours_method(name: str, base, proposer, label: str | None = None, fast_paths: str = "auto") -> Method:
+    decoder = Decoder(base, proposer, fast_paths=fast_paths)
 
     def run(input_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         res = decoder.generate(input_ids, max_new_tokens)
-        return Generation(res.tokens, res.accept_lengths, forwards=1 + res.steps)
+        return Generation(res.tokens, forwards=1 + res.steps, accept_lengths=res.accept_lengths)
 
     return Method(name, label or METHODS[name], run)
 
@@ -173,7 +187,7 @@ def _hf_with_assistant(name: str, base, assistants: Assistants) -> Method | str:
 def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_tokens: int) -> Method | str:
     if name == "ours-lookup":  # draft-free: the prompt-lookup branch alone, in our decoder
         proposer = LookupProposer(None, lookup_tokens, inf.lookup_ngram, base.device)
-        return ours_method(name, base, proposer, f"ours prompt lookup {lookup_tokens}")
+        return ours_method(name, base, proposer, f"ours prompt lookup {lookup_tokens}", inf.fast_paths)
     if draft is None:
         return "no draft"
     if name in ("ours-auto", "ours-auto-lookup"):
@@ -184,11 +198,11 @@ def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_token
         if name == "ours-auto-lookup":
             proposer = LookupProposer(proposer, lookup_tokens, inf.lookup_ngram, base.device)
             label += f" + lookup {lookup_tokens}"
-        method = ours_method(name, base, proposer, label)
+        method = ours_method(name, base, proposer, label, inf.fast_paths)
         method.info = {"tree_auto": decision}
         return method
     spec = tree_specs(inf)[name]
-    return ours_method(name, base, DraftProposer(draft, spec), tree_label("ours", spec))
+    return ours_method(name, base, DraftProposer(draft, spec), tree_label("ours", spec), fast_paths=inf.fast_paths)
 
 
 def build_methods(base, draft, inf, wanted: list[str], assistants: Assistants, pld_tokens: int = 10,
@@ -199,7 +213,9 @@ def build_methods(base, draft, inf, wanted: list[str], assistants: Assistants, p
         if name == "hf":
             made = hf_method(name, base)
         elif name == "ours-base":
-            made = ours_method(name, base, None)
+            made = ours_method(name, base, None, fast_paths=inf.fast_paths)
+        elif name == "hf-packed":
+            made = hf_method(name, base, packed=True)
         elif name == "hf-pld":
             made = hf_method(name, base, {"prompt_lookup_num_tokens": pld_tokens})
         elif name in ("hf-assisted", "hf-uag"):

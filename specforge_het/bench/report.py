@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from specforge_het.bench.methods import BASELINE
+from specforge_het.inference.fast_paths import FastPaths
 
 
-def header_info(base, draft_name: str, command: str, memory_kind: str) -> dict:
+def header_info(base, draft_name: str, command: str, memory_kind: str, fast_paths: str = "auto") -> dict:
     import transformers
 
     info = {
@@ -22,6 +23,8 @@ def header_info(base, draft_name: str, command: str, memory_kind: str) -> dict:
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
         "base": base.name, "draft": draft_name or "none", "command": command, "peak_memory": memory_kind,
+        "fast_paths": {"ours": FastPaths.resolve(fast_paths, base.device).to_json(),
+                       "hf": "plain HF modules: no instance-level forward, no hooks (checked before every call)"},
     }
     if base.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(base.device)
@@ -57,6 +60,8 @@ def header_lines(info: dict, n_prompts: int, max_new_tokens: int) -> list[str]:
         f"torch {info['torch']} · transformers {info['transformers']}",
         f"base {info['base']} · draft {info['draft']} · {n_prompts} prompts · max_new_tokens {max_new_tokens} · "
         "greedy · batch 1 · time = whole call, prefill included",
+        f"fast paths: ours {info['fast_paths']['ours']['describe']} · HF peers on the plain HF model"
+        if "fast_paths" in info else "fast paths: –",
         f"command: {info['command']}",
     ]
 
@@ -69,7 +74,7 @@ def print_report(info: dict, summary: dict, labels: dict, skipped: dict, mismatc
     console.print(summary_table(summary, labels))
     console.print("[dim]speed-up: median over prompts of the tokens/s ratio; overall: total tokens/s ratio. "
                   "τ: ours = tokens committed per verify step (the decoder's accept stats); HF = new tokens / base "
-                  f"forward calls (counted by a hook). peak MB: {info['peak_memory']}.[/]")
+                  f"forward calls (generate's steps). peak MB: {info['peak_memory']}.[/]")
     for name, reason in skipped.items():
         console.print(f"[yellow]skipped {labels.get(name, name)}: {reason}[/]")
     for name, where in mismatched.items():

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from specforge_het.bench.methods import BASELINE, ForwardCounter, Method
+from specforge_het.bench.integrity import check_plain
+from specforge_het.bench.methods import BASELINE, Method
 from specforge_het.inference.prompts import Conversation, load_conversations, render, split_count
 
 PROMPTS_HELP = "mtbench[:N] | gsm8k:PATH[:N] | PATH.jsonl[:N]"
@@ -46,7 +47,7 @@ class Record:
     prompt_tokens: int
     new_tokens: int
     seconds: float  # wall time of the whole call, prefill included
-    forwards: int  # base forward calls: HF = counted by a hook on the HF model; ours = prefill + decode steps
+    forwards: int  # base forward calls: HF = generate's steps (CountForwards); ours = prefill + decode steps
     committed: int  # tokens committed by decode steps (τ numerator)
     steps: int  # decode steps (τ denominator): ours = verify steps; HF = base forwards
     peak_mb: float | None
@@ -111,18 +112,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(method: Method, ids: torch.Tensor, max_new_tokens: int, counter: ForwardCounter, memory: PeakMemory,
+def measure(method: Method, ids: torch.Tensor, max_new_tokens: int, memory: PeakMemory,
             device: torch.device, conversation: str = "", turn: int = 0) -> Record:
-    """Run one method on one prompt: wall time, base forwards, τ figures, peak memory."""
+    """Run one method on one prompt: wall time, base forwards, τ figures, peak memory. An HF peer's
+    models are checked to be plain HF first (untimed; RuntimeError if not)."""
+    check_plain(method.label, method.plain)
     memory.reset()
-    counter.count = 0
     _sync(device)
     t0 = time.perf_counter()
     gen = method.run(ids, max_new_tokens)
     _sync(device)
     seconds = time.perf_counter() - t0
-    n = len(gen.tokens)
-    forwards = counter.count if gen.forwards is None else gen.forwards
+    n, forwards = len(gen.tokens), gen.forwards
     if gen.accept_lengths:  # ours: the decoder's own accept statistics
         committed, steps = sum(gen.accept_lengths), len(gen.accept_lengths)
     else:  # HF (whose first forward also verifies), or ours without any decode step
@@ -133,11 +134,11 @@ def measure(method: Method, ids: torch.Tensor, max_new_tokens: int, counter: For
 
 def warm_up(methods: list[Method], ids: torch.Tensor, max_new_tokens: int) -> None:
     for m in methods:
+        check_plain(m.label, m.plain)
         m.run(ids, min(8, max_new_tokens))
 
 
-def run_suite(methods: list[Method], conversations: list[Conversation], base, inf, counter: ForwardCounter,
-              memory: PeakMemory) -> list[Record]:
+def run_suite(methods: list[Method], conversations: list[Conversation], base, inf, memory: PeakMemory) -> list[Record]:
     """All methods, interleaved per prompt (baseline first: its answer is the next turn's history)."""
     if not methods or methods[0].name != BASELINE:
         raise ValueError(f"the first method must be the baseline '{BASELINE}'")
@@ -157,7 +158,7 @@ def run_suite(methods: list[Method], conversations: list[Conversation], base, in
                 ref = None
                 for m in methods:
                     progress.update(task, description=f"{m.name} · {conv.id} turn {k}")
-                    rec = measure(m, ids, inf.max_new_tokens, counter, memory, base.device, conv.id, k)
+                    rec = measure(m, ids, inf.max_new_tokens, memory, base.device, conv.id, k)
                     ref = rec if ref is None else ref
                     rec.identical = None if rec is ref else rec.token_ids == ref.token_ids
                     records.append(rec)

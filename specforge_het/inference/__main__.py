@@ -12,6 +12,7 @@ from rich.console import Console
 
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, save_json_config
+from specforge_het.inference.fast_paths import FastPaths
 from specforge_het.inference.lookup import LookupProposer, check_lookup_config
 from specforge_het.inference.prompts import Conversation, load_conversations
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
@@ -69,6 +70,8 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
         raise SystemExit("--inference.compare and --inference.target_model_only exclude each other")
     modes = [BASE, SPEC] if inf.compare else [BASE] if inf.target_model_only else [SPEC]
     base, draft = load_pair(cfg, SPEC in modes)
+    fast = FastPaths.resolve(inf.fast_paths, base.device)
+    console.print(f"fast paths: {fast.describe()} (--inference.fast_paths auto|off)")
     tree = "auto" if inf.tree == "auto" else f"{inf.tree} (depth {inf.max_depth}, top_k {inf.top_k}, tokens {inf.total_tokens})"
     decision = None
     if inf.tree == "auto" and draft is not None:  # cost-model tree sizing (specforge_het/inference/auto_tree.py)
@@ -83,11 +86,12 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
         tree += f" + lookup {inf.lookup_tokens} (n-gram ≤ {inf.lookup_ngram})"
     records = run_all(base, proposer, conversations, inf, modes)
     summary = summarise(records)
+    summary["fast_paths"] = fast.to_json()
     if decision is not None:
         summary["tree_auto"] = decision.to_json()
     info = device_info(base.device, base.dtype)
     prompts_by_turn = {(c.id, k): t for c in conversations for k, t in enumerate(c.turns)}
-    print_report(records, summary, info, prompts_by_turn, tree)
+    print_report(records, summary, info, prompts_by_turn, tree, fast.describe())
     if outfile:
         append_json(outfile, cfg.to_dict(), presets, records, summary, info)
         saved = save_json_config(cfg, Path(outfile).parent, presets)

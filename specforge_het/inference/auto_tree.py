@@ -81,10 +81,13 @@ def cache_key(base, draft, inf, draft_path: str, prompts: list[str]) -> dict:
         acceptance.update(prompts=hashlib.sha256("\n\0".join(prompts).encode()).hexdigest()[:16],
                           answer_tokens=calibrate.ANSWER_TOKENS, chat_template=inf.chat_template,
                           system_prompt=inf.system_prompt)
-    return {"schema": SCHEMA, "device": str(device), "device_name": name, "dtype": str(base.dtype),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "base": base.describe(),
-            "draft": draft_identity(draft, draft_path), "context": calibrate.cost_context(base),
-            "acceptance": acceptance}
+    key = {"schema": SCHEMA, "device": str(device), "device_name": name, "dtype": str(base.dtype),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "base": base.describe(),
+           "draft": draft_identity(draft, draft_path), "context": calibrate.cost_context(base),
+           "acceptance": acceptance}
+    if inf.fast_paths != "auto":  # costs measured with other fast paths; auto keeps the keys of caches made before the switch
+        key["fast_paths"] = inf.fast_paths
+    return key
 
 
 def cache_path(key: dict) -> Path:
@@ -128,7 +131,7 @@ def choose_tree(base, draft, inf, draft_path: str = "", console: Console | None 
     else:
         t0 = time.perf_counter()
         with console.status("tree auto: measuring base and draft costs on this device"):
-            raw = calibrate.measure_costs(base, draft)
+            raw = calibrate.measure_costs(base, draft, fast_paths=inf.fast_paths)
         costs = raw.smoothed()
         if log_acc is not None:
             acc = log_acc

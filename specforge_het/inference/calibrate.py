@@ -2,7 +2,8 @@
 
 Everything runs on the actual device, dtype and thread count, through the same pieces the
 decoder uses (BaseModel forward with a tree mask and a KV cache rolled back after each verify,
-DraftProposer.propose/update). Results are cached per (device, dtype, threads, base, draft) in
+DraftProposer.propose/update), with the decoder's fast paths (--inference.fast_paths) on while
+timing. Results are cached per (device, dtype, threads, base, draft, fast paths) in
 $SPECFORGE_HET_CACHE/cost_model/ (default ~/.cache/specforge_het/cost_model/).
 """
 
@@ -17,6 +18,7 @@ from transformers import DynamicCache
 
 from specforge_het.inference.cost_model import Acceptance, Costs, acceptance_from_ranks
 from specforge_het.inference.decoder import Decoder
+from specforge_het.inference.fast_paths import FastPaths
 from specforge_het.inference.prompts import render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents, stable_topk
@@ -83,9 +85,11 @@ def cost_context(base) -> int:
 
 
 @torch.no_grad()
-def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: int) -> tuple[list, list, float]:
+def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: int,
+                   full_head: bool = False) -> tuple[list, list, float]:
     """Seconds of the base layers per tree size (decoder bookkeeping included), of the LM head per
-    row count, and of one base-only step."""
+    row count, and of one base-only step. `full_head` (fast paths off): the decoder runs the head
+    over all tree rows, so it is timed inside each verify and the head-row costs are zero."""
     cache = base.new_cache()
     base(ctx, cache, feature_layers=layers, logits="last")
     past, device = ctx.shape[1], base.device
@@ -99,7 +103,10 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
         parents = torch.tensor([-1] + [(i - 1) // 2 for i in range(1, n)], device=device)  # a bushy tree
         layout = layout_from_parents(parents)
         positions = past + layout.position_offsets.to(device)
-        out = base(tokens[None], cache, positions, layout.attn_mask.to(device), feature_layers=layers, logits="none")
+        out = base(tokens[None], cache, positions, layout.attn_mask.to(device), feature_layers=layers,
+                   logits="all" if full_head else "none")
+        if full_head:
+            out.logits[0].argmax(-1)
         path = torch.tensor([0, 1, 3][: max(1, n.bit_length())], device=device)  # root, child, grandchild
         keep_cache_entries(cache, past, path)
         return None if out.features is None else out.features[0, path]
@@ -110,9 +117,11 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
         base(pool[:1][None], cache, logits="all").logits[0, -1].argmax()
 
     jobs = [(lambda n=n: verify(n), rollback) for n in VERIFY_SIZES]
-    jobs += [(lambda r=r: base.head(hidden[:r]).argmax(-1), None) for r in HEAD_ROWS] + [(base_step, rollback)]
-    *times, step = interleaved_medians(jobs, repeats, device)
-    return list(zip(VERIFY_SIZES, times)), list(zip(HEAD_ROWS, times[len(VERIFY_SIZES):])), step
+    if not full_head:
+        jobs += [(lambda r=r: base.head(hidden[:r]).argmax(-1), None) for r in HEAD_ROWS]
+    *times, step = interleaved_medians(jobs + [(base_step, rollback)], repeats, device)
+    head = times[len(VERIFY_SIZES):] if not full_head else [0.0] * len(HEAD_ROWS)
+    return list(zip(VERIFY_SIZES, times)), list(zip(HEAD_ROWS, head)), step
 
 
 @torch.no_grad()
@@ -138,11 +147,15 @@ def measure_draft(base, draft, ctx: torch.Tensor, repeats: int) -> tuple[list, l
     return fixed, per_step, update
 
 
-def measure_costs(base, draft, repeats: int = 5) -> Costs:
-    """Raw measured costs (see Costs.smoothed for the non-decreasing fit the search uses)."""
+def measure_costs(base, draft, repeats: int = 5, fast_paths: str = "auto") -> Costs:
+    """Raw measured costs (see Costs.smoothed for the non-decreasing fit the search uses), with the
+    decoder's fast paths `fast_paths` applied to the base and the draft while timing."""
     ctx = context_ids(base, cost_context(base))
-    verify, head, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats)
-    fixed, per_step, update = measure_draft(base, draft, ctx, repeats)
+    fast = FastPaths.resolve(fast_paths, base.device)
+    with fast.scope(base.model, draft):
+        verify, head, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats,
+                                                 full_head=not fast.per_row_head)
+        fixed, per_step, update = measure_draft(base, draft, ctx, repeats)
     return Costs(tuple(verify), tuple(head), tuple(fixed), tuple(per_step), tuple(update), base_step)
 
 
@@ -206,7 +219,7 @@ def measure_acceptance(base, draft, prompts: list[str], inf, answer_tokens: int 
     all_ranks, all_valid = [], []
     for text in prompts:
         ids = render(base.tokenizer, [{"role": "user", "content": text}], inf.chat_template, inf.system_prompt)
-        answer = Decoder(base).generate(ids, answer_tokens).tokens
+        answer = Decoder(base, fast_paths=inf.fast_paths).generate(ids, answer_tokens).tokens
         if len(answer) < 2:
             continue
         ranks, valid = truth_ranks(base, draft, ids, answer)

@@ -2,6 +2,9 @@
 
 Base-only decoding (`proposer=None`) runs through the same prefill, cache, sampling and
 stopping code, one base token per step. Batch size 1.
+
+CPU fast paths (packed linears, the per-row LM head) are a strategy the caller picks
+(`fast_paths`, inference/fast_paths.py); they are applied for the duration of `generate` only.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specforge_het.inference.accept import greedy_accept, sampling_probs, tree_rejection_sample
+from specforge_het.inference.fast_paths import FastPaths, TreeRows, proposer_modules
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models.base import keep_cache_entries
 
@@ -69,8 +73,10 @@ def _sync(device: torch.device) -> None:
 class Decoder:
     """Speculative decoding when a proposer is given, base-only decoding otherwise."""
 
-    def __init__(self, base, proposer=None, sampling: Sampling | None = None, generator: torch.Generator | None = None):
+    def __init__(self, base, proposer=None, sampling: Sampling | None = None, generator: torch.Generator | None = None,
+                 fast_paths: str = "auto"):
         self.base, self.proposer = base, proposer
+        self.fast = FastPaths.resolve(fast_paths, base.device)
         self.sampling = sampling or Sampling()
         self.generator = generator
         if not self.sampling.greedy and generator is None:
@@ -96,11 +102,15 @@ class Decoder:
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> GenerationResult:
-        """input_ids [1, n] -> new tokens."""
+        """input_ids [1, n] -> new tokens. The fast paths are on for this call only."""
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"batch size 1 is supported; got input_ids of shape {tuple(input_ids.shape)}")
         lookahead = 0 if self.proposer is None else self.proposer.depth() + 1
         self._check_length(input_ids.shape[1], max_new_tokens, lookahead)
+        with self.fast.scope(self.base.model, *proposer_modules(self.proposer)):
+            return self._generate(input_ids, max_new_tokens, lookahead)
+
+    def _generate(self, input_ids: torch.Tensor, max_new_tokens: int, lookahead: int) -> GenerationResult:
         device = self.base.device
         input_ids = input_ids.to(device)
         layers = () if self.proposer is None else self.proposer.feature_layers
@@ -146,7 +156,7 @@ class Decoder:
         positions = past + layout.position_offsets.to(tokens.device)
         out = self.base(tokens[None], cache, positions, layout.attn_mask.to(tokens.device),
                         feature_layers=self.proposer.feature_layers, logits="none")
-        rows = TreeRows(self._row_fn(out.hidden[0]), parents.tolist(), self._prefetch_root)
+        rows = self._rows(out.hidden[0], parents)
         if self.sampling.greedy:
             path, bonus = greedy_accept(tokens, parents, rows)
         else:
@@ -164,6 +174,14 @@ class Decoder:
         """Head rows for the root's whole best chain at once when the root's best child was accepted often."""
         return self._root_accept_rate >= 0.5
 
+    def _rows(self, hidden: torch.Tensor, parents: torch.Tensor):
+        """Base outputs at the tree nodes from verify hidden states [N, H]: argmax (greedy) or sampling
+        probabilities, as TreeRows on demand (per-row head) or for all N rows at once (a tensor)."""
+        if self.fast.per_row_head:
+            return TreeRows(self._row_fn(hidden), parents.tolist(), self._prefetch_root)
+        s, logits = self.sampling, self.base.head(hidden)  # [N, V]
+        return logits.argmax(-1) if s.greedy else sampling_probs(logits, s.temperature, s.top_p, s.top_k)
+
     def _row_fn(self, hidden: torch.Tensor):
         """rows -> per-row argmax ints (greedy) or sampling probabilities [V], from verify hidden states [N, H]."""
         s = self.sampling
@@ -171,29 +189,3 @@ class Decoder:
             return lambda rows: self.base.head(hidden[rows]).argmax(-1).tolist()
         return lambda rows: sampling_probs(self.base.head(hidden[rows]), s.temperature, s.top_p, s.top_k)
 
-
-class TreeRows:
-    """Base outputs at draft-tree nodes, computed on first use, so the LM head runs only on rows the
-    acceptance rule reads (the accepted path, ~tau rows) instead of all N tree nodes.
-
-    A request for node i computes i together with its first-child chain (the draft's best
-    continuation, likely needed next) in one head call; for the root, the chain only when
-    `prefetch_root` (the root's best child was accepted often lately). -> output of `fn` per row.
-    """
-
-    def __init__(self, fn, parents: list[int], prefetch_root: bool):
-        self.fn, self.prefetch_root = fn, prefetch_root
-        self.first_child = [-1] * len(parents)
-        for i in range(len(parents) - 1, 0, -1):
-            self.first_child[parents[i]] = i
-        self.done: dict[int, object] = {}
-
-    def __call__(self, node: int):
-        if node not in self.done:
-            rows, c = [node], self.first_child[node]
-            while c >= 0 and c not in self.done and (node != 0 or self.prefetch_root):
-                rows.append(c)
-                c = self.first_child[c]
-            for r, value in zip(rows, self.fn(rows)):
-                self.done[r] = value
-        return self.done[node]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from specforge_het.config import ConfigError
+from specforge_het.inference.fast_paths import proposer_modules
 from specforge_het.inference.tree import merge_chain
 
 
@@ -53,6 +54,10 @@ class LookupProposer:
         self.tree = getattr(inner, "tree", None)
         self.context: list[int] = []
         self.branch_nodes = 0  # lookup tokens added to trees so far, over all generations (not already drafted)
+
+    def fast_path_modules(self) -> tuple:
+        """The inner proposer's modules (the lookup branch itself runs none)."""
+        return proposer_modules(self.inner)
 
     def depth(self) -> int:
         return max(self.num_tokens, 0 if self.inner is None else self.inner.depth())

@@ -21,7 +21,7 @@ from specforge_het.inference.tree import (
     static_tree_spec,
 )
 from specforge_het.models.base import keep_cache_entries
-from specforge_het.models.lean import KVCache, pack_linears
+from specforge_het.models.lean import KVCache
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,6 @@ class DraftProposer:
         if tree.kind not in ("chain", "static", "dynamic"):
             raise ValueError(f"tree kind '{tree.kind}' is not one of chain, static, dynamic")
         self.draft, self.tree = draft, tree
-        if draft.fc.weight.device.type == "cpu":
-            pack_linears(draft)  # few-row matmuls on prepacked oneDNN weights (models/lean.py)
         self.feature_layers = tuple(draft.cfg.feature_layers)
         if tree.kind == "static":
             self._static = static_parents(static_tree_spec(tree.static_tree))
@@ -54,6 +52,10 @@ class DraftProposer:
         self.committed = 0  # pairs in the draft cache
         self.root_token: int = -1
         self.root_hidden: torch.Tensor | None = None  # [Hd] output at the last committed pair
+
+    def fast_path_modules(self) -> tuple:
+        """The modules the decoder's fast paths may patch while it generates (inference/fast_paths.py)."""
+        return () if self.draft is None else (self.draft,)
 
     def depth(self) -> int:
         """Deepest draft token below the root."""

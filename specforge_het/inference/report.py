@@ -40,8 +40,9 @@ def turn_table(records: list[TurnRecord], prompts: dict[tuple[str, int], str]) -
     return table
 
 
-def summary_table(summary: dict, info: dict, tree: str) -> Table:
-    table = Table(title=f"summary · {info['device']} {info['dtype']} · {info['threads']} threads · tree {tree}")
+def summary_table(summary: dict, info: dict, tree: str, fast_paths: str = "") -> Table:
+    fast = f" · fast paths {fast_paths}" if fast_paths else ""
+    table = Table(title=f"summary · {info['device']} {info['dtype']} · {info['threads']} threads · tree {tree}{fast}")
     for col in ("mode", "turns", "new tokens", "decode s", "tok/s", "mean τ", "τ histogram"):
         table.add_column(col)
     for mode in (BASE, SPEC):
@@ -53,10 +54,11 @@ def summary_table(summary: dict, info: dict, tree: str) -> Table:
     return table
 
 
-def print_report(records, summary, info, prompts, tree: str, console: Console | None = None) -> None:
+def print_report(records, summary, info, prompts, tree: str, fast_paths: str = "",
+                 console: Console | None = None) -> None:
     console = console or Console()
     console.print(turn_table(records, prompts))
-    console.print(summary_table(summary, info, tree))
+    console.print(summary_table(summary, info, tree, fast_paths))
     if "speedup" in summary:
         ok = summary["identical"] == summary["compared"]
         colour = "green" if ok else "red"

@@ -50,7 +50,7 @@ def make_decoders(base, proposer, inf, modes: list[str]) -> dict[str, Decoder]:
         gen = None
         if not sampling.greedy:
             gen = torch.Generator(device=base.device).manual_seed(inf.seed)
-        out[mode] = Decoder(base, proposer if mode == SPEC else None, sampling, gen)
+        out[mode] = Decoder(base, proposer if mode == SPEC else None, sampling, gen, inf.fast_paths)
     return out
 
 

@@ -10,6 +10,7 @@ decoder block i-1, and -1 = the final normed hidden state (what the LM head read
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 from specforge_het.assets import resolve_model_path
-from specforge_het.models.lean import KVCache, attend_mask, layer_forward, pack_linears, supports_lean
+from specforge_het.models.lean import KVCache, attend_mask, layer_forward, supports_lean
 
 LAST = -1  # feature id of the final normed hidden state
 
@@ -48,7 +49,12 @@ class BaseOutput:
 
 
 class BaseModel(nn.Module):
-    """A frozen HF causal LM with feature taps. Never trained, never saved with a draft."""
+    """A frozen HF causal LM with feature taps. Never trained, never saved with a draft.
+
+    The HF model stays the one `from_pretrained` gives: no instance-level forward overrides, and no
+    hooks outside our own calls (feature taps are hooked for the duration of a forward that asks for
+    them). CPU fast paths are the decoder's to opt into (inference/fast_paths.py).
+    """
 
     def __init__(self, model: nn.Module, tokenizer=None, name: str = ""):
         super().__init__()
@@ -59,15 +65,10 @@ class BaseModel(nn.Module):
         self.lm_head = model.get_output_embeddings()
         self.layers = self.body.layers
         self._taps: dict[int, torch.Tensor] = {}
-        self._want: frozenset[int] = frozenset()
-        for i, layer in enumerate(self.layers):
-            layer.register_forward_hook(self._tap(i + 1))
         types = getattr(self.config, "layer_types", None) or []
         self.sliding_window = getattr(self.config, "sliding_window", None) if "sliding_attention" in types else None
         self.layer_types = [types[i] if i < len(types) else "full_attention" for i in range(len(self.layers))]
         self.lean = supports_lean(self.layers, self.config)  # KV-cached forwards skip HF's glue (models/lean.py)
-        if self.device.type == "cpu":
-            pack_linears(self.model)  # few-row inference matmuls on prepacked oneDNN weights (models/lean.py)
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -137,10 +138,22 @@ class BaseModel(nn.Module):
 
     def _tap(self, idx: int):
         def hook(_module, _inputs, output):
-            if idx in self._want:
-                self._taps[idx] = output[0] if isinstance(output, tuple) else output
+            self._taps[idx] = output[0] if isinstance(output, tuple) else output
 
         return hook
+
+    @contextlib.contextmanager
+    def _tapping(self, want: frozenset[int]):
+        """Forward hooks on the layers whose outputs are wanted (ids 1..L), removed when the block ends."""
+        handles = [self.layers[i - 1].register_forward_hook(self._tap(i)) for i in sorted(want)
+                   if 1 <= i <= len(self.layers)]
+        self._taps = {}
+        try:
+            yield self._taps
+        finally:
+            for h in handles:
+                h.remove()
+            self._taps = {}
 
     # ------------------------------------------------------------ masks
     def attention_masks(self, positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor | None):
@@ -191,15 +204,12 @@ class BaseModel(nn.Module):
 
     def _hf_forward(self, input_ids, cache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
         mask = self.attention_masks(positions, cache.get_seq_length(), tree_mask)
-        self._want, self._taps = want, {}
-        try:
+        with self._tapping(want) as taps:
             out = self.body(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions[None],
                 past_key_values=cache, use_cache=True,
             )
-            return out.last_hidden_state, self._taps
-        finally:
-            self._want, self._taps = frozenset(), {}
+            return out.last_hidden_state, dict(taps)
 
     def _lean_forward(self, input_ids, cache: KVCache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
         """The body over HF's own modules, without HF's glue (see models/lean.py); same outputs."""
@@ -231,16 +241,13 @@ class BaseModel(nn.Module):
 
         `attention_mask` [B, S] (1 = token, 0 = right padding) is passed through to HF.
         """
-        self._want, self._taps = frozenset(feature_layers), {}
-        try:
+        with self._tapping(frozenset(feature_layers)) as tapped:
             out = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        finally:
-            self._want = frozenset()
+            taps = dict(tapped)
         hidden = out.last_hidden_state
-        taps = {**self._taps, LAST: hidden}
+        taps[LAST] = hidden
         if 0 in feature_layers:
             taps[0] = self.embed(input_ids)
-        self._taps = {}
         feats = torch.cat([taps[i] for i in feature_layers], dim=-1) if feature_layers else None
         return BaseOutput(hidden, feats, self.head(hidden))
 

@@ -14,10 +14,13 @@ tokens); only the glue is new:
   to enforce needs none.
 * grouped-query attention runs in SDPA (`enable_gqa`), without copying K/V per head.
 
-`pack_linears` is the other half: on a CPU, MKL's fp32 GEMM for 2-16 rows costs about twice its
-1-row GEMV (it re-packs the weight every call), so verifying 5 tokens cost ~2x decoding 1. oneDNN
-on weights reordered once runs 1-16 rows for about the cost of one, so a draft tree is verified
-for about the price of a base-only step. Results agree with F.linear to float rounding.
+`packed_linears` is the other half, a fast path that only the decoder's caller opts into
+(`--inference.fast_paths auto`, inference/fast_paths.py); nothing packs a model on construction.
+On a CPU, MKL's fp32 GEMM for 2-16 rows costs about twice its 1-row GEMV (it re-packs the weight
+every call), so verifying 5 tokens cost ~2x decoding 1. oneDNN on weights reordered once runs
+1-16 rows for about the cost of one, so a draft tree is verified for about the price of a
+base-only step. Results agree with F.linear to float rounding. Packing is scoped: when the block
+ends every nn.Linear is HF's plain module again (the packed copies stay cached beside them).
 
 Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention;
 anything else runs through HF (`supports_lean` says which).
@@ -25,7 +28,9 @@ anything else runs through HF (`supports_lean` says which).
 
 from __future__ import annotations
 
+import contextlib
 import types
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +147,10 @@ def _pack(module: nn.Linear) -> torch.Tensor | None:
     return packed if torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6) else None
 
 
+# packed weights live beside the modules, never in them: an unpacked module is exactly HF's again
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (weight key, packed | None)
+
+
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """nn.Linear.forward for inference on few rows: oneDNN on the prepacked weight (repacked when the
     weight changed in place or moved); F.linear under autograd, for many rows, or off the CPU."""
@@ -150,30 +159,64 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             or x.numel() > PACK_MAX_ROWS * w.shape[1]):
         return F.linear(x, w, self.bias)
     key = (w._version, w.data_ptr(), w.dtype)
-    state = self.__dict__.get("_packed_state")
+    state = _PACKED.get(self)
     if state is None or state[0] != key:
         state = (key, _pack(self) if w.dtype == torch.float32 and w.device.type == "cpu" else None)
-        self.__dict__["_packed_state"] = state
+        _PACKED[self] = state
     if state[1] is None:
         return F.linear(x, w, self.bias)
     return torch.ops.mkldnn._linear_pointwise(x, state[1], self.bias, "none", [], "")
 
 
-def pack_linears(root: nn.Module) -> int:
+def is_packed(module: nn.Module) -> bool:
+    """True while `module.forward` is routed through `_packed_forward` (an instance-level override)."""
+    fwd = module.__dict__.get("forward")
+    return getattr(fwd, "__func__", None) is _packed_forward
+
+
+def pack_linears(root: nn.Module) -> list[nn.Linear]:
     """Route small inference calls of every nn.Linear under `root` through `_packed_forward` (CPU, fp32).
 
-    Weights are packed on first use (a copy in oneDNN's layout: memory grows by the linear weights).
-    Calls that need gradients, many rows, another device or dtype run F.linear unchanged.
-    Returns the number of layers routed (0 when oneDNN is unavailable).
+    An instance-level `forward` is set on each; `unpack_linears` removes it again. Weights are packed
+    on first use and the packed copy is kept beside the module (memory grows by the linear weights)
+    so that packing again later costs nothing. Calls that need gradients, many rows, another device
+    or dtype run F.linear unchanged. Returns the layers routed by this call (none when oneDNN is
+    unavailable, or when they are routed already).
     """
     if not packing_available():
-        return 0
-    n = 0
+        return []
+    routed = []
     for module in root.modules():
         if type(module) is nn.Linear and "forward" not in module.__dict__:
             module.forward = types.MethodType(_packed_forward, module)
+            routed.append(module)
+    return routed
+
+
+def unpack_linears(modules: nn.Module | list[nn.Module]) -> int:
+    """Remove the packed routing from `modules` (a list, or every module under a root): plain nn.Linear
+    again. Other instance-level overrides are left alone. Returns the number of modules restored."""
+    found = list(modules.modules()) if isinstance(modules, nn.Module) else list(modules)
+    n = 0
+    for module in found:
+        if is_packed(module):
+            del module.__dict__["forward"]
             n += 1
     return n
+
+
+@contextlib.contextmanager
+def packed_linears(*roots: nn.Module | None):
+    """Packed linears under `roots` for the duration of the block; nested use is harmless (the outermost
+    block restores what it routed, an inner one routes nothing new)."""
+    routed: list[nn.Linear] = []
+    try:
+        for root in roots:
+            if root is not None:
+                routed += pack_linears(root)
+        yield routed
+    finally:
+        unpack_linears(routed)
 
 
 # ---------------------------------------------------------------- masks

@@ -1,0 +1,95 @@
+"""The decoder's CPU fast paths, as named strategies that its caller picks (`--inference.fast_paths`).
+
+* `auto` (the decoder's default): where they apply,
+  - packed linears: every nn.Linear of the base and of the draft runs few-row calls on a
+    oneDNN-prepacked weight (CPU, float32; models/lean.py `packed_linears`), and
+  - the per-row LM head: verification runs the base LM head only on the tree rows the acceptance
+    rule reads (`TreeRows`: the accepted path, ~τ rows) instead of all N tree rows.
+* `off`: plain modules, and the LM head over all tree rows.
+
+Both give the same tokens (greedy: identical; the tests check it). Nothing is applied by a
+constructor: `Decoder.generate` enters `FastPaths.scope` for the duration of one generation, and
+when it returns every module is the plain HF / PyTorch module again. So training, data generation
+and the bench's HF peers, which never enter the scope, run on unmodified modules, even in the
+same process and on the same loaded model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from specforge_het.models.lean import packed_linears, packing_available
+
+FAST_PATHS = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    mode: str  # auto | off
+    packed: bool  # packed CPU linears, entered per generation
+    per_row_head: bool  # LM head only on the tree rows the acceptance rule reads
+
+    @classmethod
+    def resolve(cls, mode: str, device: torch.device) -> FastPaths:
+        """`auto`: packed linears on a CPU with oneDNN, the per-row head everywhere; `off`: neither."""
+        if mode not in FAST_PATHS:
+            raise ValueError(f"fast_paths must be one of {', '.join(FAST_PATHS)}, got '{mode}'")
+        auto = mode == "auto"
+        return cls(mode, auto and torch.device(device).type == "cpu" and packing_available(), auto)
+
+    def describe(self) -> str:
+        """One line for run headers and JSON: the mode and what it switched on here."""
+        if self.mode == "off":
+            return "off (plain modules, LM head over all tree rows)"
+        linears = "packed CPU linears" if self.packed else "plain linears (packing needs a CPU with oneDNN)"
+        return f"auto ({linears}, per-row LM head)"
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "packed_linears": self.packed, "per_row_head": self.per_row_head,
+                "describe": self.describe()}
+
+    @contextlib.contextmanager
+    def scope(self, *modules: nn.Module | None):
+        """Apply the module-level fast paths to `modules` for the block; restore plain modules after."""
+        if not self.packed:
+            yield
+            return
+        with packed_linears(*modules):
+            yield
+
+
+def proposer_modules(proposer) -> tuple[nn.Module, ...]:
+    """The modules a proposer runs (its `fast_path_modules()`), for the decoder's fast-path scope."""
+    get = getattr(proposer, "fast_path_modules", None)
+    return tuple(get()) if get is not None else ()
+
+
+class TreeRows:
+    """Base outputs at draft-tree nodes, computed on first use, so the LM head runs only on rows the
+    acceptance rule reads (the accepted path, ~tau rows) instead of all N tree nodes.
+
+    A request for node i computes i together with its first-child chain (the draft's best
+    continuation, likely needed next) in one head call; for the root, the chain only when
+    `prefetch_root` (the root's best child was accepted often lately). -> output of `fn` per row.
+    """
+
+    def __init__(self, fn, parents: list[int], prefetch_root: bool):
+        self.fn, self.prefetch_root = fn, prefetch_root
+        self.first_child = [-1] * len(parents)
+        for i in range(len(parents) - 1, 0, -1):
+            self.first_child[parents[i]] = i
+        self.done: dict[int, object] = {}
+
+    def __call__(self, node: int):
+        if node not in self.done:
+            rows, c = [node], self.first_child[node]
+            while c >= 0 and c not in self.done and (node != 0 or self.prefetch_root):
+                rows.append(c)
+                c = self.first_child[c]
+            for r, value in zip(rows, self.fn(rows)):
+                self.done[r] = value
+        return self.done[node]
