@@ -5,6 +5,9 @@
     merge_datasets DEST SRC [SRC ...]              merge the folders of several ds_range runs
     probe_datasets PATH [PATH ...]                 rows, tokens, loss-masked share, lengths, storage
     view PATH --index I [J ...]                    samples with loss-masked tokens in green, the rest in red
+    gen_prompts OUT.jsonl --n N                    a chat model writes its own user prompts (Magpie-style), filtered
+    mix_prompts OUT.jsonl SRC[:N] [SRC ...]        prompt files -> one deduplicated, eval-filtered, shuffled file
+    check_prompts FILE                             prompts that overlap an evaluation set (MT-Bench, GSM8K test)
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from rich.table import Table
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, save_json_config
 from specforge_het.data.inspect import probe_datasets, view
+from specforge_het.data.magpie import gen_prompts
+from specforge_het.data.prompt_mix import check_prompts, mix_prompts
 from specforge_het.data.sources import prepare_data
 
 console = Console(stderr=True)
@@ -96,7 +101,8 @@ def _without_console(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 VERBS = {"prepare_data": _without_console(prepare_data), "gen_dataset": gen_dataset,
          "merge_datasets": merge_datasets, "probe_datasets": _without_console(probe_datasets),
-         "view": _without_console(view)}
+         "view": _without_console(view), "gen_prompts": gen_prompts,
+         "mix_prompts": mix_prompts, "check_prompts": check_prompts}
 
 
 def main(argv: list[str] | None = None) -> None:
