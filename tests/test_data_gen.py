@@ -54,7 +54,7 @@ def make_cfg(base_dir: str, out: Path, **gen) -> Config:
     cfg = Config()
     cfg.modeling.base_model = base_dir
     g = cfg.dataset_generation
-    g.output_dir, g.max_new_tokens, g.batch_size = str(out), 8, 2
+    g.output_dir, g.max_new_tokens, g.batch_size, g.dtype = str(out), 8, 2, "float32"
     for k, v in gen.items():
         setattr(g, k, v)
     return cfg
@@ -66,21 +66,36 @@ def rows_of(path: Path) -> list[dict]:
 
 
 def reference_rows(base: BaseModel, rows: list[dict], max_new: int, system: str = "") -> list[dict]:
-    """One conversation at a time, unbatched greedy HF generate, turn by turn: what gen_dataset must give."""
+    """One conversation at a time, unbatched greedy HF generate, turn by turn: what gen_dataset must give.
+
+    A row is the last turn's prompt followed by exactly the tokens the base generated (its end token
+    only if it wrote one); earlier answers in the prompt are loss-masked as the template renders them.
+    An answer that hits max_new without an end token ends its conversation."""
     out = []
+    end = base.tokenizer.eos_token_id
     for index, row in enumerate(rows):
         turns = row["conversations"]
         msgs = [t for t in turns if t["role"] == "system"] or ([{"role": "system", "content": system}] if system else [])
+        reason, before = "stop", list(msgs)
         for t in (t for t in turns if t["role"] == "user"):
+            before = list(msgs)
             msgs.append(t)
             ids = render(base.tokenizer, msgs)
             seq = base.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
-                                      do_sample=False, pad_token_id=base.tokenizer.pad_token_id)[0, ids.shape[1]:]
-            end = base.tokenizer.eos_token_id
-            new = seq.tolist()[: seq.tolist().index(end)] if end in seq.tolist() else seq.tolist()
+                                      do_sample=False, pad_token_id=base.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+            new = seq[: seq.index(end) + 1] if end in seq else seq
+            prompt = ids[0].tolist()
             msgs.append({"role": "assistant", "content": base.tokenizer.decode(new, skip_special_tokens=True)})
-        ids, mask = tokenize_conversation(base.tokenizer, msgs, 2048)
-        out.append({"id": row["id"], "index": index, "input_ids": ids, "loss_mask": mask})
+            if end not in seq:
+                reason = "length"
+                break
+        mask = [0] * len(prompt)
+        if any(m["role"] == "assistant" for m in before):  # earlier answers, as the template renders them
+            prev_ids, prev_mask = tokenize_conversation(base.tokenizer, before, 2048)
+            assert prompt[: len(prev_ids)] == prev_ids
+            mask[: len(prev_mask)] = prev_mask
+        out.append({"id": row["id"], "index": index, "input_ids": prompt + new, "loss_mask": mask + [1] * len(new),
+                    "finish_reason": reason})
     return out
 
 
@@ -95,10 +110,38 @@ def test_base_answers_every_turn_like_unbatched_greedy(tmp_path, prompts, base_d
         text = tok.decode(r["input_ids"])
         assert "OLD answer" not in text  # assistant turns of the file are replaced by the base's answers
         assert ("Be brief." in text) == (r["id"] == "conv-4") and ("You are kind." in text) == (r["id"] != "conv-4")
-        assert text.count("<|assistant|>") == (2 if r["index"] % 3 == 0 else 1)
+        if r["finish_reason"] == "stop":
+            assert text.count("<|assistant|>") == (2 if r["index"] % 3 == 0 else 1)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["base"] == bases["llama"].describe() and meta["feature_layers"] == [] and meta["ds_range"] is None
     assert json.loads((tmp_path / "out" / "run_config.json").read_text())["dataset_generation"]["batch_size"] == 4
+
+
+def test_truncated_answer_has_no_end_of_turn_and_ends_the_conversation(tmp_path, prompts, base_dirs, bases) -> None:
+    """max_new_tokens 3: every answer is cut, so no row may end in (or contain a masked) end-of-turn token."""
+    tok = bases["llama"].tokenizer
+    cfg = make_cfg(base_dirs["llama"], tmp_path / "cut", max_new_tokens=3, batch_size=3)
+    gen_dataset(cfg, [], prompts)
+    rows = rows_of(tmp_path / "cut")
+    assert len(rows) == 6 and {r["finish_reason"] for r in rows} == {"length"}
+    for r in rows:
+        assert r["input_ids"][-1] != tok.eos_token_id and r["loss_mask"][-1] == 1
+        assert tok.eos_token_id not in [t for t, m in zip(r["input_ids"], r["loss_mask"]) if m]
+        text = tok.decode(r["input_ids"])
+        assert text.count("<|assistant|>") == 1  # turn 2 is never asked after a cut answer
+        assert sum(r["loss_mask"]) == 3 and r["loss_mask"][-4:] == [0, 1, 1, 1]  # exactly the 3 generated tokens
+
+
+def test_budget_is_capped_by_max_length_and_nothing_is_thrown_away(tmp_path, prompts, base_dirs, bases) -> None:
+    """Prompts of ~30 tokens, max_length 48, max_new 100: answers stop at what fits, rows are kept."""
+    tok = bases["llama"].tokenizer
+    cfg = make_cfg(base_dirs["llama"], tmp_path / "fit", max_new_tokens=100, max_length=48, batch_size=4)
+    gen_dataset(cfg, [], prompts)
+    rows = rows_of(tmp_path / "fit")
+    skipped = {s["index"] for s in store.skipped_rows(tmp_path / "fit")}
+    assert rows and len(rows) + len(skipped) == 6
+    for r in rows:  # every kept row is either finished by the base or filled to max_length exactly
+        assert len(r["input_ids"]) == 48 if r["finish_reason"] == "length" else r["input_ids"][-1] == tok.eos_token_id
 
 
 @pytest.mark.parametrize("dtype, layers", [("bfloat16", []), ("float16", [-1]), ("float32", [0, 2])])
@@ -132,7 +175,7 @@ def test_sampling_is_seeded_per_conversation(tmp_path, prompts, base_dirs) -> No
 
 
 def test_too_long_is_skipped_for_good_and_strict_fails(tmp_path, prompts, base_dirs) -> None:
-    cfg = make_cfg(base_dirs["llama"], tmp_path / "out", max_length=64)
+    cfg = make_cfg(base_dirs["llama"], tmp_path / "out", max_length=48)
     gen_dataset(cfg, [], prompts)
     skipped = store.skipped_rows(tmp_path / "out")
     assert skipped and all(s["reason"].startswith("too long") for s in skipped)
@@ -143,7 +186,7 @@ def test_too_long_is_skipped_for_good_and_strict_fails(tmp_path, prompts, base_d
     parts = {p: p.stat().st_mtime_ns for p in store.part_files(tmp_path / "out")}
     gen_dataset(cfg, [], prompts)  # nothing left to do: too-long conversations are not retried
     assert {p: p.stat().st_mtime_ns for p in store.part_files(tmp_path / "out")} == parts
-    strict = make_cfg(base_dirs["llama"], tmp_path / "strict", max_length=64, strict=True)
+    strict = make_cfg(base_dirs["llama"], tmp_path / "strict", max_length=48, strict=True)
     with pytest.raises(BadInputError, match=r"prompts.jsonl:\d+: too long"):
         gen_dataset(strict, [], prompts)
 
@@ -157,8 +200,10 @@ def test_rerun_with_other_settings_is_refused(tmp_path, prompts, base_dirs) -> N
 
 
 def test_ds_range_runs_merge_into_the_single_run(tmp_path, prompts, base_dirs) -> None:
+    # ranges aligned with the parts (part_size 2): the same rows decode together, so the merge is bit-identical
     common = ["--modeling.base_model", base_dirs["llama"], "--dataset_generation.max_new_tokens", "8",
-              "--dataset_generation.batch_size", "2", "--dataset_generation.store_features"]
+              "--dataset_generation.batch_size", "2", "--dataset_generation.part_size", "2",
+              "--dataset_generation.dtype", "float32", "--dataset_generation.store_features"]
     for name, rng in [("r0", "0,2"), ("r1", "2,6"), ("all", "")]:
         rng_args = ["--dataset_generation.ds_range", rng] if rng else []
         data_gen_main(["gen_dataset", "--prompts", prompts, *common, *rng_args,
@@ -194,7 +239,7 @@ def test_kill_and_resume_gives_the_same_dataset(tmp_path, base_dirs, one_thread)
     cmd = [sys.executable, "-m", "specforge_het.data_gen", "gen_dataset", prompts,
            "--modeling.base_model", base_dirs["gemma3"], "--dataset_generation.output_dir", str(out),
            "--dataset_generation.batch_size", "2", "--dataset_generation.max_new_tokens", "16",
-           "--dataset_generation.store_features"]
+           "--dataset_generation.dtype", "float32", "--dataset_generation.store_features"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list((out / "parts").glob("part-*.jsonl")) and proc.poll() is None and time.monotonic() < deadline:

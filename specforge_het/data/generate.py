@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,6 +35,13 @@ class Conv:
     skipped: str = ""  # reason, when skipped for good
     failed: str = ""  # request error (server mode): retried next run
     new_tokens: int = 0
+    finish: list[str] = field(default_factory=list)  # per answer: "stop" | "length" (server mode: unknown)
+    last_turn: tuple[list[int], list[int]] | None = None  # (prompt ids, generated ids) of the last answer, in process
+
+    @property
+    def finish_reason(self) -> str:
+        """'length' when the last answer hit its token budget (the conversation ends there), else 'stop'."""
+        return self.finish[-1] if self.finish else "stop"
 
     def messages(self, upto: int | None = None) -> list[dict]:
         """System (if any), then user/assistant turns; ends with user turn `upto` when given."""
@@ -114,11 +120,25 @@ def _identity(cfg: Config, tokenizer, base_desc: dict, layers: list[int], n: int
         "max_length": g.max_length, "max_new_tokens": g.max_new_tokens, "temperature": g.temperature,
         "system_prompt": g.system_prompt, "chat_template_sha": store.text_sha(getattr(tokenizer, "chat_template", "")),
         "seed": cfg.inference.seed, "batch_size": g.batch_size, "mode": "server" if g.servers else "local",
+        "part_size": part_size(g), "dtype": None if g.servers else resolved_dtype(cfg),
     }
 
 
+def part_size(g) -> int:
+    return g.part_size if g.part_size > 0 else 4 * g.batch_size
+
+
+def resolved_dtype(cfg: Config) -> str:
+    """--dataset_generation.dtype, with auto resolved for this device (bfloat16 where it is fast)."""
+    from specforge_het.data.batch_gen import fastest_dtype
+    from specforge_het.models.base import resolve_device
+
+    d = cfg.dataset_generation.dtype
+    return fastest_dtype(resolve_device(cfg.modeling.device)) if d == "auto" else d
+
+
 RESUME_KEYS = ("source", "ds_range", "max_length", "max_new_tokens", "temperature", "system_prompt",
-               "chat_template_sha", "seed", "batch_size", "mode")
+               "chat_template_sha", "seed", "batch_size", "mode", "part_size", "dtype")
 
 
 def check_resume(out: Path, meta: dict) -> None:
@@ -144,8 +164,29 @@ def feature_layers_for(cfg: Config, num_layers: int) -> list[int]:
     return layers if -1 in layers else [*layers, -1]
 
 
+def token_row(tokenizer, c: Conv) -> tuple[list[int], list[int]]:
+    """(input_ids, loss_mask) from the tokens the base saw and wrote in the conversation's last turn.
+
+    The row is that turn's prompt (earlier answers in it are loss-masked where the template puts
+    them) followed by exactly the generated ids: the end-of-turn token only if the base wrote it.
+    """
+    from specforge_het.data.formats import assistant_spans, uses_template
+
+    prompt, new = c.last_turn
+    ids = [*prompt, *new]
+    mask = [0] * len(prompt) + [1] * len(new)
+    for start, end in assistant_spans(tokenizer, c.messages(len(c.answers) - 1), prompt, uses_template(tokenizer)):
+        mask[start:end] = [1] * (end - start)
+    return ids, mask
+
+
 def finalize(tokenizer, convs: list[Conv], max_length: int, report) -> tuple[list[dict], list[dict]]:
-    """Tokenise answered conversations into rows; too-long ones become skipped records."""
+    """Answered conversations into rows (`finish_reason` 'length' when the last answer hit its budget);
+    too-long ones become skipped records.
+
+    In-process generation keeps the exact tokens (`token_row`). Server answers come back as text
+    and are tokenised with the chat template (`tokenize_conversation`).
+    """
     from specforge_het.data.formats import TooLongError, tokenize_conversation
 
     rows, skipped = [], []
@@ -154,9 +195,12 @@ def finalize(tokenizer, convs: list[Conv], max_length: int, report) -> tuple[lis
             continue
         if not c.skipped:
             try:
-                ids, mask = tokenize_conversation(tokenizer, c.messages(), max_length)
+                if c.last_turn is not None:
+                    ids, mask = token_row(tokenizer, c)
+                else:
+                    ids, mask = tokenize_conversation(tokenizer, c.messages(), max_length)
                 rows.append({"id": c.id, "index": c.index, "input_ids": [int(x) for x in ids],
-                             "loss_mask": [int(x) for x in mask]})
+                             "loss_mask": [int(x) for x in mask], "finish_reason": c.finish_reason})
                 continue
             except TooLongError as e:
                 c.skipped = str(e)
@@ -264,123 +308,6 @@ def make_engine(cfg: Config):
         from specforge_het.data.server_client import ServerEngine
 
         return ServerEngine(cfg)
+    from specforge_het.data.local_engine import LocalEngine
+
     return LocalEngine(cfg)
-
-
-class _PerRowSampler:
-    """A logits processor that samples each row with its own generator and leaves only that token.
-
-    HF's greedy step then picks it, so every conversation's draws come from its own seeded stream,
-    whatever else shares its batch. Rows that already ended draw nothing.
-    """
-
-    def __init__(self, gens: list[torch.Generator], temperature: float, prompt_len: int, eos: torch.Tensor):
-        self.gens, self.temperature, self.prompt_len, self.eos = gens, temperature, prompt_len, eos
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        ended = torch.isin(input_ids[:, self.prompt_len:], self.eos).any(dim=1)  # [B]
-        out = torch.full_like(scores, float("-inf"))
-        for i, gen in enumerate(self.gens):
-            if ended[i]:
-                out[i] = scores[i]
-                continue
-            probs = torch.softmax(scores[i].float() / self.temperature, dim=-1)  # [V]
-            out[i, torch.multinomial(probs, 1, generator=gen)] = 0.0
-        return out
-
-
-class LocalEngine:
-    """The base model in this process: left-padded batches through HF `generate`."""
-
-    def __init__(self, cfg: Config):
-        from specforge_het.models.base import BaseModel
-
-        m = cfg.modeling
-        self.cfg, self.g = cfg, cfg.dataset_generation
-        self.base = BaseModel.load(m.base_model, m.dtype, m.device, m.attn_implementation)
-        self.tokenizer = self.base.tokenizer
-        self.num_layers = self.base.num_layers
-        gen_eos = self.base.model.generation_config.eos_token_id
-        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        eos |= {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        self.eos = sorted(eos)
-        pad = self.tokenizer.pad_token_id
-        self.pad = pad if pad is not None else (self.eos[0] if self.eos else 0)
-
-    def describe(self) -> dict:
-        return self.base.describe()
-
-    def run(self, out: Path, todo: list[Conv], layers: list[int], report, stats: RunStats) -> None:
-        batches: dict[int, list[Conv]] = {}
-        for c in todo:
-            batches.setdefault(c.index // self.g.batch_size, []).append(c)
-        with progress_bar() as bar:
-            task = bar.add_task("generating", total=len(todo), note="")
-            for batch in batches.values():
-                self.answer(batch)
-                rows, skipped = finalize(self.tokenizer, batch, self.g.max_length, report)
-                feats = self.features(rows, layers) if layers else None
-                commit(out, batch, rows, skipped, feats, stats)
-                bar.update(task, advance=len(batch), note=f"{stats.new_tokens} new tokens")
-
-    def answer(self, batch: list[Conv]) -> None:
-        """Turn by turn: turn k of every conversation in the batch, in one generate call."""
-        from specforge_het.inference.prompts import render
-
-        gens = {c.index: torch.Generator(self.base.device).manual_seed(self.cfg.inference.seed + c.index)
-                for c in batch}
-        for k in range(max((len(c.users) for c in batch), default=0)):
-            active, prompts = [], []
-            for c in batch:
-                if c.skipped or k >= len(c.users):
-                    continue
-                ids = render(self.tokenizer, c.messages(k))[0].tolist()
-                if len(ids) >= self.g.max_length:
-                    c.skipped = f"too long: turn {k} prompt has {len(ids)} tokens, max_length {self.g.max_length}"
-                    continue
-                active.append(c)
-                prompts.append(ids)
-            if active:
-                for c, (text, n) in zip(active, self.generate(prompts, [gens[c.index] for c in active])):
-                    c.answers.append(text)
-                    c.new_tokens += n
-
-    @torch.no_grad()
-    def generate(self, prompts: list[list[int]], gens: list[torch.Generator]) -> list[tuple[str, int]]:
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)  # [B, L] left-padded
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        eos = torch.tensor(self.eos, dtype=torch.long, device=self.base.device)
-        gc = GenerationConfig(max_new_tokens=self.g.max_new_tokens, do_sample=False, pad_token_id=self.pad,
-                              eos_token_id=self.eos or None)
-        procs = [_PerRowSampler(gens, self.g.temperature, width, eos)] if self.g.temperature > 0 else []
-        seqs = self.base.model.generate(input_ids=ids.to(self.base.device), attention_mask=mask.to(self.base.device),
-                                        generation_config=gc, logits_processor=LogitsProcessorList(procs))
-        out = []
-        for row in seqs[:, width:].tolist():
-            cut = next((j for j, t in enumerate(row) if t in self.eos), len(row))
-            out.append((self.tokenizer.decode(row[:cut], skip_special_tokens=True), min(cut + 1, len(row))))
-        return out
-
-    @torch.no_grad()
-    def features(self, rows: list[dict], layers: list[int]) -> dict[str, torch.Tensor]:
-        """One forward over the final ids of the batch (right-padded): {str(index): [T, F*H] in feature_dtype}."""
-        from specforge_het.models.base import resolve_dtype
-
-        if not rows:
-            return {}
-        dtype = resolve_dtype(self.g.feature_dtype)
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)  # [B, T] right-padded
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
-        dev = self.base.device
-        feats = self.base.features(ids.to(dev), tuple(layers), attention_mask=mask.to(dev)).features  # [B, T, F*H]
-        return {str(r["index"]): feats[i, : len(r["input_ids"])].to(dtype).cpu() for i, r in enumerate(rows)}

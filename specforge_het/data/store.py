@@ -2,7 +2,7 @@
 
     OUTPUT_DIR/
       meta.json                      what made the dataset (base, tokenizer fingerprint, feature layers, settings)
-      parts/part-<first:07d>.jsonl   finished rows of one batch: {"id", "index", "input_ids", "loss_mask"}
+      parts/part-<first:07d>.jsonl   finished rows of one part: {"id", "index", "input_ids", "loss_mask", "finish_reason"}
       parts/part-<first:07d>.skipped.json   conversations of that batch skipped for good (too long), if any
       features/part-<first:07d>.safetensors one tensor per row, key "<index>", [T, F*H] in feature_dtype
       errors.jsonl                   bad inputs and failed requests (a log; failed requests are retried)
@@ -86,7 +86,8 @@ def write_part(path: str | Path, rows: list[dict], skipped: list[dict], features
         atomic_write_bytes(root / FEATURES / f"{name}.safetensors", blob)
     if skipped:
         atomic_write_json(root / PARTS / f"{name}.skipped.json", skipped)
-    lines = "".join(json.dumps({k: r[k] for k in ("id", "index", "input_ids", "loss_mask")}) + "\n" for r in rows)
+    lines = "".join(json.dumps({**{k: r[k] for k in ("id", "index", "input_ids", "loss_mask")},
+                                "finish_reason": r.get("finish_reason", "stop")}) + "\n" for r in rows)
     atomic_write_bytes(root / PARTS / f"{name}.jsonl", lines.encode())
     return name
 
@@ -205,6 +206,7 @@ def _features():
     return datasets.Features({
         "id": datasets.Value("string"), "index": datasets.Value("int64"),
         "input_ids": datasets.Sequence(datasets.Value("int32")), "loss_mask": datasets.Sequence(datasets.Value("int8")),
+        "finish_reason": datasets.Value("string"),  # "length": the last answer hit its token budget
     })
 
 
@@ -215,6 +217,7 @@ def assemble(path: str | Path):
     root = Path(path)
     rows = sorted(iter_rows(root), key=lambda r: r["index"])
     cols = {k: [r[k] for r in rows] for k in ("id", "index", "input_ids", "loss_mask")}
+    cols["finish_reason"] = [r.get("finish_reason", "stop") for r in rows]  # parts written before it existed: stop
     ds = datasets.Dataset.from_dict(cols, features=_features())
     tmp, old = root / f".{DATASET}.tmp-{os.getpid()}", root / f".{DATASET}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,295 @@
+"""Continuous batching for data generation: many prompts through the base at once.
+
+`BatchGenerator.run` keeps up to `slots` sequences decoding together. Every step feeds one token
+per active row; a row that finishes (a stop token, or its token budget) is swapped out at once and
+a waiting prompt is prefilled into its slot, so no row idles as padding. The K/V of all rows live
+in one preallocated buffer per layer [slots, H_kv, capacity, D]; each row has its own length, and
+the active rows are kept at the front (a finished row is replaced by the last active one), so a
+step works on views, never on copies of the cache.
+
+Layers run through HF's own modules (the lean forward of models/lean.py): Llama, Qwen3 and Gemma3
+(sliding windows included). `supports_batch_gen` says whether a base qualifies; others use HF
+`generate` (data/generate.py).
+
+Determinism: the order of prefills and steps depends only on the requests and their results, so
+the same requests give the same tokens (up to the arithmetic of the dtype). Greedy rows take the
+arg-max; sampled rows draw from their own `torch.Generator`, so a row's draws do not depend on
+which rows share its steps.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from specforge_het.models.lean import _rope, attend_mask, layer_forward, supports_lean
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bfloat16 matmuls in hardware)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def fastest_dtype(device: torch.device | str) -> str:
+    """'bfloat16' where the device computes it fast (CUDA with bf16, a CPU with AMX/AVX512-BF16), else 'float32'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if device.type == "cpu" and cpu_has_fast_bf16() else "float32"
+
+
+def supports_batch_gen(base) -> bool:
+    return supports_lean(base.layers, base.config)
+
+
+@dataclass
+class Request:
+    """One prompt to continue. `key` is the caller's; `generator` None = greedy."""
+
+    key: object
+    prompt: list[int]
+    max_new: int
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class Result:
+    key: object
+    tokens: list[int]  # generated ids; ends with the stop token when finish_reason == "stop"
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class _Row:
+    req: Request
+    tokens: list[int] = field(default_factory=list)
+
+
+class _SlotKV:
+    """K/V buffers per layer [slots, H_kv, capacity, D]; rows are slots, `lens` their valid entries."""
+
+    def __init__(self, num_layers: int, slots: int, kv_heads: int, head_dim: int, capacity: int, dtype, device):
+        shape = (slots, kv_heads, capacity, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.capacity = capacity
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        for buf in (*self.k, *self.v):
+            buf[dst, :, :length] = buf[src, :, :length]
+
+
+class _PrefillWriter:
+    """What `layer_forward` calls as a cache: stores a right-padded group's K/V into its slots."""
+
+    def __init__(self, kv: _SlotKV, first: int):
+        self.kv, self.first = kv, first
+
+    def write(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, s = k.shape[0], k.shape[2]
+        self.kv.k[i][self.first: self.first + m, :, :s] = k
+        self.kv.v[i][self.first: self.first + m, :, :s] = v
+        return k, v
+
+
+def _decode_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                  kv: _SlotKV, i: int, lens: torch.Tensor, width: int) -> torch.Tensor:
+    """One layer for one new token per row. h [n, 1, H]; lens [n] = entries cached before this token;
+    mask [n, 1, 1, width] (True = attend). Query heads are grouped by their K/V head, so grouped-query
+    attention reads the cache without copying it per head."""
+    attn = layer.self_attn
+    n = h.shape[0]
+    x = layer.input_layernorm(h)
+    d = attn.head_dim
+    q = attn.q_proj(x).view(n, 1, -1, d)
+    k = attn.k_proj(x).view(n, 1, -1, d)
+    v = attn.v_proj(x).view(n, 1, -1, d)
+    if hasattr(attn, "q_norm"):  # Qwen3, Gemma3
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = _rope(q.transpose(1, 2), cos, sin)  # [n, H, 1, D]
+    k = _rope(k.transpose(1, 2), cos, sin)  # [n, H_kv, 1, D]
+    rows = torch.arange(n, device=h.device)
+    kv.k[i][rows, :, lens] = k[:, :, 0]
+    kv.v[i][rows, :, lens] = v[:, 0]
+    keys, values = kv.k[i][:n, :, :width], kv.v[i][:n, :, :width]
+    hkv = keys.shape[1]
+    qg = q.reshape(n, hkv, -1, d)  # head j*g + r uses K/V head j (HF's repeat_kv order)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=attn.scaling)
+    out = attn.o_proj(out.reshape(n, 1, -1))
+    if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
+        h = h + layer.post_attention_layernorm(out)
+        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+    h = h + out
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+class BatchGenerator:
+    """Continuous batching over a `BaseModel` whose layers have a lean forward (see module doc)."""
+
+    def __init__(self, base, slots: int, stop_ids: list[int], capacity: int, prefill_tokens: int = 4096):
+        if not supports_batch_gen(base):
+            raise ValueError(f"{type(base.layers[0]).__name__} has no lean forward; use HF generate for this base")
+        self.base, self.slots, self.capacity = base, int(slots), int(capacity)
+        self.stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+        self.prefill_tokens = prefill_tokens  # cap on prompt tokens prefilled in one forward
+        cfg = base.config
+        attn = base.layers[0].self_attn
+        self.kv = _SlotKV(base.num_layers, self.slots, cfg.num_key_value_heads, attn.head_dim, self.capacity,
+                          base.dtype, base.device)
+        self.steps = 0
+        self.prefills = 0
+
+    # ------------------------------------------------------------ forward pieces
+    def _rotary(self, h, pos_ids, kind):
+        return self.base._rotary(h, pos_ids, kind)
+
+    def _window(self, kind: str) -> int | None:
+        return self.base.sliding_window if kind == "sliding_attention" else None
+
+    @torch.no_grad()
+    def _prefill(self, rows: list[_Row], first: int) -> torch.Tensor:
+        """Prefill `rows` into slots first.. (right-padded, causal); returns last-token logits [m, V]."""
+        base, dev = self.base, self.base.device
+        lens = [len(r.req.prompt) for r in rows]
+        s = max(lens)
+        ids = torch.zeros(len(rows), s, dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : lens[j]] = torch.tensor(r.req.prompt)
+        ids = ids.to(dev)
+        positions = torch.arange(s, device=dev)
+        h = base.body.embed_tokens(ids)
+        writer = _PrefillWriter(self.kv, first)
+        rope, masks = {}, {}
+        for i, layer in enumerate(base.layers):
+            kind = base.layer_types[i]
+            if kind not in rope:
+                rope[kind] = self._rotary(h, positions[None], kind)
+                masks[kind] = attend_mask(positions, 0, None, self._window(kind)) if s > 1 else None
+            h = layer_forward(layer, h, *rope[kind], masks[kind], writer, i)
+        last = h[torch.arange(len(rows), device=dev), torch.tensor(lens, device=dev) - 1]  # [m, H]
+        self.prefills += 1
+        return base.head(base.norm(last)).float()
+
+    @torch.no_grad()
+    def _step(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """One token for each of the first n slots. tokens [n], lens [n] (cached entries). Logits [n, V]."""
+        base, dev = self.base, self.base.device
+        width = int(lens.max()) + 1
+        key_pos = torch.arange(width, device=dev)
+        valid = key_pos[None] <= lens[:, None]  # [n, width]
+        h = base.body.embed_tokens(tokens[:, None])
+        pos_ids = lens[:, None]
+        rope, masks = {}, {}
+        for i, layer in enumerate(base.layers):
+            kind = base.layer_types[i]
+            if kind not in rope:
+                rope[kind] = self._rotary(h, pos_ids, kind)
+                window = self._window(kind)
+                m = valid if window is None else valid & (lens[:, None] - key_pos[None] < window)
+                masks[kind] = m[:, None, None]
+            h = _decode_layer(layer, h, *rope[kind], masks[kind], self.kv, i, lens, width)
+        self.steps += 1
+        return base.head(base.norm(h[:, 0])).float()
+
+    # ------------------------------------------------------------ choosing tokens
+    @staticmethod
+    def _choose(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        out = logits.argmax(-1).tolist()
+        for j, r in enumerate(rows):
+            if r.req.generator is not None and r.req.temperature > 0:
+                probs = torch.softmax(logits[j] / r.req.temperature, dim=-1)
+                out[j] = int(torch.multinomial(probs, 1, generator=r.req.generator))
+        return out
+
+    def _finished(self, row: _Row) -> str | None:
+        if row.tokens and row.tokens[-1] in self._stop_set:
+            return "stop"
+        if len(row.tokens) >= row.req.max_new or len(row.req.prompt) + len(row.tokens) >= self.capacity:
+            return "length"
+        return None
+
+    # ------------------------------------------------------------ the loop
+    def run(self, requests: list[Request], on_done: Callable[[Result], list[Request]]) -> None:
+        """Generate every request; `on_done(result)` may return follow-up requests (a next turn).
+
+        Waiting requests are kept sorted by prompt length (stable), so a prefill groups similar lengths.
+        """
+        self._stop_set = set(self.stop.tolist())
+        for r in requests:
+            self._check(r)
+        pending: list[tuple[int, int, Request]] = []  # (length, arrival, request)
+        arrival = 0
+        for r in requests:
+            bisect.insort(pending, (len(r.prompt), arrival, r), key=lambda t: (t[0], t[1]))
+            arrival += 1
+        active: list[_Row] = []
+        lens: list[int] = []
+        refill_at = max(1, self.slots // 8)
+        while pending or active:
+            free = self.slots - len(active)
+            if pending and (free >= refill_at or not active):
+                group = self._take(pending, free)
+                first = len(active)
+                rows = [_Row(req) for _, _, req in group]
+                logits = self._prefill(rows, first)
+                for row, tok in zip(rows, self._choose(logits, rows)):
+                    row.tokens.append(tok)
+                active += rows
+                lens += [len(r.req.prompt) for r in rows]
+            else:
+                dev = self.base.device
+                toks = torch.tensor([r.tokens[-1] for r in active], device=dev)
+                lt = torch.tensor(lens, device=dev)
+                logits = self._step(toks, lt)
+                for row, tok in zip(active, self._choose(logits, active)):
+                    row.tokens.append(tok)
+                lens = [n + 1 for n in lens]
+            j = 0
+            while j < len(active):  # swap finished rows out: the last active row takes the slot
+                reason = self._finished(active[j])
+                if reason is None:
+                    j += 1
+                    continue
+                row = active[j]
+                last = len(active) - 1
+                if j != last:
+                    self.kv.move(last, j, lens[last])
+                active[j], lens[j] = active[last], lens[last]
+                active.pop()
+                lens.pop()
+                for follow in on_done(Result(row.req.key, row.tokens, reason)) or []:
+                    self._check(follow)
+                    bisect.insort(pending, (len(follow.prompt), arrival, follow), key=lambda t: (t[0], t[1]))
+                    arrival += 1
+
+    def _check(self, r: Request) -> None:
+        if not r.prompt or r.max_new < 1 or len(r.prompt) >= self.capacity:
+            raise ValueError(f"request {r.key!r}: prompt of {len(r.prompt)} tokens with max_new {r.max_new} does not "
+                             f"fit the cache of {self.capacity} entries")
+
+    def _take(self, pending: list, free: int) -> list:
+        """Up to `free` waiting requests, shortest first, within the prefill token budget."""
+        group, tokens = [], 0
+        while pending and len(group) < free:
+            n = pending[0][0]
+            if group and (tokens + n) > self.prefill_tokens:
+                break
+            group.append(pending.pop(0))
+            tokens += n
+        return group
