@@ -168,7 +168,8 @@ def complete(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, tempe
         mask[i, width - len(p):] = 1
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id, eos_token_id=list(stop_ids))
+    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                          eos_token_id=list(stop_ids) or None)
     seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc,
                           logits_processor=LogitsProcessorList([_RowSampler(gens, temperatures, top_p, width, stop)]))
     out = []
@@ -333,6 +334,8 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
     index = len(rows)
     while len(kept) < n and index < max_generated:
         plans = [plan(seed_data, seed, i, temps, open_share) for i in range(index, min(index + batch_size, max_generated))]
+        if not turn.system:  # no system turn: nothing steers the prompt but the temperature
+            plans = [{**p, "category": "open", "topic": "", "system": ""} for p in plans]
         t0 = time.perf_counter()
         done = complete(model, [turn.prefix_ids(p["system"]) for p in plans], max_new_tokens,
                         [p["temperature"] for p in plans], [p["seed"] for p in plans], turn.stop_ids, pad, top_p)
