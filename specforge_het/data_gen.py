@@ -8,6 +8,7 @@
     gen_prompts OUT.jsonl --n N                    a chat model writes its own user prompts (Magpie-style), filtered
     mix_prompts OUT.jsonl SRC[:N] [SRC ...]        prompt files -> one deduplicated, eval-filtered, shuffled file
     check_prompts FILE                             prompts that overlap an evaluation set (MT-Bench, GSM8K test)
+    bench_gen [--n 128 --max_new 256]              generated tokens/s: continuous engine vs HF generate, per dtype and batch
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, save_json_config
+from specforge_het.data.gen_bench import bench_gen
 from specforge_het.data.inspect import probe_datasets, view
 from specforge_het.data.magpie import gen_prompts
 from specforge_het.data.prompt_mix import check_prompts, mix_prompts
@@ -102,7 +104,7 @@ def _without_console(fn: Callable[..., Any]) -> Callable[..., Any]:
 VERBS = {"prepare_data": _without_console(prepare_data), "gen_dataset": gen_dataset,
          "merge_datasets": merge_datasets, "probe_datasets": _without_console(probe_datasets),
          "view": _without_console(view), "gen_prompts": gen_prompts,
-         "mix_prompts": mix_prompts, "check_prompts": check_prompts}
+         "mix_prompts": mix_prompts, "check_prompts": check_prompts, "bench_gen": bench_gen}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,8 +54,8 @@ def biased(monkeypatch):
     """A random model says <|end|> about once in 20 tokens only if told to: +4 on its logit."""
     real = magpie.load_chat_model
 
-    def load(cfg):
-        model, tok, turn = real(cfg)
+    def load(cfg, dtype=""):
+        model, tok, turn = real(cfg, dtype)
         bias = torch.zeros(model.config.vocab_size)
         bias[turn.end_of_turn] = 4.0
         model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
@@ -260,15 +260,15 @@ def test_gen_prompts_filters_what_the_model_writes(chat_dir, tmp_path, biased, m
     """The model 'writes' an MT-Bench question, a duplicate and a fresh prompt: only the fresh one is kept."""
     texts = [MTB[3]["turns"][0], FRESH, FRESH.lower(), "Bonjour, comment allez-vous aujourd'hui mon ami ?"]
 
-    def fake_complete(model, prompt_ids, max_new_tokens, temperatures, seeds, stop_ids, pad_id, top_p=1.0):
+    def fake_complete(model, prompt_ids, max_new_tokens, temperatures, seeds, stop_ids, pad_id, top_p=1.0, slots=0):
         tok = fake_complete.tok
         end = tok.convert_tokens_to_ids("<|end|>")
         return [tok(texts[i % len(texts)], add_special_tokens=False)["input_ids"] + [end] for i in range(len(prompt_ids))]
 
     real = magpie.load_chat_model
 
-    def load(cfg):
-        model, tok, turn = real(cfg)
+    def load(cfg, dtype=""):
+        model, tok, turn = real(cfg, dtype)
         fake_complete.tok = tok
         return model, tok, turn
 

@@ -56,6 +56,32 @@ def supports_batch_gen(base) -> bool:
     return supports_lean(base.layers, base.config)
 
 
+def inverse_cdf(probs: torch.Tensor, order: torch.Tensor | None, u: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Token ids [B, 1] drawn from probs [B, K] (sorted descending when top_p < 1; `order` maps columns to
+    token ids, None = columns are ids) with uniforms u [B]; top_p keeps the smallest head with mass >= top_p."""
+    if top_p < 1:
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)
+    cdf = probs.cumsum(-1)  # [B, K]
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(cdf.shape[-1] - 1)  # [B, 1]
+    return pick if order is None else order.gather(1, pick)
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
+    """One token [B, 1] per row of probs [B, V] from its uniform u [B] (inverse CDF), top-p optional.
+
+    The nucleus of most rows lies in their top 512 tokens: a top-k is far cheaper than a full sort,
+    and rows whose top 512 hold less than top_p fall back to the full sort."""
+    if top_p >= 1:
+        return inverse_cdf(probs, None, u, 1.0)
+    vals, order = probs.topk(min(512, probs.shape[-1]), dim=-1)  # [B, k], sorted
+    wide = vals.sum(-1) < top_p
+    token = inverse_cdf(vals, order, u, top_p)
+    if wide.any():
+        vals, order = probs[wide].sort(dim=-1, descending=True)
+        token[wide] = inverse_cdf(vals, order, u[wide], top_p)
+    return token
+
+
 @dataclass
 class Request:
     """One prompt to continue. `key` is the caller's; `generator` None = greedy."""
@@ -65,6 +91,7 @@ class Request:
     max_new: int
     temperature: float = 0.0
     generator: torch.Generator | None = None
+    top_p: float = 1.0
 
 
 @dataclass
@@ -210,12 +237,16 @@ class BatchGenerator:
     # ------------------------------------------------------------ choosing tokens
     @staticmethod
     def _choose(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        out = logits.argmax(-1).tolist()
-        for j, r in enumerate(rows):
-            if r.req.generator is not None and r.req.temperature > 0:
-                probs = torch.softmax(logits[j] / r.req.temperature, dim=-1)
-                out[j] = int(torch.multinomial(probs, 1, generator=r.req.generator))
-        return out
+        """Arg-max for greedy rows; sampled rows draw one uniform each from their own generator."""
+        out = logits.argmax(-1)
+        sampled = [j for j, r in enumerate(rows) if r.req.generator is not None and r.req.temperature > 0]
+        for top_p in sorted({rows[j].req.top_p for j in sampled}):
+            idx = [j for j in sampled if rows[j].req.top_p == top_p]
+            temps = torch.tensor([rows[j].req.temperature for j in idx], device=logits.device)
+            probs = torch.softmax(logits[idx] / temps[:, None], dim=-1)
+            u = torch.stack([torch.rand((), generator=rows[j].req.generator) for j in idx]).to(logits.device)
+            out[idx] = draw(probs, u, top_p)[:, 0]
+        return out.tolist()
 
     def _finished(self, row: _Row) -> str | None:
         if row.tokens and row.tokens[-1] in self._stop_set:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from specforge_het.config import Config
+from specforge_het.data.batch_gen import draw
 from specforge_het.data.dedup import FILES, EvalSets, FilterSettings, PromptFilter
 from specforge_het.data.formats import write_conversations
 from specforge_het.data.prompt_mix import console, print_report, write_report
@@ -125,39 +126,35 @@ class _RowSampler:
         ended = torch.isin(input_ids[:, self.width:], self.stop).any(dim=1, keepdim=True)  # [B, 1]
         probs = torch.softmax(scores.float() / self.temps.clamp_min(1e-5)[:, None], dim=-1)  # [B, V]
         u = torch.stack([torch.rand((), generator=g) for g in self.gens]).to(probs.device)  # [B], one draw per row
-        if self.top_p >= 1:
-            token = _inverse_cdf(probs, None, u, 1.0)
-        else:  # the nucleus lies in the top 512 tokens of most rows: a top-k is far cheaper than a full sort
-            vals, order = probs.topk(min(512, probs.shape[-1]), dim=-1)  # [B, k], sorted
-            wide = vals.sum(-1) < self.top_p  # [B] rows whose nucleus reaches past the top k
-            token = _inverse_cdf(vals, order, u, self.top_p)
-            if wide.any():
-                vals, order = probs[wide].sort(dim=-1, descending=True)
-                token[wide] = _inverse_cdf(vals, order, u[wide], self.top_p)
+        token = draw(probs, u, self.top_p)
         token = torch.where(self.temps[:, None] <= 0, scores.argmax(-1, keepdim=True), token)
         if self.stop.numel():
             token = torch.where(ended, self.stop[:1].expand_as(token), token)
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
-def _inverse_cdf(probs: torch.Tensor, order: torch.Tensor | None, u: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Token ids [B, 1] drawn from probs [B, K] (sorted descending when top_p < 1; `order` maps columns to
-    token ids, None = columns are ids) with uniforms u [B]; top_p keeps the smallest head with mass >= top_p."""
-    if top_p < 1:
-        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)
-    cdf = probs.cumsum(-1)  # [B, K]
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(cdf.shape[-1] - 1)  # [B, 1]
-    return pick if order is None else order.gather(1, pick)
-
-
 @torch.no_grad()
 def complete(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, temperatures: list[float],
-             seeds: list[int], stop_ids: list[int], pad_id: int, top_p: float = 1.0) -> list[list[int]]:
+             seeds: list[int], stop_ids: list[int], pad_id: int, top_p: float = 1.0, slots: int = 0) -> list[list[int]]:
     """Sampled continuations of each prompt (HF `generate`, one left-padded batch): the new ids of
     every row, up to and including its first stop id, or `max_new_tokens` ids. Row i samples with its
     own temperature and `torch.Generator` seeded with seeds[i], so a row's output depends on its
-    seed, not on the other rows' draws. (The continuous-batching engine replaces this function.)"""
+    seed, not on the other rows' draws. Llama/Qwen3/Gemma3 models run through the continuous-batching
+    engine (data/batch_gen.py, `slots` rows at a time; 0 = all); others through HF `generate`."""
     from transformers import GenerationConfig, LogitsProcessorList
+
+    from specforge_het.data.batch_gen import BatchGenerator, Request, supports_batch_gen
+    from specforge_het.models.base import BaseModel
+
+    base = BaseModel(model)
+    if supports_batch_gen(base):
+        capacity = max(len(p) for p in prompt_ids) + max_new_tokens + 1
+        engine = BatchGenerator(base, slots or len(prompt_ids), stop_ids, capacity)
+        out: dict[int, list[int]] = {}
+        engine.run([Request(i, p, max_new_tokens, t, torch.Generator("cpu").manual_seed(int(s)), top_p)
+                    for i, (p, t, s) in enumerate(zip(prompt_ids, temperatures, seeds))],
+                   lambda r: out.__setitem__(r.key, r.tokens) or [])
+        return [out[i] for i in range(len(prompt_ids))]
 
     device = next(model.parameters()).device
     width = max(len(p) for p in prompt_ids)
@@ -240,7 +237,7 @@ def _read_raw(raw: Path, meta: dict) -> list[dict]:
         if not isinstance(row, dict) or row.get("index") != len(rows):
             break
         rows.append(row)
-    return rows[: len(rows) - len(rows) % meta["batch_size"]]
+    return rows[: len(rows) - len(rows) % (4 * meta["batch_size"])]  # whole calls: a call decodes its rows together
 
 
 def _write_raw(raw: Path, meta: dict, rows: list[dict]) -> None:
@@ -258,7 +255,7 @@ def _append_raw(raw: Path, rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------- the verb
 
-def load_chat_model(cfg: Config) -> tuple[Any, Any, UserTurnTemplate]:
+def load_chat_model(cfg: Config, dtype: str = "") -> tuple[Any, Any, UserTurnTemplate]:
     """Plain HF model + tokenizer of --modeling.base_model (dtype, device from modeling); refuses models
     without a chat template before loading any weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -272,7 +269,10 @@ def load_chat_model(cfg: Config) -> tuple[Any, Any, UserTurnTemplate]:
     path = resolve_model_path(m.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     UserTurnTemplate(tokenizer, m.base_model)  # the refusal comes before the weights load
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(m.dtype), attn_implementation=m.attn_implementation)
+    from specforge_het.data.batch_gen import fastest_dtype
+
+    dtype = fastest_dtype(resolve_device(m.device)) if dtype == "auto" else (dtype or m.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), attn_implementation=m.attn_implementation)
     model = model.to(resolve_device(m.device)).train(False)
     gen_eos = model.generation_config.eos_token_id
     extra = tuple(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
@@ -283,13 +283,16 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
                 max_new_tokens: int = 160, temperature: tuple[float, float] | float = (0.7, 1.1), top_p: float = 0.95,
                 open_share: float = 0.1, max_generated: int = 0, min_chars: int = 20, max_chars: int = 1500,
                 min_words: int = 4, language: str = "en", min_unique: float = 0.25, near_dup: float = 0.7,
-                eval_overlap: float = 0.5, eval_files: tuple[str, ...] | str = (), seeds: str = "") -> str:
+                eval_overlap: float = 0.5, eval_files: tuple[str, ...] | str = (), seeds: str = "",
+                dtype: str = "auto") -> str:
     """A chat model (--@smollm2 or --modeling.base_model) writes N user prompts into OUT (conversations JSONL).
 
     Args:
         out: output JSONL; also writes OUT.raw.jsonl (every completion, for resuming) and OUT.report.json.
         n: prompts to keep. seed: seed of every choice and draw (same seed, same settings: same file).
-        batch_size: prompts per generate call. max_new_tokens: cap of a user turn (no end of turn: dropped).
+        batch_size: rows decoded together (continuous batching over 4 x batch_size prompts per call, for
+            Llama/Qwen3/Gemma3 models; HF generate otherwise). max_new_tokens: cap of a user turn (no end of turn: dropped).
+        dtype: auto (bfloat16 where the device computes it fast), float32, bfloat16.
         temperature: 'lo,hi' range (one value per prompt, drawn uniformly) or one value. top_p: nucleus mass.
         open_share: share of prompts whose system prompt is a persona alone (no category, no topic).
         max_generated: stop after this many completions even if fewer than N were kept (0 = 4 x N).
@@ -307,7 +310,7 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
     filt = PromptFilter(FilterSettings(min_chars, max_chars, min_words, language, min_unique, near_dup),
                         EvalSets(extra, eval_overlap))
     seed_data = load_seeds(seeds)
-    model, tokenizer, turn = load_chat_model(cfg)
+    model, tokenizer, turn = load_chat_model(cfg, dtype)
     meta = {"model": cfg.modeling.base_model, "dtype": cfg.modeling.dtype, "seed": seed, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens, "temperature": list(temps), "top_p": top_p, "open_share": open_share,
             "seeds": seeds or SEEDS_FILE.name, "system_turn": turn.system}
@@ -333,12 +336,14 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
             take(row)
     index = len(rows)
     while len(kept) < n and index < max_generated:
-        plans = [plan(seed_data, seed, i, temps, open_share) for i in range(index, min(index + batch_size, max_generated))]
+        stop = min(index + 4 * batch_size, max_generated)
+        plans = [plan(seed_data, seed, i, temps, open_share) for i in range(index, stop)]
         if not turn.system:  # no system turn: nothing steers the prompt but the temperature
             plans = [{**p, "category": "open", "topic": "", "system": ""} for p in plans]
         t0 = time.perf_counter()
         done = complete(model, [turn.prefix_ids(p["system"]) for p in plans], max_new_tokens,
-                        [p["temperature"] for p in plans], [p["seed"] for p in plans], turn.stop_ids, pad, top_p)
+                        [p["temperature"] for p in plans], [p["seed"] for p in plans], turn.stop_ids, pad, top_p,
+                        slots=batch_size)
         stats["seconds"] += time.perf_counter() - t0
         batch = []
         for p, ids in zip(plans, done):
