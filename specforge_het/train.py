@@ -38,6 +38,39 @@ def check_consistency(cfg: Config) -> None:
         raise ConfigError("modeling.lora_rank needs modeling.init_from (LoRA adapts pretrained layers).")
     if t.feature_noise < 0 or t.vloss_w < 0 or t.ploss_w < 0:
         raise ConfigError("training.feature_noise, vloss_w and ploss_w must be >= 0.")
+    if t.bf16 and t.precision == "fp32":
+        raise ConfigError("training.bf16 = true contradicts training.precision = fp32: drop the legacy --training.bf16.")
+    if t.loss_chunk < 1:
+        raise ConfigError("training.loss_chunk must be >= 1.")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16(device: str) -> bool:
+    """bfloat16 matmuls that beat float32: CUDA with bf16 support, or a CPU with AMX-BF16 tiles.
+
+    AVX512-BF16 alone is not enough: on such a CPU (2 cores, no AMX exposed) bfloat16 GEMMs of
+    training shapes ran at ~60 % of float32's speed (docs/training.md)."""
+    if device.startswith("cuda") or device == "auto" and torch.cuda.is_available():
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "amx_bf16" in cpu_flags()
+
+
+def use_bf16(cfg: Config) -> bool:
+    """The resolved training precision: True = bfloat16 autocast over float32 master weights."""
+    t = cfg.training
+    if t.bf16 or t.precision == "bf16":
+        return True
+    return t.precision == "auto" and cfg.modeling.dtype == "float32" and fast_bf16(cfg.modeling.device)
 
 
 def _device(m) -> str:
@@ -63,7 +96,9 @@ def training_arguments(cfg: Config, has_eval: bool):
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every,
         ddp_backend=t.ddp_backend or None, ddp_find_unused_parameters=True,
         deepspeed=t.deepspeed or None, fsdp=t.fsdp or "", dataloader_num_workers=t.dataloader_num_workers,
-        label_names=[], bf16=t.bf16,
+        dataloader_persistent_workers=t.dataloader_num_workers > 0,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        label_names=[], bf16=use_bf16(cfg),
     )
 
 
@@ -120,6 +155,15 @@ def _resume_arg(value: str):
     return True if value == "last" else value
 
 
+def throughput_line(trainer) -> str:
+    """Trained tokens per second: non-padding sequence tokens, each taken through every unroll step
+    (loss tokens: the assistant tokens among them that carry a loss); evaluation time excluded."""
+    tp = trainer.throughput
+    secs = tp["seconds"] or 1e-9
+    return (f"throughput: {tp['seq_tokens'] / secs:.1f} trained tokens/s ({tp['loss_tokens'] / secs:.1f} loss tokens/s) "
+            f"over {tp['seconds']:.0f} s of training, precision {'bf16' if trainer.args.bf16 else 'fp32'}")
+
+
 def report(trainer, info: dict, seconds: float) -> Table:
     table = Table(title=f"training done in {seconds:.0f} s · {info['train_rows']} train / {info['eval_rows']} eval rows")
     for col in ("step", "loss", "sim τ (train)", "eval loss", "sim τ (eval)"):
@@ -147,10 +191,14 @@ def main(cfg: Config, presets: list[str]) -> None:
             "eval_loss" in e and e.get("step") == step for e in trainer.state.log_history):
         trainer.evaluate()
     trainer.provenance_extra["training_seconds"] = round(time.time() - start, 1)
+    tp = trainer.throughput
+    if tp["seconds"]:
+        trainer.provenance_extra["trained_tokens_per_s"] = round(tp["seq_tokens"] / tp["seconds"], 1)
     trainer.save_model(str(out))
     if trainer.args.should_save:
         (out / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         Console().print(report(trainer, info, time.time() - start))
+        console.print(throughput_line(trainer))
         console.print(f"draft folder: {out} (load with --modeling.draft_path {out})")
 
 

@@ -1,4 +1,4 @@
-"""Training on from a trained draft (--modeling.init_draft) and bfloat16 autocast (--training.bf16)."""
+"""Training on from a trained draft (--modeling.init_draft) and bfloat16 autocast (--training.precision bf16)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_init_draft_bad_inputs_fail_clearly(base_dirs, conv, trained, tok_a, tmp
 def test_bf16_autocast_trains_with_float32_weights(base_dirs, conv, tmp_path):
     def run(bf16: bool):
         cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / f"bf16_{bf16}", **V3)
-        cfg.training.bf16 = bf16
+        cfg.training.precision = "bf16" if bf16 else "fp32"
         trainer, _ = build_trainer(cfg, [])
         trainer.train()
         return trainer, _losses(trainer)
@@ -93,5 +93,24 @@ def test_bf16_autocast_trains_with_float32_weights(base_dirs, conv, tmp_path):
     t32, l32 = run(False)
     t16, l16 = run(True)
     assert all(p.dtype == torch.float32 for p in t16.model.draft.parameters())
-    assert l16 == pytest.approx(l32, rel=2e-2)
+    assert l16[0] == pytest.approx(l32[0], rel=1e-2)  # same draft, same batch: only bf16 rounding
+    assert l16 == pytest.approx(l32, rel=1e-1)  # Adam's first steps amplify rounding differences
     assert l16 != pytest.approx(l32, rel=1e-6)  # autocast really ran in bfloat16
+
+
+def test_precision_setting(monkeypatch, base_dirs, conv, tmp_path):
+    from specforge_het import train
+
+    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "p", **V3)
+    cfg.training.precision = "auto"
+    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert not train.use_bf16(cfg)  # AVX512-BF16 without AMX: bfloat16 GEMMs were slower than float32
+    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
+    assert train.use_bf16(cfg)
+    cfg.training.precision = "fp32"
+    assert not train.use_bf16(cfg)
+    cfg.training.bf16 = True  # the legacy switch still means bf16, and contradicts an explicit fp32
+    with pytest.raises(ConfigError, match="contradicts training.precision"):
+        build_trainer(cfg, [])
+    cfg.training.precision = "auto"
+    assert train.use_bf16(cfg)

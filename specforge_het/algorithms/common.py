@@ -1,5 +1,6 @@
-"""Pure helpers shared by the algorithms' losses: targets over the draft vocabulary, soft
-cross-entropy, the EAGLE-3 training-time-test mask, accuracy and simulated accept length."""
+"""Pure helpers shared by the algorithms' losses: the training batch, count-weighted metrics,
+simulated accept length, and the plain (reference) forms of targets, soft cross-entropy and the
+EAGLE-3 training-time-test mask (the trainer uses the lean forms in targets.py / ttt_attention.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,62 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from specforge_het.algorithms.targets import Targets
+
 
 @dataclass
 class TrainBatch:
-    """What a loss needs; built by the trainer (online: from the base; offline: from stored features)."""
+    """What a loss needs; built by the trainer (online: from the base; offline: from stored features).
+
+    Positions are in the shifted frame of the draft (draft position i reads token i+1): `targets`
+    holds the base distribution for positions 1..T-1 of the sequence where `target_mask` is set.
+    """
 
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T] 1 = token, 0 = right padding
     loss_mask: torch.Tensor  # [B, T] 1 = assistant token the base produced
     features: torch.Tensor  # [B, T, F*Hb] at the draft's feature layers
-    target_logits: torch.Tensor  # [B, T, Vb] base logits (the distribution of the token after position t)
+    targets: Targets  # base distribution over the draft vocabulary, index [B, T-1]
     last_features: torch.Tensor | None = None  # [B, T, Hb] final normed base state (EagleV2 regression target)
+    base_weight: torch.Tensor | None = None  # base LM head [Vb, Hb] (a draft without its own head reads it)
+    softcap: float | None = None  # the base head's final logit softcapping
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """[B, T-1] positions with a loss: assistant token and not padding (shifted frame)."""
+        return target_mask(self.attention_mask, self.loss_mask)
+
+
+def target_mask(attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    return (loss_mask[:, 1:] * attention_mask[:, 1:]).bool()
+
+
+def finalize_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """Count-weighted metrics from summed counters (over micro-batches, accumulation and log steps).
+
+    Counters: n_j (positions of unroll step j, base top-1 outside the draft vocabulary included),
+    hit1_j / hitk_j (draft top-1 / top-k equals the base top-1), nin_j and ce_j (loss rows and their
+    summed per-row loss), tokens, and `sum_*` (per-token means of other loss terms).
+    Accuracy counts out-of-vocabulary positions as misses, as EAGLE-3 / SpecForge do.
+    """
+    out: dict[str, float] = {}
+    accs = []
+    j = 0
+    while f"n_{j}" in sums:
+        n = sums[f"n_{j}"]
+        top1 = sums[f"hit1_{j}"] / n if n else 0.0
+        out[f"top1_acc_{j}"] = top1
+        out[f"topk_acc_{j}"] = sums[f"hitk_{j}"] / n if n else 0.0
+        out[f"ce_{j}"] = sums[f"ce_{j}"] / sums[f"nin_{j}"] if sums.get(f"nin_{j}") else 0.0
+        accs.append(top1)
+        j += 1
+    tokens = sums.get("tokens", 0.0)
+    for k, v in sums.items():
+        if k.startswith("sum_"):
+            out[k[4:]] = v / tokens if tokens else 0.0
+    out["sim_accept_length"] = simulated_accept_length(accs)
+    out["tokens"] = tokens
+    return out
 
 
 def shift_left(x: torch.Tensor, n: int, fill=0) -> torch.Tensor:

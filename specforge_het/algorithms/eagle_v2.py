@@ -10,17 +10,12 @@ own head over a reduced/foreign vocabulary.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from specforge_het.algorithms import register
 from specforge_het.algorithms.base import DraftAlgorithm
-from specforge_het.algorithms.common import (
-    TrainBatch,
-    accuracy,
-    draft_targets,
-    masked_smooth_l1,
-    simulated_accept_length,
-    soft_cross_entropy,
-)
+from specforge_het.algorithms.common import TrainBatch
+from specforge_het.algorithms.targets import head_loss
 from specforge_het.models.base import LAST
 
 
@@ -45,11 +40,12 @@ class EagleV2(DraftAlgorithm):
             return draft.base_head(draft.predicted_feature(hidden_out))
         return draft.lm_head(hidden_out)
 
-    def loss(self, draft, batch: TrainBatch, tcfg) -> tuple[torch.Tensor, dict[str, float]]:
-        """vloss_w · SmoothL1(predicted, next feature) + ploss_w · soft CE against the base distribution.
+    def loss(self, draft, batch: TrainBatch, tcfg) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """vloss_w · SmoothL1(predicted, next feature) + ploss_w · loss against the base distribution.
 
         Draft position i reads (feature_i + noise, token_{i+1}) and predicts feature_{i+1} and the base's
-        distribution at i+1; positions count where token i+1 is an assistant token.
+        distribution at i+1; positions count where token i+1 is an assistant token. Returns (loss summed
+        over positions, positions N, counters); the trainer divides by N (or num_items_in_batch).
         """
         feats = batch.features
         if tcfg.feature_noise > 0:
@@ -58,14 +54,22 @@ class EagleV2(DraftAlgorithm):
         s = ids.shape[1]
         pos = torch.arange(s, device=ids.device)[None].expand(ids.shape[0], s)
         hidden = draft(ids, draft.input_from_base(ids, feats[:, :-1]), pos)
-        mask = (batch.loss_mask[:, 1:] * batch.attention_mask[:, 1:]).bool()
-        target_feat = batch.last_features[:, 1:]
-        vloss = masked_smooth_l1(draft.predicted_feature(hidden), target_feat, mask)
-        probs, valid, rows = draft_targets(draft, batch.target_logits[:, 1:])
-        logits = draft.logits(hidden)
-        ploss = soft_cross_entropy(logits, probs, mask & valid)
+        mask, tg = batch.target_mask, batch.targets
+        pred = draft.predicted_feature(hidden[mask])
+        target_feat = batch.last_features[:, 1:][mask]
+        vloss = F.smooth_l1_loss(pred.float(), target_feat.float(), reduction="none").mean(-1).sum()
+        rows = tg.index[mask]
+        if draft.lm_head is None:  # the base head reads the predicted feature (frozen weight)
+            x, weight, cap = pred, batch.base_weight, batch.softcap
+        else:
+            x, weight, cap = hidden[mask], draft.lm_head.weight, None
+        want = tg.top1[rows]
+        inv = want >= 0
+        ploss, per_row, hit1, hitk = head_loss(x, weight, tg.probs, rows, inv.float(), want, getattr(tcfg, "loss", "ce"),
+                                               cap, getattr(tcfg, "loss_chunk", 1024), tcfg.top_k_accuracy)
         loss = tcfg.vloss_w * vloss + tcfg.ploss_w * ploss
-        top1, topk, n = accuracy(logits, rows, mask & valid, tcfg.top_k_accuracy)
-        metrics = {"vloss": vloss.item(), "ploss": ploss.item(), "top1_acc_0": top1, "topk_acc_0": topk,
-                   "sim_accept_length": simulated_accept_length([top1 * (n > 0)]), "tokens": float(n)}
-        return loss, metrics
+        n = float(mask.sum())
+        counters = {"tokens": n, "n_0": n, "hit1_0": float(hit1.sum()), "hitk_0": float(hitk.sum()),
+                    "nin_0": float(inv.sum()), "ce_0": float(per_row[inv].sum()),
+                    "sum_vloss": float(vloss.detach()), "sum_ploss": float(ploss.detach())}
+        return loss, mask.sum(), counters

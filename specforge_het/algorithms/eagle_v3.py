@@ -9,19 +9,15 @@ stream; layer 0 attends over cat(input_layernorm(embed(token_{i+1})), hidden_nor
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from specforge_het.algorithms import register
 from specforge_het.algorithms.base import DraftAlgorithm
-from specforge_het.algorithms.common import (
-    TrainBatch,
-    accuracy,
-    draft_targets,
-    shift_left,
-    simulated_accept_length,
-    soft_cross_entropy,
-    ttt_mask,
-)
+from specforge_het.algorithms.common import TrainBatch, shift_left, ttt_mask
+from specforge_het.algorithms.targets import head_loss
+from specforge_het.algorithms.ttt_attention import ttt_layer
+from specforge_het.models.lean import supports_lean
 
 
 @register("eagle_v3")
@@ -46,35 +42,65 @@ class EagleV3(DraftAlgorithm):
     def logits(self, draft, hidden_out):
         return draft.lm_head(draft.norm(hidden_out))
 
-    def loss(self, draft, batch: TrainBatch, tcfg) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training-time test: unroll k draft steps on the draft's own hidden states; Σ decay^j · CE.
+    def loss(self, draft, batch: TrainBatch, tcfg) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Training-time test: unroll k draft steps on the draft's own hidden states; Σ decay^j · loss_j.
 
         Step j at position i reads token_{i+1+j} and the draft's step-(j-1) output at i, attends to the
         real prefix (step 0, causal) and its own earlier steps at i, and predicts the base's
         distribution at i+1+j (over the draft vocabulary). No feature loss.
+
+        Returns (loss summed over positions, positions N, counters). Divided by N (or by HF's
+        num_items_in_batch under gradient accumulation), every step is normalised by all positions
+        of the sequence, as in EAGLE-3 / SpecForge; positions whose base top-1 the draft cannot
+        propose carry no loss but count as misses in the accuracy.
         """
         ids = batch.input_ids[:, 1:]
         b, s = ids.shape
         key_valid = batch.attention_mask[:, 1:]
+        mask, tg = batch.target_mask, batch.targets
         hidden = draft.input_from_base(ids, batch.features[:, :-1])
-        probs, valid, rows = draft_targets(draft, batch.target_logits[:, 1:])
-        mask = (batch.loss_mask[:, 1:] * key_valid).bool() & valid
-        cache = DynamicCache()
-        total = hidden.new_zeros(())
-        metrics: dict[str, float] = {}
-        accs = []
+        lean = supports_lean(draft.layers, draft.hf_config)
+        kv: list[list] = [[] for _ in draft.layers]
+        cache = None if lean else DynamicCache()
+        xs, tidx, roww, want = [], [], [], []
+        ckpt = bool(getattr(tcfg, "gradient_checkpointing", False)) and torch.is_grad_enabled()
         for j in range(tcfg.ttt_steps):
             tok = shift_left(ids, j, fill=0)
             pos = (torch.arange(s, device=ids.device) + j)[None].expand(b, s)
-            attn = ttt_mask(s, j, key_valid, hidden.dtype)
-            hidden = draft(tok, hidden, pos, attn, cache)
-            logits = draft.logits(hidden)
-            m_j, p_j, r_j = shift_left(mask, j, False), shift_left(probs, j, 0.0), shift_left(rows, j, 0)
-            ce = soft_cross_entropy(logits, p_j, m_j)
-            total = total + (tcfg.ttt_decay ** j) * ce
-            top1, topk, n = accuracy(logits, r_j, m_j, tcfg.top_k_accuracy)
-            metrics.update({f"ce_{j}": ce.item(), f"top1_acc_{j}": top1, f"topk_acc_{j}": topk})
-            accs.append(top1 if n else 0.0)
-        metrics["sim_accept_length"] = simulated_accept_length(accs)
-        metrics["tokens"] = float(mask.sum())
-        return total, metrics
+            if lean:
+                hidden = self._lean_step(draft, tok, hidden, pos, kv, ckpt)
+            else:
+                hidden = draft(tok, hidden, pos, ttt_mask(s, j, key_valid, hidden.dtype), cache)
+            m_j = shift_left(mask, j, False)
+            rows = shift_left(tg.index, j, -1)[m_j]
+            xs.append(draft.norm(hidden[m_j]))
+            tidx.append(rows)
+            want.append(tg.top1[rows])
+            roww.append((tg.top1[rows] >= 0).float() * tcfg.ttt_decay ** j)
+        loss, per_row, hit1, hitk = head_loss(
+            torch.cat(xs), draft.lm_head.weight, tg.probs, torch.cat(tidx), torch.cat(roww), torch.cat(want),
+            getattr(tcfg, "loss", "ce"), None, getattr(tcfg, "loss_chunk", 1024), tcfg.top_k_accuracy)
+        counters: dict[str, float] = {"tokens": float(mask.sum())}
+        a = 0
+        for j, x in enumerate(xs):
+            e = a + x.shape[0]
+            inv = torch.cat(want)[a:e] >= 0
+            counters.update({f"n_{j}": float(e - a), f"hit1_{j}": float(hit1[a:e].sum()),
+                             f"hitk_{j}": float(hitk[a:e].sum()), f"nin_{j}": float(inv.sum()),
+                             f"ce_{j}": float(per_row[a:e][inv].sum())})
+            a = e
+        return loss, mask.sum(), counters
+
+    @staticmethod
+    def _lean_step(draft, tok, hidden, pos, kv, ckpt: bool) -> torch.Tensor:
+        """One unroll step through every draft layer with the split TTT attention (ttt_attention.py)."""
+        cos, sin = draft.family.rotary_call(draft.rotary, hidden, pos)
+        emb = draft.embed(tok)
+        for i, layer in enumerate(draft.layers):
+            past = tuple(kv[i])
+            if ckpt:
+                hidden, new = checkpoint(ttt_layer, layer, hidden, emb, cos, sin, past, use_reentrant=False)
+            else:
+                hidden, new = ttt_layer(layer, hidden, emb, cos, sin, past)
+            kv[i].append(new)
+        return hidden

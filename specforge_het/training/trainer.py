@@ -3,6 +3,7 @@ is a draft folder that `inference` loads directly (plus the raw state for exact 
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from specforge_het.algorithms.common import TrainBatch
+from specforge_het.algorithms.common import TrainBatch, finalize_metrics, target_mask
+from specforge_het.algorithms.targets import base_targets
 from specforge_het.config import ConfigError
 from specforge_het.models.base import LAST
 from specforge_het.models.speculative import save_draft
@@ -21,6 +23,8 @@ RAW_STATE = "training_state.safetensors"
 
 class DraftTrainingModule(nn.Module):
     """The module HF Trainer optimises: only the draft is registered; the base is held aside."""
+
+    accepts_loss_kwargs = True  # HF passes num_items_in_batch (the loss is a per-token mean over accumulation)
 
     def __init__(self, draft, base, tcfg, stored_layers: list[int] | None = None):
         super().__init__()
@@ -50,46 +54,98 @@ class DraftTrainingModule(nn.Module):
     @torch.no_grad()
     def make_batch(self, input_ids, attention_mask, loss_mask, features=None) -> TrainBatch:
         base = self._base[0]
-        if features is None:  # online: the base computes features and its distribution for this batch
-            out = base.features(input_ids, tuple(self.draft.cfg.feature_layers), attention_mask)
-            feats, last, logits = out.features, out.hidden, out.logits
-        else:  # offline: stored features; the base head turns the last layer into its distribution
+        if features is None:  # online: the base computes features for this batch (its LM head is not run here)
+            feats, last = base_features(base, input_ids, tuple(self.draft.cfg.feature_layers), attention_mask)
+        else:  # offline: stored features
             feats, last = self._split_stored(features.to(base.dtype))
-            logits = base.head(last)
-        return TrainBatch(input_ids, attention_mask, loss_mask, feats.detach(), logits.detach(), last.detach())
+        vocab = self.draft.vocab
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        targets = base_targets(last[:, 1:], base.lm_head.weight, target_mask(attention_mask, loss_mask),
+                               None if vocab is None else vocab.d2t, cap, getattr(self.tcfg, "loss_chunk", 1024))
+        return TrainBatch(input_ids, attention_mask, loss_mask, feats.detach(), targets, last.detach(),
+                          base.lm_head.weight, cap)
 
-    def forward(self, input_ids, attention_mask, loss_mask, features=None):
+    def forward(self, input_ids, attention_mask, loss_mask, features=None, **_):
+        """Returns {"loss": loss summed over positions, "count": positions, "counters": metric counters}."""
         batch = self.make_batch(input_ids, attention_mask, loss_mask, features)
-        loss, metrics = self.draft.algorithm.loss(self.draft, batch, self.tcfg)
-        return {"loss": loss, "metrics": metrics}
+        loss, count, counters = self.draft.algorithm.loss(self.draft, batch, self.tcfg)
+        counters["seq_tokens"] = float(attention_mask.sum())
+        return {"loss": loss, "count": count, "counters": counters}
+
+
+@torch.no_grad()
+def base_features(base, input_ids, layers: tuple[int, ...], attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features at `layers`, final normed state) of a whole batch, without the base's LM head."""
+    taps: dict[int, torch.Tensor] = {}
+
+    def tap(idx):
+        def hook(_m, _i, out):
+            taps[idx] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [base.layers[i - 1].register_forward_hook(tap(i)) for i in set(layers) if i > 0]
+    try:
+        last = base.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    finally:
+        for h in handles:
+            h.remove()
+    taps[LAST] = last
+    if 0 in layers:
+        taps[0] = base.embed(input_ids)
+    return torch.cat([taps[i] for i in layers], dim=-1), last
 
 
 class DraftTrainer(Trainer):
-    """Adds per-position metrics to the logs and saves draft folders."""
+    """Per-token loss across accumulation, count-weighted metrics, tokens/s in the logs; saves draft folders."""
 
     def __init__(self, *args, run_config: dict | None = None, provenance_extra: dict | None = None, **kw):
         super().__init__(*args, **kw)
         self._sums: dict[str, float] = defaultdict(float)
-        self._count = 0
+        self._since = time.perf_counter()  # reset when training starts (on_train_begin) and after each log
         self.run_config = run_config or {}
         self.provenance_extra = provenance_extra or {}
+        self.throughput = {"seq_tokens": 0.0, "loss_tokens": 0.0, "seconds": 0.0}
 
     @property
     def draft(self):
         return self.accelerator.unwrap_model(self.model).draft
 
+    def train(self, *args, **kw):
+        self._sums.clear()
+        self._since = time.perf_counter()
+        return super().train(*args, **kw)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """Loss positions over every micro-batch of this optimizer step (and every process): each
+        micro-batch's loss is its sum over positions / this count, so accumulation equals one big batch."""
+        n = sum(target_mask(b["attention_mask"], b["loss_mask"]).sum() for b in batch_samples)
+        n = torch.as_tensor(n, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            n = self.accelerator.gather(n).sum()
+        return n
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(**inputs)
-        for k, v in out["metrics"].items():
+        for k, v in out["counters"].items():
             self._sums[k] += v
-        self._count += 1
-        return (out["loss"], out) if return_outputs else out["loss"]
+        denom = num_items_in_batch if num_items_in_batch is not None else out["count"]
+        loss = out["loss"] / torch.as_tensor(denom, device=out["loss"].device).clamp(min=1)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, out) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._count and "loss" in logs:
-            logs.update({f"train_{k}": round(v / self._count, 5) for k, v in self._sums.items()})
+        if self._sums and ("loss" in logs or "train_runtime" in logs):
+            secs = time.perf_counter() - self._since
+            seq, lt = self._sums.get("seq_tokens", 0.0), self._sums.get("tokens", 0.0)
+            if "loss" in logs:
+                logs.update({f"train_{k}": round(v, 5) for k, v in finalize_metrics(self._sums).items()})
+                logs["train_tokens_per_s"] = round(seq / secs, 1) if secs > 0 else 0.0
+                logs["train_loss_tokens_per_s"] = round(lt / secs, 1) if secs > 0 else 0.0
+            for k, v in (("seq_tokens", seq), ("loss_tokens", lt), ("seconds", secs)):
+                self.throughput[k] += v
             self._sums.clear()
-            self._count = 0
+            self._since = time.perf_counter()
         super().log(logs, start_time)
 
     @torch.no_grad()
@@ -97,18 +153,21 @@ class DraftTrainer(Trainer):
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None or len(dataset) == 0:
             return {}
+        paused = time.perf_counter()
         model = self.model
         model.eval()
         sums: dict[str, float] = defaultdict(float)
-        n = 0
+        loss_sum = 0.0
         for inputs in self.get_eval_dataloader(dataset):
-            out = model(**self._prepare_inputs(inputs))
-            sums["loss"] += out["loss"].item()
-            for k, v in out["metrics"].items():
+            with self.compute_loss_context_manager():
+                out = model(**self._prepare_inputs(inputs))
+            loss_sum += float(out["loss"])
+            for k, v in out["counters"].items():
                 sums[k] += v
-            n += 1
         model.train()
-        metrics = {f"{metric_key_prefix}_{k}": round(v / max(n, 1), 5) for k, v in sums.items()}
+        metrics = {f"{metric_key_prefix}_{k}": round(v, 5) for k, v in finalize_metrics(sums).items()}
+        metrics[f"{metric_key_prefix}_loss"] = round(loss_sum / max(sums.get("tokens", 0.0), 1.0), 5)
+        self._since += time.perf_counter() - paused  # evaluation time is not training time
         self.log(metrics)
         return metrics
 
@@ -161,7 +220,7 @@ class RichProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         if self.progress is not None and logs:
-            keys = ("loss", "train_sim_accept_length", "eval_loss", "eval_sim_accept_length")
+            keys = ("loss", "train_sim_accept_length", "train_tokens_per_s", "eval_loss", "eval_sim_accept_length")
             shown = " ".join(f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
             if shown:
                 self.progress.update(self.task, description=shown)
