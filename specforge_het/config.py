@@ -47,7 +47,7 @@ class ModelingConfig:
     draft_num_kv_heads: int = _f(0, "key/value heads; 0 = same as draft_num_heads")
     draft_head_dim: int = _f(0, "head dim; 0 = width / heads")
     draft_intermediate_size: int = _f(0, "MLP width; 0 = 4 x width rounded like Llama")
-    draft_rope_theta: float = _f(10000.0, "rotary base of the draft's own rotary embedding")
+    draft_rope_theta: float = _f(0.0, "rotary base of the draft's own rotary embedding; 0 = inherit: init_from's layers' theta, else the base's")
     draft_first_input_norm: bool = _f(True, "EagleV2: false = layer 0 has no input_layernorm (the EAGLE-1/2 layout SGLang and EAGLE load)")
     feature_layers: list[int] = _f([], "base layers handed to the draft (HF hidden_states index, -1 = final normed); [] = algorithm default")
     vocab: str = _f("reduced", "draft vocabulary: base = full base vocab, reduced = subset of base ids, foreign = draft tokenizer", ("base", "reduced", "foreign"))

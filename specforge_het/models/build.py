@@ -72,6 +72,32 @@ def _vocab(m: ModelingConfig, algorithm: str, base, token_counts, draft_tokenize
     return VocabAdapter(d2t, base.vocab_size), d2t.numel(), "base", 0, 0
 
 
+def rope_theta_of(config) -> float | None:
+    """The rotary base of an HF config's full-attention layers (rope_theta or rope_parameters)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and "full_attention" in rope:  # Gemma3: one entry per layer type
+        rope = rope["full_attention"] or {}
+    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+    theta = theta if theta is not None else getattr(config, "rope_theta", None)
+    return float(theta) if theta is not None else None
+
+
+def draft_rope_theta(m: ModelingConfig, base) -> float:
+    """modeling.draft_rope_theta, or (0 = inherit) the theta the draft's layers were trained with:
+    those of `init_from`, else the base's (EAGLE-3 drafts use the base's rotary base)."""
+    if m.draft_rope_theta > 0:
+        return float(m.draft_rope_theta)
+    if m.draft_rope_theta < 0:
+        raise ConfigError(f"modeling.draft_rope_theta must be > 0, or 0 to inherit; got {m.draft_rope_theta}.")
+    if m.init_from:
+        from transformers import AutoConfig
+
+        theta = rope_theta_of(AutoConfig.from_pretrained(resolve_model_path(m.init_from)))
+    else:
+        theta = rope_theta_of(base.config)
+    return theta if theta is not None else 10000.0
+
+
 def draft_config(m: ModelingConfig, base, token_counts=None, draft_tokenizer=None) -> tuple[DraftConfig, VocabAdapter | None]:
     algo = get_algorithm(m.algorithm)
     features = list(m.feature_layers) or algo.default_feature_layers(base.num_layers)
@@ -83,7 +109,7 @@ def draft_config(m: ModelingConfig, base, token_counts=None, draft_tokenizer=Non
     if embed == "base" and algo.fused_first_layer and sizes["hidden_size"] != base.hidden_size:
         embed = "base_proj"  # EAGLE-3 layer 0 needs embeddings at draft width
     cfg = DraftConfig(
-        algorithm=m.algorithm, family=m.draft_family, num_layers=m.draft_num_layers, rope_theta=m.draft_rope_theta,
+        algorithm=m.algorithm, family=m.draft_family, num_layers=m.draft_num_layers, rope_theta=draft_rope_theta(m, base),
         feature_layers=features, base=base.describe(), vocab=m.vocab, draft_vocab_size=vsize, embed=embed,
         embed_vocab_size=evsize, input_map_width=mapw, attn_implementation=m.attn_implementation,
         draft_tokenizer=m.draft_tokenizer if m.vocab == "foreign" else "", init_from=m.init_from,
