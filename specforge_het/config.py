@@ -112,7 +112,7 @@ class DatasetGenerationConfig:
     ds_range: str = _f("", "'a,b': only conversations a..b-1 of the prompt file")
     batch_size: int = _f(64, "rows decoded together (continuous batching: a finished row takes the next prompt)")
     part_size: int = _f(0, "conversations per committed part (a killed run redoes at most one part); 0 = 4 x batch_size")
-    dtype: str = _f("auto", "dtype of the base while generating; auto = bfloat16 where the device computes it fast (CUDA, a CPU with AMX/AVX512-BF16), else float32", ("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _f("auto", "dtype of the base while generating; auto = bfloat16 where the device computes it fast (CUDA, a CPU with AMX-BF16), else float32", ("auto", "float32", "bfloat16", "float16"))
     max_new_tokens: int = _f(1024, "answer length cap per turn (also capped by what still fits in max_length)")
     max_length: int = _f(2048, "prompt + answer cap")
     temperature: float = _f(0.0, "0 = greedy, > 0 = sampled")
