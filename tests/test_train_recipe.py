@@ -85,3 +85,17 @@ def test_accumulation_equals_one_big_batch(base_dirs, uneven, tmp_path):
         torch.testing.assert_close(small[k], big[k], atol=1e-6 * float(big[k].abs().max()) + 1e-9, rtol=1e-4, msg=k)
     counts = [float(collate([r])["loss_mask"][:, 1:].sum()) for r in rows]
     assert max(counts) > 2 * min(counts)  # a per-micro-batch mean would weight these rows unequally
+
+
+def test_dataloader_workers_and_length_groups(base_dirs, uneven, tmp_path):
+    from specforge_het.train import main
+
+    cfg = tiny_cfg(base_dirs["llama"], uneven, tmp_path / "workers", algorithm="eagle_v3", vocab="reduced",
+                   draft_vocab_size=150)
+    cfg.training.dataloader_num_workers, cfg.training.max_steps = 2, 2
+    main(cfg, ["test"])
+    log = json.loads((tmp_path / "workers" / "training_log.json").read_text())
+    assert [e["step"] for e in log if "loss" in e] == [1, 2]
+    assert all(e["train_tokens_per_s"] > 0 and e["train_tokens"] > 0 for e in log if "loss" in e)
+    prov = json.loads((tmp_path / "workers" / "provenance.json").read_text())
+    assert prov["trained_tokens_per_s"] > 0
