@@ -67,13 +67,24 @@ def test_split_ttt_attention_equals_mask_path(llama_base, family):
         torch.testing.assert_close(outs["split"][3][n], g, atol=1e-5 * float(g.abs().max()), rtol=1e-4, msg=n)
 
 
-def test_prefix_attention_lse_gradient():
+@pytest.mark.parametrize("kernel", ["flash", "math"])
+def test_prefix_attention_lse_gradient(kernel, monkeypatch):
+    import specforge_het.algorithms.ttt_attention as ta
+
+    if kernel == "math":
+        monkeypatch.setattr(ta, "_FLASH", None)
     torch.manual_seed(1)
     q = torch.randn(2, 4, 9, 8, dtype=torch.float64, requires_grad=True)
     k = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)
     v = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)
-    # chunk 4 splits the 9 queries unevenly; both outputs carry gradient
+    # both outputs carry gradient (gradcheck also feeds the lse alone: rows without an output gradient);
+    # chunk 4 splits the 9 queries unevenly in the math kernel
     assert torch.autograd.gradcheck(lambda q, k, v: prefix_attention(q, k, v, 0.3, 4), (q, k, v))
+    out, lse = prefix_attention(q, k, v, 0.3, 4)
+    s = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 0.3
+    s = s.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(s, -1))
+    torch.testing.assert_close(out, torch.softmax(s, -1) @ v.repeat_interleave(2, 1))
 
 
 def _reference_v3_loss(draft, base, ids, attn, lm, tcfg):

@@ -24,54 +24,98 @@ import torch
 QUERY_CHUNK = 256
 
 
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+
 class _PrefixAttention(torch.autograd.Function):
-    """Causal softmax attention returning (out, lse); math in float32, chunked over queries."""
+    """Causal softmax attention returning (out, lse), both differentiable; float32 (or float64) math.
+
+    On a CPU: PyTorch's fused flash-attention kernels. Their backward takes only the output's gradient;
+    the log-sum-exp's gradient g enters through D = rowsum(dO * out) (dS = P * (dP - D + g)), so the
+    kernel is handed out - (g / |dO|^2) dO, whose D is D - g. Elsewhere: the same math, chunked over queries.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, scale, chunk):
-        b, h, s, d = q.shape
-        hk = k.shape[1]
         acc = torch.promote_types(q.dtype, torch.float32)
-        qf = q.detach().to(acc).view(b, hk, h // hk, s, d)
-        kf, vf = k.detach().to(acc)[:, :, None], v.detach().to(acc)[:, :, None]
-        out = torch.empty(b, hk, h // hk, s, d, dtype=acc, device=q.device)
-        lse = torch.empty(b, hk, h // hk, s, dtype=acc, device=q.device)
-        for a in range(0, s, chunk):
-            e = min(a + chunk, s)
-            sc = (qf[..., a:e, :] @ kf[..., :e, :].transpose(-1, -2)) * scale
-            sc[..., a:].masked_fill_(_upper(e - a, q.device), float("-inf"))
-            m = torch.logsumexp(sc, -1)
-            lse[..., a:e] = m
-            out[..., a:e, :] = torch.exp(sc - m[..., None]) @ vf[..., :e, :]
+        group = q.shape[1] // k.shape[1]
+        ctx.flash = q.device.type == "cpu" and _FLASH is not None and _FLASH_BWD is not None
+        ctx.scale, ctx.chunk, ctx.group, ctx.dtypes = scale, chunk, group, (q.dtype, k.dtype, v.dtype)
+        if ctx.flash:
+            qf = q.detach().to(acc)
+            kf = k.detach().to(acc).repeat_interleave(group, 1)
+            vf = v.detach().to(acc).repeat_interleave(group, 1)
+            out, lse = _FLASH(qf, kf, vf, 0.0, True, scale=scale)
+            ctx.save_for_backward(qf, kf, vf, out, lse)
+            return out.to(q.dtype), lse
+        out, lse = _math_forward(q.detach().to(acc), k.detach().to(acc), v.detach().to(acc), scale, chunk)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.chunk = scale, chunk
-        return out.view(b, h, s, d).to(q.dtype), lse.view(b, h, s)
+        return out.to(q.dtype), lse
 
     @staticmethod
     def backward(ctx, g_out, g_lse):
         q, k, v, out, lse = ctx.saved_tensors
-        b, h, s, d = q.shape
-        hk, scale = k.shape[1], ctx.scale
-        acc = out.dtype
-        qf = q.to(acc).view(b, hk, h // hk, s, d)
-        kf, vf = k.to(acc)[:, :, None], v.to(acc)[:, :, None]
-        go = (g_out.to(acc) if g_out is not None else torch.zeros_like(out.view(b, h, s, d))).view(out.shape)
-        gl = (g_lse.to(acc) if g_lse is not None else torch.zeros_like(lse.view(b, h, s))).view(lse.shape)
-        dq = torch.zeros_like(qf)
-        dk = torch.zeros(b, hk, s, d, dtype=acc, device=q.device)
-        dv = torch.zeros(b, hk, s, d, dtype=acc, device=q.device)
-        delta = (go * out).sum(-1)
-        for a in range(0, s, ctx.chunk):
-            e = min(a + ctx.chunk, s)
-            sc = (qf[..., a:e, :] @ kf[..., :e, :].transpose(-1, -2)) * scale
-            sc[..., a:].masked_fill_(_upper(e - a, q.device), float("-inf"))
-            p = torch.exp(sc - lse[..., a:e, None])
-            dp = go[..., a:e, :] @ vf[..., :e, :].transpose(-1, -2)
-            ds = p * (dp - delta[..., a:e, None] + gl[..., a:e, None]) * scale
-            dq[..., a:e, :] = ds @ kf[..., :e, :]
-            dk[..., :e, :] += (ds.transpose(-1, -2) @ qf[..., a:e, :]).sum(2)
-            dv[..., :e, :] += (p.transpose(-1, -2) @ go[..., a:e, :]).sum(2)
-        return dq.view(b, h, s, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+        go = g_out.to(out.dtype) if g_out is not None else torch.zeros_like(out)
+        gl = g_lse.to(lse.dtype) if g_lse is not None else torch.zeros_like(lse)
+        if not ctx.flash:
+            dq, dk, dv = _math_backward(q.to(out.dtype), k.to(out.dtype), v.to(out.dtype), out, lse, go, gl,
+                                        ctx.scale, ctx.chunk)
+        else:
+            nrm = (go * go).sum(-1, keepdim=True)
+            adj = out - torch.where(nrm > 0, gl[..., None] / nrm.clamp(min=torch.finfo(nrm.dtype).tiny), 0.0) * go
+            dq, dk, dv = _FLASH_BWD(go, q, k, v, adj, lse, 0.0, True, scale=ctx.scale)
+            lost = (nrm[..., 0] == 0) & (gl != 0)  # rows with no output gradient: D cannot carry g
+            if bool(lost.any()):  # linearity: bwd(u, out - c u) - bwd(u, out) = the g-term alone
+                u = lost[..., None].to(out.dtype).expand_as(out)
+                c = (gl * lost)[..., None] / out.shape[-1]
+                a = _FLASH_BWD(u, q, k, v, out - c * u, lse, 0.0, True, scale=ctx.scale)
+                b = _FLASH_BWD(u, q, k, v, out, lse, 0.0, True, scale=ctx.scale)
+                dq, dk, dv = dq + a[0] - b[0], dk + a[1] - b[1], dv + a[2] - b[2]
+            bsz, h, s, d = dk.shape
+            dk = dk.view(bsz, h // ctx.group, ctx.group, s, d).sum(2)
+            dv = dv.view(bsz, h // ctx.group, ctx.group, s, d).sum(2)
+        qt, kt, vt = ctx.dtypes
+        return dq.to(qt), dk.to(kt), dv.to(vt), None, None
+
+
+def _math_forward(q, k, v, scale, chunk):
+    b, h, s, d = q.shape
+    hk = k.shape[1]
+    qf, kf, vf = q.view(b, hk, h // hk, s, d), k[:, :, None], v[:, :, None]
+    out = torch.empty(b, hk, h // hk, s, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, hk, h // hk, s, dtype=q.dtype, device=q.device)
+    for a in range(0, s, chunk):
+        e = min(a + chunk, s)
+        sc = (qf[..., a:e, :] @ kf[..., :e, :].transpose(-1, -2)) * scale
+        sc[..., a:].masked_fill_(_upper(e - a, q.device), float("-inf"))
+        m = torch.logsumexp(sc, -1)
+        lse[..., a:e] = m
+        out[..., a:e, :] = torch.exp(sc - m[..., None]) @ vf[..., :e, :]
+    return out.view(b, h, s, d), lse.view(b, h, s)
+
+
+def _math_backward(q, k, v, out, lse, go, gl, scale, chunk):
+    b, h, s, d = q.shape
+    hk = k.shape[1]
+    shape = (b, hk, h // hk, s)
+    qf, kf, vf = q.view(*shape, d), k[:, :, None], v[:, :, None]
+    go, out, lse, gl = go.view(*shape, d), out.view(*shape, d), lse.view(shape), gl.view(shape)
+    dq = torch.zeros_like(qf)
+    dk = torch.zeros(b, hk, s, d, dtype=q.dtype, device=q.device)
+    dv = torch.zeros(b, hk, s, d, dtype=q.dtype, device=q.device)
+    delta = (go * out).sum(-1)
+    for a in range(0, s, chunk):
+        e = min(a + chunk, s)
+        sc = (qf[..., a:e, :] @ kf[..., :e, :].transpose(-1, -2)) * scale
+        sc[..., a:].masked_fill_(_upper(e - a, q.device), float("-inf"))
+        p = torch.exp(sc - lse[..., a:e, None])
+        dp = go[..., a:e, :] @ vf[..., :e, :].transpose(-1, -2)
+        ds = p * (dp - delta[..., a:e, None] + gl[..., a:e, None]) * scale
+        dq[..., a:e, :] = ds @ kf[..., :e, :]
+        dk[..., :e, :] += (ds.transpose(-1, -2) @ qf[..., a:e, :]).sum(2)
+        dv[..., :e, :] += (p.transpose(-1, -2) @ go[..., a:e, :]).sum(2)
+    return dq.view(b, h, s, d), dk, dv
 
 
 def _upper(n: int, device) -> torch.Tensor:
@@ -80,7 +124,7 @@ def _upper(n: int, device) -> torch.Tensor:
 
 
 def prefix_attention(q, k, v, scale: float, chunk: int = QUERY_CHUNK):
-    """q [B, H, S, D], k/v [B, Hkv, S, D] -> (out [B, H, S, D], lse [B, H, S]); causal, GQA by head groups."""
+    """q [B, H, S, D], k/v [B, Hkv, S, D] -> (out [B, H, S, D], lse [B, H, S] float32); causal, GQA by head groups."""
     return _PrefixAttention.apply(q, k, v, scale, chunk)
 
 

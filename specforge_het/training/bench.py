@@ -118,12 +118,11 @@ class _Run:
             self._features(i, batch)
         start = time.perf_counter()
         with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
-            feats = self._features(i, batch)
             if self.path == "legacy":
-                loss = legacy_loss(self.draft, self.base, batch, feats, self.tcfg)
+                loss = legacy_loss(self.draft, self.base, batch, self._features(i, batch), self.tcfg)
             else:
-                b = self.module.make_batch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                                           torch.cat([feats[0], feats[1]], -1) if self.mode == "offline" else None)
+                stored = torch.cat(self._features(i, batch), -1) if self.mode == "offline" else None
+                b = self.module.make_batch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], stored)
                 total, count, _ = self.draft.algorithm.loss(self.draft, b, self.tcfg)
                 loss = total / count
         loss.backward()
