@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def bench(cfg: Config, presets: list[str], configs: str = "new-online-fp32,new-o
         table.add_row(r.name, str(r.tcfg.ttt_steps), f"{res['tokens_per_s']:.1f}", f"{res['loss_tokens_per_s']:.1f}",
                       f"{r.tokens:.0f}", f"{r.seconds:.1f}")
     Console().print(table)
-    payload = {"command": "python -m specforge_het.training.bench " + " ".join(f"--@{p}" for p in presets),
+    payload = {"command": "python -m specforge_het.training.bench " + " ".join(sys.argv[1:]),
                "base": m.base_model, "algorithm": m.algorithm, "batch": batch, "timed_batches": len(batches) - 1,
                "threads": torch.get_num_threads(), "results": results,
                "definition": "trained tokens/s = non-padding sequence tokens per second of forward+backward+optimizer "
