@@ -1,0 +1,94 @@
+"""The continuous-batching engine of gen_dataset: equal to unbatched HF greedy decoding, rows swapped
+in and out, follow-up requests, budgets, seeded sampling, the sampler, dtype choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specforge_het.data import batch_gen
+from specforge_het.data.batch_gen import BatchGenerator, Request, draw
+from specforge_het.testing import CORPUS_A
+
+
+def prompts_of(base, n: int) -> list[list[int]]:
+    tok = base.tokenizer
+    return [tok(CORPUS_A[i % len(CORPUS_A)] * (1 + i % 3)).input_ids[: 6 + 5 * i] for i in range(n)]
+
+
+def hf_greedy(base, prompt: list[int], max_new: int, eos: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = base.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                              eos_token_id=eos, pad_token_id=eos)[0, len(prompt):].tolist()
+    return out[: out.index(eos) + 1] if eos in out else out
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
+def test_greedy_equals_unbatched_hf_with_rows_swapped(bases, family) -> None:
+    """7 prompts of different lengths through 3 slots, budgets from 3 to 40 tokens (Gemma3's window is 16,
+    so long rows attend past it): every row equals HF generate alone, finish reasons included."""
+    base = bases[family]
+    eos = base.tokenizer.eos_token_id
+    ps = prompts_of(base, 7)
+    budgets = [3 + 6 * i for i in range(7)]
+    got = {}
+    engine = BatchGenerator(base, 3, [eos], 128)
+    engine.run([Request(i, p, b) for i, (p, b) in enumerate(zip(ps, budgets))],
+               lambda r: got.__setitem__(r.key, r) or [])
+    assert engine.prefills > 1  # slots were refilled while other rows decoded
+    for i, (p, b) in enumerate(zip(ps, budgets)):
+        want = hf_greedy(base, p, b, eos)
+        assert got[i].tokens == want, f"row {i}"
+        assert got[i].finish_reason == ("stop" if want[-1] == eos and len(want) <= b else "length")
+
+
+def test_follow_up_requests_and_capacity(bases) -> None:
+    """on_done may queue a next turn; a row stops at the cache capacity with finish_reason 'length'."""
+    base = bases["llama"]
+    eos = base.tokenizer.eos_token_id
+    ps = prompts_of(base, 2)
+    seen = []
+
+    def on_done(r):
+        seen.append(r.key)
+        return [Request(("again", r.key), ps[1] + r.tokens, 4)] if not isinstance(r.key, tuple) else []
+
+    BatchGenerator(base, 2, [eos], 64).run([Request(0, ps[0], 5)], on_done)
+    assert seen == [0, ("again", 0)]
+    short = {}
+    BatchGenerator(base, 2, [], len(ps[0]) + 4).run([Request(0, ps[0], 50)], lambda r: short.__setitem__(0, r) or [])
+    assert len(short[0].tokens) == 4 and short[0].finish_reason == "length"
+    with pytest.raises(ValueError, match="does not fit the cache"):
+        BatchGenerator(base, 2, [], 8).run([Request(0, list(range(1, 9)), 3)], lambda r: [])
+
+
+def test_sampling_follows_each_rows_generator(bases) -> None:
+    base = bases["qwen3"]
+    ps = prompts_of(base, 4)
+
+    def run(slots: int, seeds: list[int]) -> dict:
+        out = {}
+        reqs = [Request(i, p, 12, 1.0, torch.Generator().manual_seed(s), 0.9) for i, (p, s) in enumerate(zip(ps, seeds))]
+        BatchGenerator(base, slots, [], 64).run(reqs, lambda r: out.__setitem__(r.key, r.tokens) or [])
+        return out
+
+    a, b, c = run(4, [1, 2, 3, 4]), run(2, [1, 2, 3, 4]), run(4, [1, 2, 3, 5])
+    assert a == b  # a row's draws do not depend on its neighbours
+    assert [a[i] for i in range(3)] == [c[i] for i in range(3)] and a[3] != c[3]  # only row 3's seed changed
+
+
+def test_draw_matches_the_distribution_and_top_p() -> None:
+    """Inverse-CDF draws: frequencies follow probs; top-p keeps the smallest head with mass >= p."""
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).expand(20000, 4)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draw(probs, u)[:, 0], minlength=4).float() / 20000
+    assert torch.allclose(freq, probs[0], atol=0.015)
+    kept = torch.bincount(draw(probs, u, top_p=0.8)[:, 0], minlength=4).float() / 20000
+    assert kept[2] == 0 and kept[3] == 0 and torch.allclose(kept[:2], torch.tensor([0.625, 0.375]), atol=0.015)
+
+
+def test_fastest_dtype_wants_amx(monkeypatch) -> None:
+    monkeypatch.setattr(batch_gen, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert batch_gen.fastest_dtype("cpu") == "float32"  # no AMX: bf16 matmuls measured slower than fp32
+    monkeypatch.setattr(batch_gen, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
+    assert batch_gen.fastest_dtype("cpu") == "bfloat16"
