@@ -7,7 +7,7 @@ Every configuration trains the same draft on the same batches in one process (in
 so machine noise hits all alike) and reports trained tokens/s: non-padding sequence tokens per
 second of forward + backward + optimizer step, each token taken through every unroll step (the
 loss tokens, assistant tokens with a loss, are reported too). A configuration name is
-`<path>-<mode>-<precision>[-ttt<k>]`:
+`<path>-<mode>-<precision>[-ttt<k>][-v<draft vocab size>]`:
 
   path       new = this repo's trainer pieces (targets at loss positions, fused head loss, split TTT
              attention); legacy = the formulation before them (full [B, T, V] base logits, an
@@ -87,14 +87,19 @@ class _Run:
         from specforge_het.training.trainer import DraftTrainingModule
 
         parts = name.split("-")
-        if len(parts) not in (3, 4) or parts[0] not in ("new", "legacy") or parts[1] not in ("online", "offline") \
-                or parts[2] not in ("fp32", "bf16") or (len(parts) == 4 and not parts[3].startswith("ttt")):
-            raise ConfigError(f"bad configuration '{name}': use <new|legacy>-<online|offline>-<fp32|bf16>[-ttt<k>]")
+        extra = parts[3:]
+        if len(parts) < 3 or parts[0] not in ("new", "legacy") or parts[1] not in ("online", "offline") \
+                or parts[2] not in ("fp32", "bf16") or not all(p[:3] == "ttt" or p[:1] == "v" for p in extra):
+            raise ConfigError(f"bad configuration '{name}': use <new|legacy>-<online|offline>-<fp32|bf16>[-ttt<k>][-v<draft vocab>]")
         self.name, self.path, self.mode, self.bf16 = name, parts[0], parts[1], parts[2] == "bf16"
         self.tcfg = type(cfg.training)(**vars(cfg.training))
-        if len(parts) == 4:
-            self.tcfg.ttt_steps = int(parts[3][3:])
-        self.draft = build_draft(cfg.modeling, base, token_counts(rows, base.vocab_size), seed=0)
+        modeling = type(cfg.modeling)(**vars(cfg.modeling))
+        for p in extra:
+            if p.startswith("ttt"):
+                self.tcfg.ttt_steps = int(p[3:])
+            else:
+                modeling.draft_vocab_size = int(p[1:])
+        self.draft = build_draft(modeling, base, token_counts(rows, base.vocab_size), seed=0)
         self.draft.train(True)
         stored = list(self.draft.cfg.feature_layers) + [-1] if self.mode == "offline" else None
         self.module = DraftTrainingModule(self.draft, base, self.tcfg, stored)
@@ -159,14 +164,14 @@ def bench(cfg: Config, presets: list[str], configs: str = "new-online-fp32,new-o
             r.step(i, timed=i > 0)
     table = Table(title=f"draft training throughput · {m.base_model} {m.algorithm} · batch {batch} · "
                         f"{torch.get_num_threads()} threads")
-    for col in ("configuration", "ttt steps", "trained tokens/s", "loss tokens/s", "timed tokens", "seconds"):
+    for col in ("configuration", "ttt steps", "draft vocab", "trained tokens/s", "loss tokens/s", "timed tokens", "seconds"):
         table.add_column(col, no_wrap=True)
     results = []
     for r in runs:
-        res = {"configuration": r.name, "ttt_steps": r.tcfg.ttt_steps, "tokens_per_s": round(r.tokens / r.seconds, 1),
+        res = {"configuration": r.name, "ttt_steps": r.tcfg.ttt_steps, "draft_vocab": r.draft.cfg.draft_vocab_size, "tokens_per_s": round(r.tokens / r.seconds, 1),
                "loss_tokens_per_s": round(r.loss_tokens / r.seconds, 1), "tokens": r.tokens, "seconds": round(r.seconds, 2)}
         results.append(res)
-        table.add_row(r.name, str(r.tcfg.ttt_steps), f"{res['tokens_per_s']:.1f}", f"{res['loss_tokens_per_s']:.1f}",
+        table.add_row(r.name, str(r.tcfg.ttt_steps), str(r.draft.cfg.draft_vocab_size), f"{res['tokens_per_s']:.1f}", f"{res['loss_tokens_per_s']:.1f}",
                       f"{r.tokens:.0f}", f"{r.seconds:.1f}")
     Console().print(table)
     payload = {"command": "python -m specforge_het.training.bench " + " ".join(sys.argv[1:]),
