@@ -34,7 +34,7 @@ clean:
 # Rebuild the shipped drafts from scratch (CPU; the README's results section gives the times).
 # Each step resumes where it stopped; the data is base-generated answers to the shipped training prompts.
 PROMPTS := specforge_het/data/files/train_prompts.jsonl
-GEN := $(BIN)/python -m specforge_het.data_gen gen_dataset $(PROMPTS) --@smollm2 \
+GEN := $(BIN)/python -m specforge_het.data_gen gen_dataset $(PROMPTS) --@smollm2 --dataset_generation.dtype float32 \
 	--dataset_generation.batch_size 8 --dataset_generation.max_new_tokens 128
 TRAIN_SMOLLM2 := $(BIN)/python -m specforge_het.train --@smollm2 --dataset.path runs/data/smollm2_328 \
 	--modeling.init_from smollm2-135m-instruct --modeling.init_layers 29 --training.per_device_batch_size 4 \
@@ -83,7 +83,8 @@ draft-smollm2-eagle2: data-smollm2
 GEMMA_STAGE1 ?= runs/gemma_het/checkpoint-40
 runs/data/gemma/meta.json: | setup
 	$(BIN)/python -m specforge_het.data_gen gen_dataset $(PROMPTS) --@gemma3 --dataset_generation.batch_size 8 \
-		--dataset_generation.max_new_tokens 128 --dataset_generation.output_dir runs/data/gemma --dataset_generation.ds_range 0,320
+		--dataset_generation.dtype float32 --dataset_generation.max_new_tokens 128 --dataset_generation.output_dir runs/data/gemma \
+		--dataset_generation.ds_range 0,320
 
 data-gemma: runs/data/gemma/meta.json
 
@@ -101,3 +102,16 @@ draft-gemma3-het: $(GEMMA_STAGE1)/config.json
 		--training.output_dir runs/gemma_het_more
 	$(BIN)/python -m specforge_het.drafts ship runs/gemma_het_more gemma3-270m-smollm2-het --vocab_rows 8192 \
 		--rebuild "make draft-gemma3-het"
+
+# Breadth data for the next SmolLM2 draft (issue 13): SmolLM2 writes its own prompts (Magpie-style,
+# filtered, deduplicated, evaluation sets kept out), mixed with the shipped training prompts; the base
+# answers with up to 1024 new tokens per turn through continuous batching. Every step resumes when rerun.
+.PHONY: prompts-smollm2 data-smollm2-big
+runs/prompts/smollm2_magpie.jsonl: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 6000 --seed 0 --batch_size 64
+runs/prompts/smollm2_mix.jsonl: runs/prompts/smollm2_magpie.jsonl
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_magpie.jsonl train_prompts --seed 0
+prompts-smollm2: runs/prompts/smollm2_mix.jsonl
+data-smollm2-big: runs/prompts/smollm2_mix.jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix.jsonl --@smollm2 \
+		--dataset_generation.output_dir runs/data/smollm2_big

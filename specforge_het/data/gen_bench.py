@@ -126,6 +126,7 @@ def bench_gen(cfg: Config, presets: list[str], prompts: str = "", n: int = 128, 
             rows.append({"engine": engine, "dtype": dtype, "batch": b, "tokens": tokens, "seconds": round(dt, 2),
                          "tokens_per_s": round(tokens / dt, 1)})
             console.print(f"{engine} {dtype} batch {b}: {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tok/s")
+            _write(outfile, {"config": meta, "rows": rows})  # after every row: a killed run keeps what it measured
         del base
     table = Table(title=f"data generation throughput: {m.base_model}, {n} prompts, <= {max_new} new tokens each")
     for col in ("engine", "dtype", "batch", "tokens", "seconds", "tokens/s"):
@@ -134,9 +135,12 @@ def bench_gen(cfg: Config, presets: list[str], prompts: str = "", n: int = 128, 
         table.add_row(r["engine"], r["dtype"], str(r["batch"]), str(r["tokens"]), f"{r['seconds']:.1f}",
                       f"{r['tokens_per_s']:.1f}")
     Console().print(table)
-    result = {"config": meta, "rows": rows}
+    if outfile:
+        console.print(f"wrote {outfile}")
+    return None
+
+
+def _write(outfile: str, result: dict) -> None:
     if outfile:
         Path(outfile).parent.mkdir(parents=True, exist_ok=True)
         Path(outfile).write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {outfile}")
-    return None
