@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -144,16 +143,17 @@ def text_problem(text: str, min_chars: int = 0, max_chars: int = 0, min_words: i
 
 def _eval_rows(name: str, path: Path) -> list[tuple[str, str]]:
     """(id, user text) of an evaluation file: MT-Bench `turns`, GSM8K `question`, or any prepare_data layout."""
+    from specforge_het.inference.prompts import _read_jsonl
+
     if not path.is_file():
         raise FileNotFoundError(f"evaluation set '{name}': file {path} not found; give an existing JSONL file")
     out: list[tuple[str, str]] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n")):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"evaluation set '{name}': {path}:{i + 1} is not valid JSON ({e.msg})") from None
+    try:
+        rows = _read_jsonl(path)
+    except ValueError as e:
+        raise ValueError(f"evaluation set '{name}': {e}") from None
+    for lineno, row in rows:
+        i = lineno - 1
         rid = str(row.get("id", row.get("question_id", i)))
         if isinstance(row.get("turns"), list):
             out += [(f"{rid}.t{k + 1}", t if isinstance(t, str) else str(t.get("content", "")))
