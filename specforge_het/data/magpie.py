@@ -311,7 +311,7 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
                         EvalSets(extra, eval_overlap))
     seed_data = load_seeds(seeds)
     model, tokenizer, turn = load_chat_model(cfg, dtype)
-    meta = {"model": cfg.modeling.base_model, "dtype": cfg.modeling.dtype, "seed": seed, "batch_size": batch_size,
+    meta = {"model": cfg.modeling.base_model, "dtype": str(model.dtype).removeprefix("torch."), "seed": seed, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens, "temperature": list(temps), "top_p": top_p, "open_share": open_share,
             "seeds": seeds or SEEDS_FILE.name, "system_turn": turn.system}
     out_path = Path(out)
