@@ -115,3 +115,15 @@ prompts-smollm2: runs/prompts/smollm2_mix.jsonl
 data-smollm2-big: runs/prompts/smollm2_mix.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix.jsonl --@smollm2 \
 		--dataset_generation.output_dir runs/data/smollm2_big
+
+# The next SmolLM2 EagleV3 draft on the breadth data: a fresh draft (layer 29 of the base, rope θ
+# inherited from it, 8192-row vocabulary), the full 7-step unroll, one epoch. Not run yet: at this
+# CPU's ~100-300 trained tokens/s, 2M tokens take hours (see README, Throughput).
+.PHONY: draft-smollm2-eagle3-big
+draft-smollm2-eagle3-big: data-smollm2-big
+	$(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --dataset.path runs/data/smollm2_big \
+		--modeling.init_from smollm2-135m-instruct --modeling.init_layers 29 --modeling.draft_vocab_size 8192 \
+		--training.ttt_steps 7 --training.per_device_batch_size 4 --training.learning_rate 1e-3 \
+		--training.warmup_ratio 0.02 --training.num_epochs 1 --dataset.max_length 2048 --dataset.eval_fraction 0.02 \
+		--training.eval_steps 200 --training.save_steps 200 --training.logging_steps 20 \
+		--training.output_dir runs/smollm2_eagle3_big
