@@ -138,7 +138,7 @@ class _PrefillWriter:
 
 
 def _decode_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                  kv: _SlotKV, i: int, lens: torch.Tensor, width: int) -> torch.Tensor:
+                  kv: _SlotKV, i: int, lens: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
     """One layer for one new token per row. h [n, 1, H]; lens [n] = entries cached before this token;
     mask [n, 1, 1, width] (additive: 0 = attend). Query heads are grouped by their K/V head, so grouped-query
     attention reads the cache without copying it per head."""
@@ -154,7 +154,6 @@ def _decode_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     q = _rope(q.transpose(1, 2), cos, sin)  # [n, H, 1, D]
     k = _rope(k.transpose(1, 2), cos, sin)  # [n, H_kv, 1, D]
-    rows = torch.arange(n, device=h.device)
     kv.k[i][rows, :, lens] = k[:, :, 0]
     kv.v[i][rows, :, lens] = v[:, 0]
     keys, values = kv.k[i][:n, :, :width], kv.v[i][:n, :, :width]
@@ -223,6 +222,7 @@ class BatchGenerator:
         width = int(lens.max()) + 1
         key_pos = torch.arange(width, device=dev)
         valid = key_pos[None] <= lens[:, None]  # [n, width]
+        rows = torch.arange(lens.shape[0], device=dev)  # row index of every slot, for the K/V writes
         h = base.body.embed_tokens(tokens[:, None])
         pos_ids = lens[:, None]
         rope, masks = {}, {}
@@ -235,7 +235,7 @@ class BatchGenerator:
                 # additive float mask: CPU SDPA runs about twice as fast with it as with a boolean one
                 masks[kind] = torch.zeros(m.shape, dtype=h.dtype, device=dev).masked_fill_(
                     ~m, torch.finfo(h.dtype).min)[:, None, None]
-            h = _decode_layer(layer, h, *rope[kind], masks[kind], self.kv, i, lens, width)
+            h = _decode_layer(layer, h, *rope[kind], masks[kind], self.kv, i, lens, rows, width)
         self.steps += 1
         return base.head(base.norm(h[:, 0])).float()
 
