@@ -10,7 +10,7 @@ import torch
 from specforge_het.config import Config
 from specforge_het.data.generate import Conv, RunStats, commit, finalize, part_size, progress_bar, resolved_dtype
 
-FEATURE_TOKENS = 8192  # padded tokens per feature forward (its logits are [tokens, vocab] floats)
+FEATURE_TOKENS = 8192  # padded tokens per feature forward (bounds its activations)
 
 
 class _PerRowSampler:
@@ -216,5 +216,5 @@ class LocalEngine:
             ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
             mask[i, : len(r["input_ids"])] = 1
         dev = self.base.device
-        feats = self.base.features(ids.to(dev), tuple(layers), attention_mask=mask.to(dev)).features  # [B, T, F*H]
+        feats = self.base.features(ids.to(dev), tuple(layers), attention_mask=mask.to(dev), head=False).features  # [B, T, F*H]
         return {str(r["index"]): feats[i, : len(r["input_ids"])].to(dtype).cpu() for i, r in enumerate(rows)}

@@ -236,10 +236,12 @@ class BaseModel(nn.Module):
         return self.body.rotary_emb(h, pos_ids)
 
     @torch.no_grad()
-    def features(self, input_ids: torch.Tensor, feature_layers: tuple[int, ...], attention_mask=None) -> BaseOutput:
+    def features(self, input_ids: torch.Tensor, feature_layers: tuple[int, ...], attention_mask=None,
+                 head: bool = True) -> BaseOutput:
         """Features and logits for whole sequences (training, data generation); no cache kept.
 
-        `attention_mask` [B, S] (1 = token, 0 = right padding) is passed through to HF.
+        `attention_mask` [B, S] (1 = token, 0 = right padding) is passed through to HF. `head=False`
+        skips the LM head (logits None): callers that need only features avoid a [B, S, V] tensor.
         """
         with self._tapping(frozenset(feature_layers)) as tapped:
             out = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -249,7 +251,7 @@ class BaseModel(nn.Module):
         if 0 in feature_layers:
             taps[0] = self.embed(input_ids)
         feats = torch.cat([taps[i] for i in feature_layers], dim=-1) if feature_layers else None
-        return BaseOutput(hidden, feats, self.head(hidden))
+        return BaseOutput(hidden, feats, self.head(hidden) if head else None)
 
 
 def keep_cache_entries(cache: DynamicCache, past_len: int, keep: torch.Tensor) -> None:

@@ -76,23 +76,8 @@ class DraftTrainingModule(nn.Module):
 @torch.no_grad()
 def base_features(base, input_ids, layers: tuple[int, ...], attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(features at `layers`, final normed state) of a whole batch, without the base's LM head."""
-    taps: dict[int, torch.Tensor] = {}
-
-    def tap(idx):
-        def hook(_m, _i, out):
-            taps[idx] = out[0] if isinstance(out, tuple) else out
-        return hook
-
-    handles = [base.layers[i - 1].register_forward_hook(tap(i)) for i in set(layers) if i > 0]
-    try:
-        last = base.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    finally:
-        for h in handles:
-            h.remove()
-    taps[LAST] = last
-    if 0 in layers:
-        taps[0] = base.embed(input_ids)
-    return torch.cat([taps[i] for i in layers], dim=-1), last
+    out = base.features(input_ids, tuple(layers), attention_mask, head=False)
+    return out.features, out.hidden
 
 
 class DraftTrainer(Trainer):
