@@ -11,8 +11,12 @@ tokens); only the glue is new:
   Appending writes in place; rolling back to an accepted tree path moves a few entries and
   sets the length: no concatenation, no re-allocation per step.
 * masks are boolean, built once per forward for all layers; a single new token with no window
-  to enforce needs none.
-* grouped-query attention runs in SDPA (`enable_gqa`), without copying K/V per head.
+  to enforce needs none, and neither does a plain prefill (causal, empty cache, window not
+  reached): it runs with `is_causal=True`.
+* how each call reaches SDPA is `sdpa_plan`'s choice (one small pure function, see there): on a
+  CPU grouped-query attention runs in SDPA (`enable_gqa`) without copying K/V per head; on CUDA a
+  masked call expands K/V per head first (HF's `repeat_kv`), because SDPA takes `enable_gqa` only
+  in its flash kernel, which takes no mask: anything else would fall back to the quadratic math kernel.
 
 `packed_linears` is the other half, a fast path that only the decoder's caller opts into
 (`--inference.fast_paths auto`, inference/fast_paths.py); nothing packs a model on construction.
@@ -22,15 +26,18 @@ every call), so verifying 5 tokens cost ~2x decoding 1. oneDNN on weights reorde
 base-only step. Results agree with F.linear to float rounding. Packing is scoped: when the block
 ends every nn.Linear is HF's plain module again (the packed copies stay cached beside them).
 
-Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention;
-anything else runs through HF (`supports_lean` says which).
+Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention, all on
+one device without accelerate hooks; anything else (a base sharded with a device map included) runs
+through HF (`supports_lean` says which).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +50,29 @@ LEAN_LAYERS = (ll.LlamaDecoderLayer, q3.Qwen3DecoderLayer, g3.Gemma3DecoderLayer
 
 
 def supports_lean(layers, config) -> bool:
-    """True when every layer is a known family layer, attention is SDPA and no logit softcapping is set."""
+    """True when every layer is a known family layer, attention is SDPA, no logit softcapping is set,
+    and the layers sit on one device with no accelerate hooks (a sharded or offloaded base needs HF's
+    forward: the hooks that move activations and weights run only when HF calls the layers)."""
     return (
         len(layers) > 0
         and all(type(layer) in LEAN_LAYERS for layer in layers)
         and getattr(config, "_attn_implementation", None) == "sdpa"
         and getattr(config, "attn_logit_softcapping", None) is None
+        and on_one_device(layers)
     )
+
+
+def on_one_device(modules) -> bool:
+    """True when all parameters and buffers of `modules` share one real (non-meta) device and no module
+    below them carries an accelerate hook (`_hf_hook`: device alignment or weight offloading)."""
+    devices = set()
+    for root in modules:
+        for module in root.modules():
+            if hasattr(module, "_hf_hook"):
+                return False
+            devices.update(t.device for t in module.parameters(recurse=False))
+            devices.update(t.device for t in module.buffers(recurse=False))
+    return len(devices) <= 1 and all(d.type != "meta" for d in devices)
 
 
 class _LayerView:
@@ -228,10 +251,13 @@ def attend_mask(positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor 
 
     Cached keys sit at positions 0..past-1; `tree_mask` [S, S] (ancestor-or-self) defaults to
     causal; `window` (sliding layers) blocks keys with query_pos - key_pos >= window, as HF does.
-    None when every key may be attended (one new token, nothing outside the window).
+    None when no mask tensor is needed: one new token with nothing outside the window, or a plain
+    prefill (empty cache, causal, no query `window` or more past its first key), which runs with is_causal.
     """
     s, device = positions.shape[0], positions.device
     if tree_mask is None and s == 1 and (window is None or past_len < window):
+        return None
+    if tree_mask is None and past_len == 0 and (window is None or s <= window):
         return None
     allowed = torch.ones(s, past_len + s, dtype=torch.bool, device=device)
     if tree_mask is None:
@@ -242,6 +268,80 @@ def attend_mask(positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor 
         key_pos = torch.cat([torch.arange(past_len, device=device), positions])
         allowed &= (positions[:, None] - key_pos[None, :]) < window
     return allowed[None, None]
+
+
+# ---------------------------------------------------------------- SDPA calls
+
+
+class SdpaPlan(NamedTuple):
+    """How one attention call goes to `F.scaled_dot_product_attention`."""
+
+    is_causal: bool  # is_causal=True, no mask tensor (plain prefill)
+    mask: bool  # an explicit attn_mask (tree verification, sliding window, decode past a window)
+    enable_gqa: bool  # SDPA groups query heads over the K/V heads itself (no copy)
+    repeat_kv: bool  # K/V expanded per query head before the call, as HF's repeat_kv does
+    kernel: str  # the kernel the call is shaped for: "flash", "efficient" (CUDA); "cpu" (CPU flash)
+
+
+@functools.lru_cache(maxsize=256)
+def sdpa_plan(device_type: str, has_mask: bool, gqa: bool, causal: bool = False,
+              dtype: torch.dtype = torch.bfloat16, head_dim: int = 128) -> SdpaPlan:
+    """The SDPA call for one attention: pure, cached, and what `layer_forward` does.
+
+    `has_mask`: the call needs an explicit mask; `causal`: no mask but a multi-token causal query over
+    only its own keys (a plain prefill); `gqa`: fewer K/V heads than query heads.
+    On CUDA, SDPA takes `enable_gqa` only in its flash kernel (fp16/bf16, head_dim <= 256, no mask);
+    a masked, float32 or wide-head call with `enable_gqa` lands in the math kernel, which materialises
+    [heads, S, S] scores (16-24 GiB at 8k tokens in an 8B model). Those calls expand K/V per head
+    first so the memory-efficient kernel can take them. Elsewhere (CPU) `enable_gqa` is kept: the
+    CPU flash kernel takes masks and grouped heads, and copying K/V would only cost time.
+    """
+    is_causal = causal and not has_mask
+    if device_type != "cuda":
+        return SdpaPlan(is_causal, has_mask, gqa, False, "cpu" if device_type == "cpu" else device_type)
+    flash = not has_mask and dtype in (torch.float16, torch.bfloat16) and head_dim <= 256
+    return SdpaPlan(is_causal, has_mask, gqa and flash, gqa and not flash, "flash" if flash else "efficient")
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, H_kv, S, D] -> [B, H_kv * n_rep, S, D]; head j*n_rep + r reads K/V head j (HF's repeat_kv)."""
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+              causal: bool) -> torch.Tensor:
+    """SDPA over q [B, H, S, D] and k, v [B, H_kv, K, D] as `sdpa_plan` says; `causal` as sdpa_plan's."""
+    gqa = q.shape[1] != k.shape[1]
+    plan = sdpa_plan(q.device.type, mask is not None, gqa, causal, q.dtype, q.shape[-1])
+    if plan.repeat_kv:
+        n_rep = q.shape[1] // k.shape[1]
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=plan.is_causal,
+                                          enable_gqa=plan.enable_gqa)
+
+
+def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                 causal: bool = False) -> str:
+    """The SDPA backend torch would pick for this call as planned ("FLASH_ATTENTION", "EFFICIENT_ATTENTION",
+    "MATH", ...), from torch's own dispatcher (`torch._fused_sdp_choice`, private: "unknown" when absent)."""
+    gqa = q.shape[1] != k.shape[1]
+    plan = sdpa_plan(q.device.type, mask is not None, gqa, causal, q.dtype, q.shape[-1])
+    if plan.repeat_kv:
+        k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
+    choice = getattr(torch, "_fused_sdp_choice", None)
+    if choice is None:
+        return "unknown"
+    try:
+        index = int(choice(q, k, v, mask, 0.0, plan.is_causal, scale=None, enable_gqa=plan.enable_gqa))
+    except (RuntimeError, TypeError):
+        return "unknown"
+    from torch.nn.attention import SDPBackend
+
+    names = {int(getattr(SDPBackend, n)): n for n in dir(SDPBackend) if n.isupper()}
+    return names.get(index, "unknown")
 
 
 # ---------------------------------------------------------------- layers
@@ -258,7 +358,8 @@ def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
                   cache: KVCache | None, index: int) -> torch.Tensor:
     """One Llama/Qwen3/Gemma3 decoder layer on h [1, S, H]; cos/sin [1, S, D]; appends K/V to `cache`.
 
-    Without a cache the layer attends causally over its own S tokens (mask None) or as `mask` says.
+    Without a cache the layer attends causally over its own S tokens (mask None) or as `mask` says;
+    with one, mask None means every key (one new token) or causal over an empty cache (a prefill).
     """
     attn = layer.self_attn
     b, s, _ = h.shape
@@ -274,9 +375,7 @@ def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     k = _rope(k.transpose(1, 2), cos, sin)
     if cache is not None:
         k, v = cache.write(index, k, v)
-    causal = mask is None and s > 1 and k.shape[2] == s
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling, is_causal=causal,
-                                         enable_gqa=q.shape[1] != k.shape[1])
+    out = attention(q, k, v, mask, attn.scaling, causal=mask is None and s > 1 and k.shape[2] == s)
     out = attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
         h = h + layer.post_attention_layernorm(out)
