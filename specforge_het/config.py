@@ -59,6 +59,8 @@ class ModelingConfig:
     init_draft: str = _f("", "train on from this trained draft folder: its architecture, vocabulary and weights ('' = a new draft)")
     dtype: str = _f("float32", "dtype of base and draft", ("float32", "bfloat16", "float16"))
     device: str = _f("cpu", "torch device: cpu, cuda, cuda:1, ... or auto")
+    device_map: str = _f("", "shard the base over devices with HF's device map ('' = the whole base on modeling.device): auto, balanced, balanced_low_0, sequential. A base over several devices runs HF's forward; the draft sits on the device of its last layer", ("", "auto", "balanced", "balanced_low_0", "sequential"))
+    max_memory: str = _f("", "per-device budgets for modeling.device_map, e.g. 0=17.5GiB,1=17GiB,cpu=30GiB (GPU index, cpu or disk = size; '' = HF's default)")
     attn_implementation: str = _f("sdpa", "HF attention implementation for base and draft", ("sdpa", "eager"))
 
 

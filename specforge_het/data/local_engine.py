@@ -52,7 +52,7 @@ class LocalEngine:
         m = cfg.modeling
         self.cfg, self.g = cfg, cfg.dataset_generation
         self.dtype = resolved_dtype(cfg)
-        self.base = BaseModel.load(m.base_model, self.dtype, m.device, m.attn_implementation)
+        self.base = BaseModel.from_config(m, dtype=self.dtype)  # device_map / max_memory may shard it
         self.tokenizer = self.base.tokenizer
         self.num_layers = self.base.num_layers
         gen_eos = self.base.model.generation_config.eos_token_id

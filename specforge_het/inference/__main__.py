@@ -31,7 +31,7 @@ def load_pair(cfg: Config, need_draft: bool):
     m = cfg.modeling
     if not m.base_model:
         raise SystemExit("no base model: give a preset (e.g. --@smollm2) or --modeling.base_model PATH")
-    base = BaseModel.load(m.base_model, m.dtype, m.device, m.attn_implementation)
+    base = BaseModel.from_config(m)  # --modeling.device_map / max_memory may shard it (models/placement.py)
     draft = None
     if need_draft:
         if m.draft_path:

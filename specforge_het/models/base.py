@@ -6,6 +6,11 @@ entry (so tree verification can roll back even past Gemma3's sliding window).
 
 Feature layer ids follow HF's `hidden_states` indexing: 0 = embeddings, i = output of
 decoder block i-1, and -1 = the final normed hidden state (what the LM head reads).
+
+A base loaded with `--modeling.device_map` over several devices is *sharded* (models/placement.py):
+it runs HF's own forward (whose accelerate hooks move activations between layer devices), and
+every tensor it hands out (hidden states, features, logits, embeddings) is on `device`, the
+device of its last layer, where the draft sits.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 from specforge_het.assets import resolve_model_path
+from specforge_het.models.hf_compat import cache_kwarg
 from specforge_het.models.lean import KVCache, attend_mask, layer_forward, supports_lean
+from specforge_het.models.placement import is_sharded, placement_kwargs, run_device
 
 LAST = -1  # feature id of the final normed hidden state
 
@@ -68,17 +75,32 @@ class BaseModel(nn.Module):
         types = getattr(self.config, "layer_types", None) or []
         self.sliding_window = getattr(self.config, "sliding_window", None) if "sliding_attention" in types else None
         self.layer_types = [types[i] if i < len(types) else "full_attention" for i in range(len(self.layers))]
-        self.lean = supports_lean(self.layers, self.config)  # KV-cached forwards skip HF's glue (models/lean.py)
+        self.sharded = is_sharded(model)  # over several devices: HF's forward moves activations (placement.py)
+        self._run_device = run_device(model, self.layers[-1]) if self.sharded else None
+        # KV-cached forwards skip HF's glue (models/lean.py); a sharded base keeps it (its hooks move tensors)
+        self.lean = supports_lean(self.layers, self.config) and not self.sharded
 
     # ------------------------------------------------------------ loading
     @classmethod
-    def load(cls, name_or_path: str, dtype="float32", device="cpu", attn_implementation="sdpa") -> BaseModel:
+    def load(cls, name_or_path: str, dtype="float32", device="cpu", attn_implementation="sdpa",
+             device_map: str = "", max_memory: str = "") -> BaseModel:
+        """Load a base; `device_map` (auto, balanced, ...) and `max_memory` ('0=17.5GiB,1=17GiB') let HF place
+        it over several devices instead of moving it whole to `device` (see models/placement.py)."""
         path = resolve_model_path(name_or_path)
+        place = placement_kwargs(device_map, max_memory)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
-        ).to(resolve_device(device) if isinstance(device, str) else device)
+            path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **place
+        )
+        if not place:
+            model = model.to(resolve_device(device) if isinstance(device, str) else device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, name=name_or_path)
+
+    @classmethod
+    def from_config(cls, m, dtype: str | None = None, device: str | None = None) -> BaseModel:
+        """`load` with every base-loading key of a ModelingConfig (dtype/device overridable by the caller)."""
+        return cls.load(m.base_model, dtype or m.dtype, device or m.device, m.attn_implementation,
+                        device_map=m.device_map, max_memory=m.max_memory)
 
     # ------------------------------------------------------------ shape facts
     @property
@@ -99,7 +121,13 @@ class BaseModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        """Where inputs go and outputs come back (and the draft sits): the LM head's device, or for a sharded
+        base the device its last layer runs on."""
+        return self._run_device if self._run_device is not None else self.lm_head.weight.device
+
+    def _here(self, t: torch.Tensor) -> torch.Tensor:
+        """A sharded base's outputs are brought to `device` (a no-op for a base on one device)."""
+        return t.to(self._run_device) if self._run_device is not None else t
 
     @property
     def dtype(self) -> torch.dtype:
@@ -117,28 +145,28 @@ class BaseModel(nn.Module):
 
     # ------------------------------------------------------------ pieces
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.body.get_input_embeddings()(input_ids)  # Gemma's scaling included
+        return self._here(self.body.get_input_embeddings()(input_ids))  # Gemma's scaling included
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on final-normed hidden states (softcapping applied where the family has it)."""
-        logits = self.lm_head(hidden)
+        logits = self._here(self.lm_head(hidden))
         cap = getattr(self.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
     def norm(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.body.norm(hidden)
+        return self._here(self.body.norm(hidden))
 
     def new_cache(self, capacity: int = 0) -> KVCache | DynamicCache:
         """A cache that keeps every entry: sliding layers are windowed by the mask, not by eviction.
 
-        Supported families get a preallocated `KVCache` (sized for `capacity` entries, grown on
-        demand) and the lean forward; others a DynamicCache and HF's forward.
+        Supported families on one device get a preallocated `KVCache` (sized for `capacity` entries,
+        grown on demand) and the lean forward; others (and sharded bases) a DynamicCache and HF's forward.
         """
         return KVCache(len(self.layers), capacity or 256) if self.lean else DynamicCache()
 
     def _tap(self, idx: int):
         def hook(_module, _inputs, output):
-            self._taps[idx] = output[0] if isinstance(output, tuple) else output
+            self._taps[idx] = self._here(output[0] if isinstance(output, tuple) else output)
 
         return hook
 
@@ -207,14 +235,15 @@ class BaseModel(nn.Module):
         with self._tapping(want) as taps:
             out = self.body(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions[None],
-                past_key_values=cache, use_cache=True,
+                use_cache=True, **{cache_kwarg(self.body): cache},
             )
-            return out.last_hidden_state, dict(taps)
+            return self._here(out.last_hidden_state), dict(taps)
 
     def _lean_forward(self, input_ids, cache: KVCache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
         """The body over HF's own modules, without HF's glue (see models/lean.py); same outputs."""
         if not self.lean:
-            raise ValueError(f"{type(self.layers[0]).__name__} has no lean forward: use a DynamicCache (new_cache).")
+            why = "a base sharded over several devices" if self.sharded else type(self.layers[0]).__name__
+            raise ValueError(f"{why} has no lean forward: use a DynamicCache (new_cache).")
         past, s = cache.length, input_ids.shape[1]
         h = self.body.embed_tokens(input_ids)
         pos_ids, rope, masks, taps = positions[None], {}, {}, {}
@@ -246,7 +275,7 @@ class BaseModel(nn.Module):
         with self._tapping(frozenset(feature_layers)) as tapped:
             out = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             taps = dict(tapped)
-        hidden = out.last_hidden_state
+        hidden = self._here(out.last_hidden_state)
         taps[LAST] = hidden
         if 0 in feature_layers:
             taps[0] = self.embed(input_ids)
@@ -271,6 +300,6 @@ def keep_cache_entries(cache: DynamicCache, past_len: int, keep: torch.Tensor) -
         if contiguous:
             layer.keys = layer.keys[:, :, : past_len + n_keep]
             layer.values = layer.values[:, :, : past_len + n_keep]
-        else:
-            layer.keys = layer.keys.index_select(2, index)
-            layer.values = layer.values.index_select(2, index)
+        else:  # a sharded base keeps each layer's entries on that layer's device
+            layer.keys = layer.keys.index_select(2, index.to(layer.keys.device))
+            layer.values = layer.values.index_select(2, index.to(layer.values.device))

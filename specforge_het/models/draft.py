@@ -16,6 +16,7 @@ from torch import nn
 from specforge_het.algorithms import get_algorithm
 from specforge_het.models.adapters import VocabAdapter
 from specforge_het.models.families import family_config, get_family
+from specforge_het.models.hf_compat import cache_kwarg
 from specforge_het.models.lean import KVCache, layer_forward, supports_lean
 
 
@@ -182,8 +183,8 @@ class DraftModel(nn.Module):
                 cache.advance(h.shape[1])
                 return h
             for layer in self.layers:
-                h = layer(h, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
-                          use_cache=cache is not None, position_embeddings=pos_emb)
+                h = layer(h, attention_mask=attention_mask, position_ids=position_ids, use_cache=cache is not None,
+                          position_embeddings=pos_emb, **{cache_kwarg(layer): cache})
         finally:
             if fused is not None:
                 fused.embeds = None
