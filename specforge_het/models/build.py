@@ -72,30 +72,53 @@ def _vocab(m: ModelingConfig, algorithm: str, base, token_counts, draft_tokenize
     return VocabAdapter(d2t, base.vocab_size), d2t.numel(), "base", 0, 0
 
 
-def rope_theta_of(config) -> float | None:
-    """The rotary base of an HF config's full-attention layers (rope_theta or rope_parameters)."""
+def _full_attention_rope(config) -> dict:
     rope = getattr(config, "rope_parameters", None) or {}
     if isinstance(rope, dict) and "full_attention" in rope:  # Gemma3: one entry per layer type
         rope = rope["full_attention"] or {}
-    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+    return rope if isinstance(rope, dict) else {}
+
+
+def rope_theta_of(config) -> float | None:
+    """The rotary base of an HF config's full-attention layers (rope_theta or rope_parameters)."""
+    theta = _full_attention_rope(config).get("rope_theta")
     theta = theta if theta is not None else getattr(config, "rope_theta", None)
     return float(theta) if theta is not None else None
 
 
-def draft_rope_theta(m: ModelingConfig, base) -> float:
-    """modeling.draft_rope_theta, or (0 = inherit) the theta the draft's layers were trained with:
-    those of `init_from`, else the base's (EAGLE-3 drafts use the base's rotary base)."""
+def rope_scaling_of(config) -> dict | None:
+    """The rope type and parameters besides theta of an HF config's full-attention layers (e.g. llama3's
+    factor and frequency bands), or None for plain rope."""
+    return rope_scaling(_full_attention_rope(config))
+
+
+def rope_scaling(rope: dict | None) -> dict | None:
+    """A rope_parameters / rope_scaling dict without theta, its type under 'rope_type'; None for plain rope."""
+    rope = dict(rope or {})
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind == "default":
+        return None
+    rope.pop("rope_theta", None)
+    rope.pop("type", None)
+    return {**rope, "rope_type": kind}
+
+
+def draft_rope(m: ModelingConfig, base) -> tuple[float, dict | None]:
+    """(theta, scaling) of the draft's rotary embedding: modeling.draft_rope_theta with plain rope, or
+    (0 = inherit) the rope the draft's layers were trained with: that of `init_from`, else the base's, its
+    scaling included (EAGLE-3 drafts use the base's rope, e.g. Llama-3.1's llama3 scaling)."""
     if m.draft_rope_theta > 0:
-        return float(m.draft_rope_theta)
+        return float(m.draft_rope_theta), None
     if m.draft_rope_theta < 0:
         raise ConfigError(f"modeling.draft_rope_theta must be > 0, or 0 to inherit; got {m.draft_rope_theta}.")
     if m.init_from:
         from transformers import AutoConfig
 
-        theta = rope_theta_of(AutoConfig.from_pretrained(resolve_model_path(m.init_from)))
+        source = AutoConfig.from_pretrained(resolve_model_path(m.init_from))
     else:
-        theta = rope_theta_of(base.config)
-    return theta if theta is not None else 10000.0
+        source = base.config
+    theta = rope_theta_of(source)
+    return (theta if theta is not None else 10000.0), rope_scaling_of(source)
 
 
 def draft_config(m: ModelingConfig, base, token_counts=None, draft_tokenizer=None) -> tuple[DraftConfig, VocabAdapter | None]:
@@ -108,8 +131,11 @@ def draft_config(m: ModelingConfig, base, token_counts=None, draft_tokenizer=Non
     vocab, vsize, embed, evsize, mapw = _vocab(m, m.algorithm, base, token_counts, draft_tokenizer)
     if embed == "base" and algo.fused_first_layer and sizes["hidden_size"] != base.hidden_size:
         embed = "base_proj"  # EAGLE-3 layer 0 needs embeddings at draft width
+    theta, scaling = draft_rope(m, base)
+    context = getattr(base.config, "max_position_embeddings", None)  # the draft runs at the base's positions
     cfg = DraftConfig(
-        algorithm=m.algorithm, family=m.draft_family, num_layers=m.draft_num_layers, rope_theta=draft_rope_theta(m, base),
+        algorithm=m.algorithm, family=m.draft_family, num_layers=m.draft_num_layers, rope_theta=theta,
+        rope_scaling=scaling, max_position_embeddings=int(context) if context else 32768,
         feature_layers=features, base=base.describe(), vocab=m.vocab, draft_vocab_size=vsize, embed=embed,
         embed_vocab_size=evsize, input_map_width=mapw, attn_implementation=m.attn_implementation,
         draft_tokenizer=m.draft_tokenizer if m.vocab == "foreign" else "", init_from=m.init_from,

@@ -39,7 +39,8 @@ class DraftConfig:
     embed_vocab_size: int = 0  # size of the foreign tokenizer's embedding table
     input_map_width: int = 0
     rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 32768
+    max_position_embeddings: int = 32768  # new drafts take their base's (models/build.py)
+    rope_scaling: dict[str, Any] | None = None  # HF rope type + parameters (e.g. llama3) besides theta; None = plain rope
     attn_implementation: str = "sdpa"
     draft_tokenizer: str = ""
     init_from: str = ""
@@ -88,6 +89,7 @@ class DraftModel(nn.Module):
             num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size,
             rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, vocab_size=max(cfg.draft_vocab_size, 1),
             max_position_embeddings=cfg.max_position_embeddings, attn_implementation=cfg.attn_implementation,
+            rope_scaling=cfg.rope_scaling,
         )
         hb, hd = cfg.base["hidden_size"], cfg.hidden_size
         self._base: list = []  # the attached BaseModel (not a submodule: never saved)

@@ -31,10 +31,18 @@ class Family:
     extra_config: Callable[[dict], dict]
 
     def make_config(self, **kw) -> Any:
-        """HF config for draft layers: every layer full attention, the draft's own rope."""
-        theta = kw.pop("rope_theta")
-        kw.update(self.extra_config({"rope_theta": theta, "num_layers": kw["num_hidden_layers"]}))
+        """HF config for draft layers: every layer full attention, the draft's own rope
+        (plain rope of base theta, or rope_scaling's type and parameters, e.g. llama3)."""
+        theta, scaling = kw.pop("rope_theta"), kw.pop("rope_scaling", None)
+        kw.update(self.extra_config({"rope": rope_parameters(theta, scaling), "num_layers": kw["num_hidden_layers"]}))
         return self.config_cls(**kw)
+
+
+def rope_parameters(theta: float, scaling: dict | None = None) -> dict:
+    """HF rope_parameters: {'rope_type': 'default', 'rope_theta': theta}, or the scaling's type and parameters."""
+    if not scaling:
+        return {"rope_type": "default", "rope_theta": theta}
+    return {**{k: v for k, v in scaling.items() if k != "rope_theta"}, "rope_theta": theta}
 
 
 def _plain_rotary(rotary, x, position_ids):
@@ -46,19 +54,19 @@ def _gemma_rotary(rotary, x, position_ids):
 
 
 def _llama_extra(info: dict) -> dict:
-    return {"rope_parameters": {"rope_type": "default", "rope_theta": info["rope_theta"]}}
+    return {"rope_parameters": dict(info["rope"])}
 
 
 def _qwen3_extra(info: dict) -> dict:
     return {
-        "rope_parameters": {"rope_type": "default", "rope_theta": info["rope_theta"]},
+        "rope_parameters": dict(info["rope"]),
         "layer_types": ["full_attention"] * info["num_layers"],
         "use_sliding_window": False,
     }
 
 
 def _gemma3_extra(info: dict) -> dict:
-    rope = {"rope_type": "default", "rope_theta": info["rope_theta"]}
+    rope = dict(info["rope"])
     return {
         "rope_parameters": {"full_attention": rope, "sliding_attention": dict(rope)},
         "layer_types": ["full_attention"] * info["num_layers"],
@@ -86,12 +94,13 @@ def get_family(name: str) -> Family:
 
 def family_config(name: str, *, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
                   head_dim: int, intermediate_size: int, rope_theta: float, rms_norm_eps: float,
-                  vocab_size: int, max_position_embeddings: int, attn_implementation: str) -> Any:
+                  vocab_size: int, max_position_embeddings: int, attn_implementation: str,
+                  rope_scaling: dict | None = None) -> Any:
     fam = get_family(name)
     cfg = fam.make_config(
         hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads, head_dim=head_dim, intermediate_size=intermediate_size,
-        rope_theta=rope_theta, rms_norm_eps=rms_norm_eps, vocab_size=vocab_size,
+        rope_theta=rope_theta, rope_scaling=rope_scaling, rms_norm_eps=rms_norm_eps, vocab_size=vocab_size,
         max_position_embeddings=max_position_embeddings, bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
     if name == "gemma3":
