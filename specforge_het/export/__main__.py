@@ -1,24 +1,36 @@
 """`python -m specforge_het.export`: draft folder -> serving folder, contract checks, EAGLE imports.
 
     python -m specforge_het.export DRAFT OUT --format sglang-eagle3|speculators|sglang-eagle|eagle [--dtype bfloat16]
+                                   [--verifier HUB_ID_OR_FOLDER] [--force]
     python -m specforge_het.export check OUT --format FORMAT
     python -m specforge_het.export import_eagle SRC OUT --@smollm2          # original EAGLE-1/2 checkpoint -> draft folder
     python -m specforge_het.export import_folder SRC OUT --format FORMAT --@smollm2   # engine folder -> draft folder
 
 DRAFT is a draft folder or a shipped draft name. The base defaults to the one the draft's
-config.json names; `--@preset` or `--modeling.base_model` overrides it.
+config.json names; `--@preset` or `--modeling.base_model` overrides it. `--verifier` names the base
+as the engine loads it (a Hub id or a folder; default: the base's name, or for an embedded alias its
+original Hub id); `--force` writes folders that only some engine versions accept.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 from rich.console import Console
 
 from specforge_het.cli import run_cli
 from specforge_het.config import Config
-from specforge_het.export import FORMATS, ExportError, check_folder, export_draft, import_folder
-from specforge_het.export.common import read_folder
+from specforge_het.export import (
+    FORMATS,
+    ExportError,
+    ExportOptions,
+    ExportWarning,
+    check_folder,
+    export_draft,
+    import_folder,
+)
+from specforge_het.export.common import read_folder, verifier_name
 
 console = Console(stderr=True, soft_wrap=True)
 VERBS = ("export", "check", "import_eagle", "import_folder")
@@ -29,9 +41,15 @@ SERVE_HINT = {
     "sglang-eagle": "python -m sglang.launch_server --model-path {base} --speculative-algorithm EAGLE "
                     "--speculative-draft-model-path {out} --speculative-num-steps 3 --speculative-eagle-topk 1 "
                     "--speculative-num-draft-tokens 4",
-    "speculators": "vllm serve {out}   (the verifier named in config.json is the base)",
-    "eagle": "EaModel.from_pretrained(base_model_path='{base}', ea_model_path='{out}')  (SafeAILab/EAGLE)",
+    "speculators": "vllm serve {out}   (vLLM loads the verifier named in config.json, {base}, as the target)",
+    # SafeAILab/EAGLE (GitHub) defaults to EAGLE-3 weights: EAGLE-1/2 weights need use_eagle3=False (its MT-bench
+    # scripts: leave out --use_eagle3). eagle-llm 1.2.1 on PyPI predates that argument.
+    "eagle": "with SafeAILab/EAGLE from GitHub: EaModel.from_pretrained(base_model_path='{base}', ea_model_path='{out}', "
+             "use_eagle3=False, total_token=-1), or on MT-bench: python -m eagle.evaluation.gen_ea_answer_llama3chat "
+             "--ea-model-path {out} --base-model-path {base}   (no --use_eagle3; eagle-llm 1.2.1 from PyPI: leave out "
+             "use_eagle3)",
 }
+UNKNOWN_BASE = "<the base's Hub id or folder>"
 
 
 def _fail(msg: str) -> None:
@@ -67,8 +85,11 @@ def _check_format(fmt: str) -> None:
         _fail(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
-def export(cfg: Config, presets: list[str], draft: str, out: str, format: str = "sglang-eagle3", dtype: str = "") -> str:
-    """Export DRAFT (folder or shipped name) to OUT in --format; the folder is contract-checked."""
+def export(cfg: Config, presets: list[str], draft: str, out: str, format: str = "sglang-eagle3", dtype: str = "",
+           verifier: str = "", force: bool = False) -> str:
+    """Export DRAFT (folder or shipped name) to OUT in --format; the folder is contract-checked.
+    --verifier: the base as the engine loads it (Hub id or folder); --force: write a folder only some engine
+    versions accept (vLLM's EAGLE-3 model list, eagle-llm's fixed rope theta)."""
     from specforge_het.assets import resolve_draft_path
     from specforge_het.models.speculative import load_draft, read_draft_config
 
@@ -76,13 +97,25 @@ def export(cfg: Config, presets: list[str], draft: str, out: str, format: str = 
     folder = resolve_draft_path(str(draft))
     base = _base(cfg, read_draft_config(folder).base.get("name", ""))
     model = load_draft(folder, base).train(False)
-    try:
-        path = export_draft(model, out, format, _dtype(dtype, folder))
-    except ExportError as e:
-        _fail(str(e))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExportWarning)
+        try:
+            path = export_draft(model, out, format, _dtype(dtype, folder), verifier=str(verifier), force=bool(force))
+            serve_base = verifier_name(model, ExportOptions(verifier=str(verifier))) or UNKNOWN_BASE
+        except ExportError as e:
+            _show(caught)
+            _fail(str(e))
+    _show(caught)
     console.print(f"[green]wrote {format} folder {path}[/] (contract check passed)")
-    console.print("serve it with: " + SERVE_HINT[format].format(base=base.name, out=path))
+    console.print("serve it with: " + SERVE_HINT[format].format(base=serve_base, out=path))
     return str(path)
+
+
+def _show(caught: list) -> None:
+    """Each warning once (the verifier is resolved for the folder and again for the hint)."""
+    for message, category in dict.fromkeys((str(w.message), w.category) for w in caught):
+        label = "export warning" if issubclass(category, ExportWarning) else category.__name__
+        console.print(f"[bold yellow]{label}:[/] {message}")
 
 
 def check(cfg: Config, presets: list[str], folder: str, format: str = "sglang-eagle3") -> str:

@@ -5,18 +5,33 @@ and rebuilding a DraftModel from an engine's tensors."""
 from __future__ import annotations
 
 import json
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from specforge_het.export.contract import ExportError, check_contract, describe_tensors, dtype_name
+from specforge_het.export.contract import ExportError, ExportWarning, check_contract, describe_tensors, dtype_name
 from specforge_het.models.adapters import VocabAdapter
+from specforge_het.models.build import rope_scaling, rope_scaling_of
 from specforge_het.models.draft import DraftConfig, DraftModel
 
 WEIGHTS = "model.safetensors"
 BIN_WEIGHTS = "pytorch_model.bin"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What only the user knows about the serving side (CLI `--verifier`, `--force`)."""
+
+    verifier: str = ""  # the base as the engine loads it (a Hub id or a folder); "" = derived from the draft's base
+    force: bool = False  # write folders only some engine versions accept (vLLM's EAGLE-3 target list, eagle-llm's rope)
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, ExportWarning, stacklevel=3)
 
 
 def refuse(fmt: str, problems: list[str]) -> None:
@@ -35,17 +50,77 @@ def family_refusals(draft: DraftModel) -> list[str]:
     return out
 
 
+def text_config(config):
+    """The language model's config of a (possibly multimodal) HF config."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def context_and_rope(draft: DraftModel) -> dict[str, Any]:
+    """The base's context length (engines refuse a draft whose max_position_embeddings is below the
+    target's) and the rope the draft computes with: its theta, and its scaling (None = plain rope).
+    New drafts inherit the base's rope scaling (models/build.py); one built with plain rope is written
+    as plain rope, which is what it computes."""
+    c, base_cfg = draft.cfg, text_config(draft.base.config)
+    context = getattr(base_cfg, "max_position_embeddings", None) or c.max_position_embeddings
+    base_scaling = rope_scaling_of(base_cfg)
+    if base_scaling and base_scaling != c.rope_scaling:
+        warn(f"the base uses '{base_scaling['rope_type']}' rope scaling but this draft was built with "
+             f"{'plain rope' if not c.rope_scaling else repr(c.rope_scaling)} (theta {c.rope_theta}); the folder "
+             "describes the draft's own rope, so engines run it as it was trained. Drafts built now inherit the "
+             "base's rope (--modeling.draft_rope_theta 0).")
+    return {"max_position_embeddings": int(context), "rope_theta": c.rope_theta,
+            "rope_scaling": dict(c.rope_scaling) if c.rope_scaling else None}
+
+
 def llama_layer_config(draft: DraftModel) -> dict[str, Any]:
-    """HF Llama config of the draft layers; vocab_size is the base's (engines index base ids)."""
+    """HF Llama config of the draft layers; vocab_size is the base's (engines index base ids), context
+    length from the base, rope as the draft computes it."""
     c = draft.cfg
     return {
         "model_type": "llama", "hidden_size": c.hidden_size, "vocab_size": c.base["vocab_size"],
         "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
         "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.intermediate_size,
-        "rms_norm_eps": c.rms_norm_eps, "hidden_act": "silu", "max_position_embeddings": c.max_position_embeddings,
-        "rope_theta": c.rope_theta, "rope_scaling": None, "tie_word_embeddings": False,
-        "attention_bias": False, "mlp_bias": False,
+        "rms_norm_eps": c.rms_norm_eps, "hidden_act": "silu", **context_and_rope(draft),
+        "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
     }
+
+
+def verifier_name(draft: DraftModel, options: ExportOptions) -> str | None:
+    """The base as an engine must load it: `--verifier`, else the base's name. An embedded alias (a Q4
+    GGUF dequantised to float32) is no engine-loadable name: its original Hub id is used where
+    specforge_het/assets.py knows it, with a warning; None where it does not."""
+    from specforge_het.assets import EMBEDDED, cache_dir, is_embedded, original_hub_id
+
+    if options.verifier:
+        if is_embedded(options.verifier):
+            raise ExportError(f"--verifier {options.verifier!r} is an embedded alias, which no engine can load: give "
+                              f"a Hub id or a folder (e.g. {original_hub_id(options.verifier) or 'the original model'}).")
+        return options.verifier
+    name = draft.base.name
+    if not is_embedded(name):
+        return name
+    hub = original_hub_id(name)
+    msg = (f"the base '{name}' is an embedded alias: the {EMBEDDED[name].gguf} GGUF dequantised to float32. "
+           "The draft was trained on its features, which differ from those of the original weights an engine "
+           "loads (acceptance can be lower). ")
+    folder = cache_dir() / name
+    if hub:
+        warn(msg + f"Writing its original Hub id '{hub}' (known to specforge_het/assets.py) as the verifier; pass "
+             f"--verifier NAME for another, e.g. the dequantised folder {folder} (the features it was trained on).")
+        return hub
+    warn(msg + f"Its original Hub id is unknown: pass --verifier NAME (a Hub id, or the dequantised folder {folder}).")
+    return None
+
+
+def capture_problems(feature_layers: list[int], num_base_layers: int) -> list[str]:
+    """Feature layers the engines cannot capture. Both capture the input of base layer i (HF hidden_states[i])
+    for i in 1 .. L-1: 0 is the embedding output and L the final output, which neither hands to a draft."""
+    bad = [i for i in feature_layers if not 1 <= i <= num_base_layers - 1]
+    if not bad:
+        return []
+    return [f"its feature layers {list(feature_layers)} include {bad}: engines capture only the inputs of base layers "
+            f"1 .. {num_base_layers - 1} (HF hidden_states indices) of this {num_base_layers}-layer base. Train with "
+            "feature layers in that range (--modeling.feature_layers, e.g. the engines' default 2, L/2, L-3)."]
 
 
 def draft_state(draft: DraftModel, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -135,7 +210,8 @@ def sizes_from_llama_config(cfg: dict) -> dict[str, Any]:
                 head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
                 intermediate_size=cfg["intermediate_size"], rope_theta=float(cfg.get("rope_theta", 10000.0)),
                 rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                max_position_embeddings=cfg.get("max_position_embeddings", 32768))
+                max_position_embeddings=cfg.get("max_position_embeddings", 32768),
+                rope_scaling=rope_scaling(cfg.get("rope_scaling")))
 
 
 def check_base_fits(fmt: str, base, vocab_size: int, target_hidden: int) -> None:

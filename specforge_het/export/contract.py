@@ -26,6 +26,10 @@ class ExportError(ValueError):
     """A draft or folder a format cannot express; the message names the problem and the fix."""
 
 
+class ExportWarning(UserWarning):
+    """A folder that loads, but where the engine version or the base weights served decide how well it works."""
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -79,6 +83,14 @@ def llama_layer_rules(num_layers: Callable[[Any], bool], layers_want: str) -> di
         "rope_theta": (_number, "a positive number"),
         "tie_word_embeddings": (_equals(False), "false (true makes the engine use the embedding as LM head)"),
     }
+
+
+def rope_scaling_problems(cfg: dict, where: str = "") -> list[str]:
+    """`rope_scaling`, where present: null (plain rope) or a dict naming its 'rope_type' (engines build that rope)."""
+    rope = cfg.get("rope_scaling")
+    if rope is None or (isinstance(rope, dict) and isinstance(rope.get("rope_type") or rope.get("type"), str)):
+        return []
+    return [f"config key '{where}rope_scaling' = {rope!r}, must be null or a dict with a 'rope_type'"]
 
 
 def _dtype_rule() -> tuple[Callable[[Any], bool], str]:
@@ -152,8 +164,10 @@ def eagle3_tensors(layer_cfg: dict, draft_vocab: int, target_hidden: int, n_feat
 EAGLE3_INT = {"d2t": "int64", "t2d": "bool"}
 
 
-def _aux_ids_ok(v) -> bool:
-    return isinstance(v, list) and len(v) == 3 and all(_is_int(i) for i in v) and v == sorted(set(v))
+def _aux_ids_ok(v, lowest: int = 0) -> bool:
+    """3 sorted distinct layer ids, none below `lowest` (engines capture base layer inputs 1 .. L-1 only)."""
+    return (isinstance(v, list) and len(v) == 3 and all(_is_int(i) for i in v) and v == sorted(set(v))
+            and v[0] >= lowest)
 
 
 def check_sglang_eagle3(cfg: dict, tensors: TensorSpec) -> list[str]:
@@ -163,10 +177,10 @@ def check_sglang_eagle3(cfg: dict, tensors: TensorSpec) -> list[str]:
              "target_hidden_size": (_pos_int, "a positive int (base width)"),
              "bias": (lambda x: isinstance(x, bool), "a bool (fc bias)"),
              "torch_dtype": _dtype_rule()}
-    errors = _check_keys(cfg, rules)
+    errors = _check_keys(cfg, rules) + rope_scaling_problems(cfg)
     ids = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
-    if ids is not None and not _aux_ids_ok(ids):
-        errors.append(f"eagle_config.eagle_aux_hidden_state_layer_ids = {ids!r}, must be 3 sorted distinct ints")
+    if ids is not None and not _aux_ids_ok(ids):  # SGLang captures the input of layer id + 1
+        errors.append(f"eagle_config.eagle_aux_hidden_state_layer_ids = {ids!r}, must be 3 sorted distinct ints >= 0")
     if errors:
         return errors
     req, opt = eagle3_tensors(cfg, cfg["draft_vocab_size"], cfg["target_hidden_size"], 3, cfg["bias"], "midlayer.")
@@ -183,7 +197,7 @@ def check_speculators(cfg: dict, tensors: TensorSpec) -> list[str]:
         "draft_vocab_size": (_pos_int, "a positive int"),
         "target_hidden_size": (_pos_int, "a positive int (base width)"),
         "norm_before_residual": (_equals(False), "false, written explicitly (vLLM assumes true when missing)"),
-        "eagle_aux_hidden_state_layer_ids": (_aux_ids_ok, "3 sorted distinct base layer ids"),
+        "eagle_aux_hidden_state_layer_ids": (lambda v: _aux_ids_ok(v, 1), "3 sorted distinct base layer ids >= 1"),
         "speculators_config": (lambda x: isinstance(x, dict), "a dict"),
         "torch_dtype": _dtype_rule(),
     }
@@ -192,6 +206,7 @@ def check_speculators(cfg: dict, tensors: TensorSpec) -> list[str]:
         return errors
     layer = cfg["transformer_layer_config"]
     errors += _check_keys(layer, llama_layer_rules(_equals(1), "1"), "transformer_layer_config.")
+    errors += rope_scaling_problems(layer, "transformer_layer_config.")
     errors += _check_speculators_config(cfg["speculators_config"])
     if errors:
         return errors
@@ -237,7 +252,7 @@ def eagle12_tensors(cfg: dict, bias: bool) -> tuple[dict[str, Shape], dict[str, 
 def check_sglang_eagle(cfg: dict, tensors: TensorSpec) -> list[str]:
     rules = {"architectures": (_equals(["LlamaForCausalLMEagle"]), "['LlamaForCausalLMEagle']"),
              **llama_layer_rules(_pos_int, "a positive int"), "torch_dtype": _dtype_rule()}
-    errors = _check_keys(cfg, rules)
+    errors = _check_keys(cfg, rules) + rope_scaling_problems(cfg)
     if errors:
         return errors
     req, opt = eagle12_tensors(cfg, bias=True)  # SGLang builds fc with a bias

@@ -6,7 +6,8 @@ Layout (read from eagle-llm 1.2.1 `model/cnets.py`, `configs.py`, `ea_model.py`)
                 num_hidden_layers, num_attention_heads, num_key_value_heads, hidden_act,
                 max_position_embeddings, rms_norm_eps, vocab_size, rope_scaling (null), pretraining_tp,
                 plus `bias` (fc bias; absent = true). head_dim is hidden_size / num_attention_heads.
-                eagle-llm 1.2.1 ignores rope_theta (rotary base 10000); later EAGLE code reads it.
+                eagle-llm 1.2.1 ignores rope_theta (rotary base 10000), so a draft of another theta is
+                refused unless --force says it is served with the current GitHub code, which reads it.
   weights       pytorch_model.bin (read here only with torch.load(weights_only=True)) or model.safetensors:
                 fc.weight, fc.bias, layers.{i}.self_attn.*, layers.{i}.mlp.*, layers.{i}.post_attention_layernorm,
                 layers.{i}.input_layernorm for i >= 1 (layer 0 has none), optional embed_tokens.weight.
@@ -17,17 +18,18 @@ EAGLE loads) and always include embed_tokens.weight (eagle-llm 1.2.1 loads stric
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 
 from specforge_het.export.common import (
+    ExportOptions,
     embedding_table,
     float_dtype_of,
     llama_layer_config,
     read_folder,
     refuse,
+    warn,
     write_folder,
 )
 from specforge_het.export.contract import ExportError, check_contract, describe_tensors
@@ -46,17 +48,29 @@ __all__ = ["EAGLE_KEY_MAP", "to_eagle_state_dict", "from_eagle_state_dict", "rea
            "import_eagle_checkpoint", "export_eagle", "check_eagle_keys", "normalise_eagle_config"]
 
 
-def to_eagle_state_dict(draft: DraftModel, dtype: torch.dtype | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+EAGLE_LLM_THETA = 10000.0  # eagle-llm 1.2.1 (PyPI) builds every rotary embedding with this base
+
+
+def to_eagle_state_dict(draft: DraftModel, dtype: torch.dtype | None = None,
+                        options: ExportOptions | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json dict, tensors) in the original EAGLE-1/2 layout, embed_tokens included."""
-    cfg = draft.cfg
+    cfg, options = draft.cfg, options or ExportOptions()
     problems = eagle12_refusals(draft, FORMAT)
     if cfg.head_dim * cfg.num_heads != cfg.hidden_size:
         problems.append(f"head_dim {cfg.head_dim} x {cfg.num_heads} heads != width {cfg.hidden_size}; EAGLE computes "
                         "head_dim = hidden_size / num_attention_heads.")
+    if cfg.rope_scaling:
+        problems.append(f"its rope uses '{cfg.rope_scaling['rope_type']}' scaling, which EAGLE-1/2 code does not build "
+                        "(rope_scaling must be null). Export as sglang-eagle, or train with plain rope "
+                        "(--modeling.draft_rope_theta THETA).")
+    theta = (f"its rope theta is {cfg.rope_theta}, but eagle-llm 1.2.1 (PyPI) ignores rope_theta and always uses "
+             f"{EAGLE_LLM_THETA:g}, so it would run this draft at other rotary angles.")
+    if cfg.rope_theta != EAGLE_LLM_THETA and options.force:
+        warn(theta + " Written anyway (--force): serve it with the current SafeAILab/EAGLE code, which reads rope_theta.")
+    elif cfg.rope_theta != EAGLE_LLM_THETA:
+        problems.append(theta + f" Train the draft with --modeling.draft_rope_theta {EAGLE_LLM_THETA:g}, or pass --force "
+                        "if you serve it with the current SafeAILab/EAGLE code from GitHub (it reads rope_theta).")
     refuse(FORMAT, problems)
-    if cfg.rope_theta != 10000.0:
-        warnings.warn(f"rope_theta {cfg.rope_theta} is written, but eagle-llm 1.2.1 ignores it (always 10000); "
-                      "later EAGLE code reads it.", stacklevel=2)
     state = eagle12_state(draft, dtype, FORMAT)
     table = embedding_table(draft)
     state["embed_tokens.weight"] = table.to(state["fc.weight"].dtype)
@@ -65,8 +79,9 @@ def to_eagle_state_dict(draft: DraftModel, dtype: torch.dtype | None = None) -> 
     return config, state
 
 
-def export_eagle(draft: DraftModel, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    config, state = to_eagle_state_dict(draft, dtype)
+def export_eagle(draft: DraftModel, out_dir: str | Path, dtype: torch.dtype | None = None,
+                 options: ExportOptions | None = None) -> Path:
+    config, state = to_eagle_state_dict(draft, dtype, options)
     return write_folder(out_dir, FORMAT, config, state)
 
 
@@ -136,5 +151,10 @@ def from_state_dict(config: dict, state: dict[str, torch.Tensor], base) -> Draft
     return from_eagle_state_dict(config, state, base)
 
 
-def to_state_dict(draft: DraftModel, dtype: torch.dtype | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    return to_eagle_state_dict(draft, dtype)
+def to_state_dict(draft: DraftModel, dtype: torch.dtype | None = None,
+                  options: ExportOptions | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    return to_eagle_state_dict(draft, dtype, options)
+
+
+def normalise_config(config: dict, state: dict[str, torch.Tensor], base=None) -> dict:
+    return normalise_eagle_config(config, state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from specforge_het.export.common import (
+    ExportOptions,
     apply_key_map,
     build_imported,
     check_base_fits,
@@ -86,7 +87,9 @@ def eagle12_state(draft: DraftModel, dtype: torch.dtype | None, fmt: str) -> dic
     return out
 
 
-def to_state_dict(draft: DraftModel, dtype: torch.dtype | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+def to_state_dict(draft: DraftModel, dtype: torch.dtype | None = None,
+                  options: ExportOptions | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json dict, tensors) of the SGLang EAGLE-1/2 folder (it names no base: SGLang gets --model-path)."""
     problems = eagle12_refusals(draft, FORMAT)
     if not problems and not same_table(embedding_table(draft), raw_base_embedding(draft.base)):
         problems.append("the base scales its embedding (e.g. Gemma); SGLang gives the draft the base's unscaled table.")

@@ -16,18 +16,22 @@ from __future__ import annotations
 import torch
 
 from specforge_het.export.common import (
+    ExportOptions,
     apply_key_map,
     build_imported,
+    capture_problems,
     check_base_fits,
     draft_state,
     embedding_table,
     family_refusals,
+    float_dtype_of,
     llama_layer_config,
     nothing_left,
     raw_base_embedding,
     refuse,
     same_table,
     sizes_from_llama_config,
+    warn,
 )
 from specforge_het.export.contract import ExportError, check_vocab_maps
 from specforge_het.models.adapters import VocabAdapter
@@ -75,9 +79,10 @@ def eagle3_refusals(draft: DraftModel, fmt: str) -> list[str]:
         out.append(f"it has {cfg.num_layers} layers; '{fmt}' holds exactly 1 (multi-layer EAGLE-3 drafts load "
                    "differently in SGLang and vLLM). Train with --modeling.draft_num_layers 1.")
     fl = list(cfg.feature_layers)
-    if len(fl) != 3 or fl != sorted(set(fl)) or min(fl) < 0:
+    if len(fl) != 3 or fl != sorted(set(fl)):
         out.append(f"its feature layers are {fl}; engines feed exactly 3 distinct base layers in ascending order "
-                   "(HF hidden_states indices >= 0). Train with e.g. --modeling.feature_layers 2,15,27.")
+                   "(HF hidden_states indices). Train with e.g. --modeling.feature_layers 2,15,27.")
+    out += capture_problems(fl, cfg.base["num_layers"])
     hb = cfg.base["hidden_size"]
     if 3 * hb == cfg.hidden_size:
         out.append("its width is 3 x the base width: SGLang skips fc when feature and draft widths agree.")
@@ -113,8 +118,10 @@ def needs_embed_tokens(draft: DraftModel) -> bool:
     return not same_table(embedding_table(draft), raw_base_embedding(draft.base))
 
 
-def to_state_dict(draft: DraftModel, dtype: torch.dtype | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json dict, tensors) of the SGLang EAGLE-3 folder. Refuses what SGLang cannot run exactly."""
+def to_state_dict(draft: DraftModel, dtype: torch.dtype | None = None,
+                  options: ExportOptions | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json dict, tensors) of the SGLang EAGLE-3 folder. Refuses what SGLang cannot run exactly.
+    (The folder does not name the base: SGLang gets it as --model-path.)"""
     problems = eagle3_refusals(draft, FORMAT)
     embed = not problems and needs_embed_tokens(draft)
     if embed and draft.cfg.hidden_size == draft.cfg.base["hidden_size"]:
@@ -168,7 +175,23 @@ def eagle3_from_state(fmt: str, layer_cfg: dict, feature_layers: list[int], draf
     return draft
 
 
+def normalise_config(config: dict, state: dict[str, torch.Tensor], base=None) -> dict:
+    """Fill what SGLang defaults: `bias` false, and `target_hidden_size`, which SGLang takes as the draft's
+    width when absent (SpecForge and EAGLE write none for same-width drafts). On import it comes from the base."""
+    c = dict(config)
+    c.setdefault("bias", False)
+    c.setdefault("torch_dtype", float_dtype_of(state))
+    if c.get("target_hidden_size") is None:
+        c["target_hidden_size"] = base.hidden_size if base is not None else c.get("hidden_size")
+        if base is not None and c["target_hidden_size"] != c.get("hidden_size"):
+            warn(f"this folder has no target_hidden_size, so SGLang builds fc for the draft width {c.get('hidden_size')}, "
+                 f"but the base '{base.name}' is {base.hidden_size} wide: SGLang cannot load it as it is. Imported with "
+                 "the base's width; export it again to write target_hidden_size.")
+    return c
+
+
 def from_state_dict(config: dict, state: dict[str, torch.Tensor], base) -> DraftModel:
+    config = normalise_config(config, state, base)
     ids = (config.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
     features = [i + 1 for i in ids] if ids else default_aux_layers(base.num_layers)
     if config.get("bias"):
