@@ -2,14 +2,16 @@
 
     python -m specforge_het.train --@smollm2 --@eagle_v3 --dataset.path data/smollm2 --training.output_dir runs/v3
 
-Built on HF Trainer: `torchrun --nproc_per_node N -m specforge_het.train ...` runs DDP; DeepSpeed and
-FSDP configs pass through (`--training.deepspeed ds.json`, `--training.fsdp "full_shard auto_wrap"`).
+Built on HF Trainer: `torchrun --nproc_per_node N -m specforge_het.train ...` runs DDP, one GPU per process
+(training/devices.py); DeepSpeed and FSDP configs pass through under torchrun on GPUs
+(`--training.deepspeed configs/deepspeed_zero2.json`, `--training.fsdp "full_shard auto_wrap"`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -65,25 +67,39 @@ def fast_bf16(device: str) -> bool:
     return "amx_bf16" in cpu_flags()
 
 
-def use_bf16(cfg: Config) -> bool:
-    """The resolved training precision: True = bfloat16 autocast over float32 master weights."""
+def draft_dtype(m) -> str:
+    """The dtype of the draft's trained weights: --modeling.draft_dtype, or the base's dtype."""
+    return m.draft_dtype or m.dtype
+
+
+def use_bf16(cfg: Config, device: str | None = None) -> bool:
+    """The resolved training precision: True = bfloat16 autocast over float32 master weights.
+    `device`: the resolved training device (default: --modeling.device as given)."""
     t = cfg.training
     if t.bf16 or t.precision == "bf16":
         return True
-    return t.precision == "auto" and cfg.modeling.dtype == "float32" and fast_bf16(cfg.modeling.device)
+    return (t.precision == "auto" and draft_dtype(cfg.modeling) == "float32"
+            and fast_bf16(device or cfg.modeling.device))
 
 
-def _device(m) -> str:
-    local = os.environ.get("LOCAL_RANK")
-    if m.device.startswith("cuda") and local is not None:
-        return f"cuda:{local}"
-    return m.device
+def _command_args() -> list[str] | None:
+    """This command's arguments when run as `python -m specforge_het.train` (quoted in device errors)."""
+    return sys.argv[1:] if Path(sys.argv[0]).name == "train.py" else None
 
 
-def training_arguments(cfg: Config, has_eval: bool):
+def device_plan(cfg: Config):
+    """The one device of this training process (base and draft), from the launch: see training/devices.py."""
+    from specforge_het.training.devices import plan_training_device
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return plan_training_device(cfg.modeling.device, os.environ, count, _command_args())
+
+
+def training_arguments(cfg: Config, has_eval: bool, plan=None):
     from transformers import TrainingArguments
 
     t, m = cfg.training, cfg.modeling
+    plan = plan or device_plan(cfg)
     eval_every = t.eval_steps if has_eval and t.eval_steps > 0 else None
     return TrainingArguments(
         output_dir=t.output_dir, per_device_train_batch_size=t.per_device_batch_size,
@@ -92,13 +108,13 @@ def training_arguments(cfg: Config, has_eval: bool):
         warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm, lr_scheduler_type="linear",
         seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, report_to=[] if t.report_to == "none" else [t.report_to],
-        remove_unused_columns=False, use_cpu=m.device == "cpu", disable_tqdm=True,
+        remove_unused_columns=False, use_cpu=plan.use_cpu, disable_tqdm=True,
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every,
         ddp_backend=t.ddp_backend or None, ddp_find_unused_parameters=True,
         deepspeed=t.deepspeed or None, fsdp=t.fsdp or "", dataloader_num_workers=t.dataloader_num_workers,
         dataloader_persistent_workers=t.dataloader_num_workers > 0,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        label_names=[], bf16=use_bf16(cfg),
+        label_names=[], bf16=use_bf16(cfg, plan.device),
     )
 
 
@@ -106,14 +122,24 @@ def build_trainer(cfg: Config, presets: list[str]):
     """Load base and data, build the draft, and return (trainer, info)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from specforge_het.models.base import BaseModel
+    from specforge_het.models.base import BaseModel, resolve_dtype
     from specforge_het.models.build import build_draft, warm_start_draft
     from specforge_het.training.data import Collator, RowsDataset, load_rows, token_counts
+    from specforge_het.training.devices import check_sharding, check_trainer_device
     from specforge_het.training.trainer import DraftTrainer, DraftTrainingModule, RichProgress
 
     check_consistency(cfg)
     m, t, d = cfg.modeling, cfg.training, cfg.dataset
-    base = BaseModel.load(m.base_model, m.dtype, _device(m), m.attn_implementation)
+    plan = device_plan(cfg)  # resolved once: the base, the draft and HF Trainer all use plan.device
+    check_sharding(t.fsdp, t.deepspeed, plan)
+    if plan.local_rank in (None, 0):
+        for warning in plan.warnings:
+            console.print(f"[yellow]warning:[/] {warning}")
+    if draft_dtype(m) != m.dtype and not use_bf16(cfg, plan.device):
+        raise ConfigError(f"modeling.draft_dtype {m.draft_dtype} differs from the base's modeling.dtype {m.dtype}: the draft "
+                          "reads the base's tensors, so this needs bfloat16 autocast. Add --training.precision bf16, "
+                          "or drop --modeling.draft_dtype.")
+    base = BaseModel.load(m.base_model, m.dtype, plan.device, m.attn_implementation)
     rows = load_rows(d, base)
     offline = t.mode == "offline"
     if offline and rows.features is None:
@@ -128,22 +154,31 @@ def build_trainer(cfg: Config, presets: list[str]):
                       f"{draft.cfg.draft_vocab_size}); other modeling.* architecture keys are not used")
     else:
         draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=t.seed)
-    draft.train(True)
+    draft.to(dtype=resolve_dtype(draft_dtype(m))).train(True)
     gen = torch.Generator().manual_seed(t.seed)
     order = torch.randperm(len(rows.rows), generator=gen).tolist()
     n_eval = int(len(order) * d.eval_fraction) if len(order) > 1 else 0
     train_rows = [rows.rows[i] for i in order[n_eval:]]
     eval_rows = [rows.rows[i] for i in order[:n_eval]]
     module = DraftTrainingModule(draft, base, t, rows.stored_layers if offline else None)
+    args = training_arguments(cfg, bool(eval_rows), plan)
+    check_trainer_device(plan, args.device, args.n_gpu)
     pad = base.tokenizer.pad_token_id if base.tokenizer is not None and base.tokenizer.pad_token_id is not None else 0
     trainer = DraftTrainer(
-        model=module, args=training_arguments(cfg, bool(eval_rows)),
+        model=module, args=args,
         train_dataset=RowsDataset(train_rows, d.max_length),
         eval_dataset=RowsDataset(eval_rows, d.max_length) if eval_rows else None,
         data_collator=Collator(pad, rows.features if offline else None), callbacks=[RichProgress()],
         run_config={**cfg.to_dict(), "description": f"resolved from presets {presets}"},
         provenance_extra={"presets": presets, "dataset": d.path, "mode": t.mode},
     )
+    if t.fsdp and m.algorithm == "eagle_v3" and args.should_save:
+        console.print("[yellow]warning:[/] under FSDP each draft layer is its own FSDP unit, so EagleV3's unroll runs the "
+                      "layers' own forward with a [s, (j+1)s] mask: the split TTT attention and --training.gradient_checkpointing "
+                      "are not used (more activation memory). DDP or DeepSpeed ZeRO-2 keep them.")
+    if (t.fsdp and not trainer.is_fsdp_enabled) or (t.deepspeed and not trainer.is_deepspeed_enabled):
+        raise ConfigError(f"HF Trainer did not enable {'FSDP' if t.fsdp else 'DeepSpeed'} "
+                          f"(distributed type {trainer.accelerator.distributed_type}): launch with torchrun on GPUs.")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer, {"train_rows": len(train_rows), "eval_rows": len(eval_rows), "kind": rows.kind}

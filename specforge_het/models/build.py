@@ -243,20 +243,26 @@ def add_lora(draft: DraftModel, rank: int) -> None:
             p.requires_grad_(True)
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict with LoRA deltas folded into the plain weight names (a LoRA-free draft folder)."""
+def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """state_dict with LoRA deltas folded into the plain weight names (a LoRA-free draft folder).
+
+    `state`: a full state dict of `model` to merge instead of its own (FSDP / DeepSpeed hand over the
+    gathered one while the module holds shards); its LoRA delta is B @ A * scaling, as peft computes it."""
     from peft.tuners.lora import LoraLayer
 
     lora = {name: mod for name, mod in model.named_modules() if isinstance(mod, LoraLayer)}
     out: dict[str, torch.Tensor] = {}
-    for name, t in model.state_dict().items():
+    for name, t in (model.state_dict() if state is None else state).items():
         if ".lora_" in name:
             continue
         if ".base_layer." in name:
             owner = name.split(".base_layer.")[0]
             clean = name.replace(".base_layer.", ".")
-            if clean.endswith("weight"):
+            if clean.endswith("weight") and state is None:
                 t = t + lora[owner].get_delta_weight("default").to(t.dtype)
+            elif clean.endswith("weight"):
+                a, b = state[f"{owner}.lora_A.default.weight"], state[f"{owner}.lora_B.default.weight"]
+                t = t + ((b.float() @ a.float()) * lora[owner].scaling["default"]).to(t.dtype)
             out[clean] = t.detach().clone()
         else:
             out[name] = t.detach().clone()

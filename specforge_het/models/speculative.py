@@ -53,10 +53,13 @@ def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def save_draft(draft: DraftModel, folder: str | Path, extra_provenance: dict[str, Any] | None = None) -> Path:
+def save_draft(draft: DraftModel, folder: str | Path, extra_provenance: dict[str, Any] | None = None,
+               state: dict[str, Any] | None = None) -> Path:
+    """Write a draft folder. `state`: the weights to write (LoRA merged) instead of the draft's own
+    (a trainer under FSDP / DeepSpeed passes the gathered full state while the module holds shards)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in draft.trainable_state_dict().items()}
+    state = {k: v.contiguous() for k, v in (draft.trainable_state_dict() if state is None else state).items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT})
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **draft.cfg.to_dict()}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

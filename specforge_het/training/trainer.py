@@ -30,6 +30,9 @@ class DraftTrainingModule(nn.Module):
         super().__init__()
         self.draft = draft
         self._base = [base]
+        # FSDP's transformer auto-wrap (accelerate reads `_no_split_modules` of the module it wraps) and
+        # DeepSpeed/accelerate device maps: a decoder layer is never split across units
+        self._no_split_modules = draft._no_split_modules = layer_class_names(draft)
         self.tcfg = tcfg
         self.stored_layers = stored_layers
         if stored_layers is not None:
@@ -73,6 +76,11 @@ class DraftTrainingModule(nn.Module):
         return {"loss": loss, "count": count, "counters": counters}
 
 
+def layer_class_names(draft) -> list[str]:
+    """Class names of the draft's decoder layers (e.g. ['LlamaDecoderLayer'])."""
+    return sorted({type(layer).__name__ for layer in draft.layers})
+
+
 @torch.no_grad()
 def base_features(base, input_ids, layers: tuple[int, ...], attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(features at `layers`, final normed state) of a whole batch, without the base's LM head."""
@@ -85,6 +93,7 @@ class DraftTrainer(Trainer):
 
     def __init__(self, *args, run_config: dict | None = None, provenance_extra: dict | None = None, **kw):
         super().__init__(*args, **kw)
+        self._draft_keys = list(self.model.draft.state_dict())  # names before any FSDP / DeepSpeed wrapping
         self._sums: dict[str, float] = defaultdict(float)
         self._since = time.perf_counter()  # reset when training starts (on_train_begin) and after each log
         self.run_config = run_config or {}
@@ -156,14 +165,30 @@ class DraftTrainer(Trainer):
         self.log(metrics)
         return metrics
 
+    def draft_state(self, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+        """The draft's full state (its own parameter names, on CPU). `state_dict`: the trained module's
+        state as HF Trainer hands it to `_save` (gathered on the main process under FSDP / DeepSpeed,
+        where the module itself only holds this process's shards); None = the module's own."""
+        if state_dict is None:
+            state = self.draft.state_dict()
+        else:
+            state = {k.removeprefix("draft."): v for k, v in state_dict.items() if k.startswith("draft.")}
+            want = set(self._draft_keys)
+            if set(state) != want:
+                raise RuntimeError(f"the state handed to _save does not hold this draft: missing {sorted(want - set(state))[:5]}, "
+                                   f"unexpected {sorted(set(state) - want)[:5]}")
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
+        from specforge_het.models.build import merged_state_dict
+
         draft = self.draft
+        raw = self.draft_state(state_dict)
         extra = {**self.provenance_extra, "global_step": self.state.global_step}
-        save_draft(draft, output_dir, extra_provenance=extra)
-        raw = {k: v.detach().contiguous().cpu() for k, v in draft.state_dict().items()}
+        save_draft(draft, output_dir, extra_provenance=extra, state=merged_state_dict(draft, raw))
         save_file(raw, str(Path(output_dir) / RAW_STATE))
         if self.run_config:
             import json
@@ -173,6 +198,8 @@ class DraftTrainer(Trainer):
             (Path(output_dir) / RUN_CONFIG).write_text(json.dumps(self.run_config, indent=2) + "\n")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled:  # sharded parameters: HF reloads the FSDP checkpoint it saved beside the draft
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = Path(resume_from_checkpoint) / RAW_STATE
         if not path.is_file():
             raise ConfigError(f"'{resume_from_checkpoint}' is not a training checkpoint ({RAW_STATE} missing).")
