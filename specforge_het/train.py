@@ -92,7 +92,7 @@ def device_plan(cfg: Config):
     from specforge_het.training.devices import plan_training_device
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return plan_training_device(cfg.modeling.device, os.environ, count, _command_args())
+    return plan_training_device(cfg.modeling.device, os.environ, count, _command_args(), cfg.modeling.device_map)
 
 
 def training_arguments(cfg: Config, has_eval: bool, plan=None):
@@ -139,7 +139,7 @@ def build_trainer(cfg: Config, presets: list[str]):
         raise ConfigError(f"modeling.draft_dtype {m.draft_dtype} differs from the base's modeling.dtype {m.dtype}: the draft "
                           "reads the base's tensors, so this needs bfloat16 autocast. Add --training.precision bf16, "
                           "or drop --modeling.draft_dtype.")
-    base = BaseModel.load(m.base_model, m.dtype, plan.device, m.attn_implementation)
+    base = BaseModel.from_config(m, device=plan.device)  # device_map / max_memory may shard it over the GPUs
     rows = load_rows(d, base)
     offline = t.mode == "offline"
     if offline and rows.features is None:
@@ -161,6 +161,8 @@ def build_trainer(cfg: Config, presets: list[str]):
     train_rows = [rows.rows[i] for i in order[n_eval:]]
     eval_rows = [rows.rows[i] for i in order[:n_eval]]
     module = DraftTrainingModule(draft, base, t, rows.stored_layers if offline else None)
+    if base.sharded:  # HF Trainer and accelerate read this: model parallel, no DataParallel, no move to cuda:0
+        module.hf_device_map = dict(base.model.hf_device_map)
     args = training_arguments(cfg, bool(eval_rows), plan)
     check_trainer_device(plan, args.device, args.n_gpu)
     pad = base.tokenizer.pad_token_id if base.tokenizer is not None and base.tokenizer.pad_token_id is not None else 0
@@ -172,6 +174,9 @@ def build_trainer(cfg: Config, presets: list[str]):
         run_config={**cfg.to_dict(), "description": f"resolved from presets {presets}"},
         provenance_extra={"presets": presets, "dataset": d.path, "mode": t.mode},
     )
+    if trainer.args.n_gpu > 1:
+        raise ConfigError(f"HF Trainer would wrap the draft in nn.DataParallel over {trainer.args.n_gpu} GPUs: launch one "
+                          "process per GPU with torchrun.")
     if t.fsdp and m.algorithm == "eagle_v3" and args.should_save:
         console.print("[yellow]warning:[/] under FSDP each draft layer is its own FSDP unit, so EagleV3's unroll runs the "
                       "layers' own forward with a [s, (j+1)s] mask: the split TTT attention and --training.gradient_checkpointing "

@@ -72,6 +72,15 @@ def test_plan_refuses_what_cannot_be_placed(requested, env, count, match):
         plan_training_device(requested, env, count)
 
 
+def test_base_sharded_by_device_map_is_one_process_over_the_gpus():
+    plan = plan_training_device("cuda", {}, 4, ARGS, device_map="auto")
+    assert plan.sharded_base and plan.device == "cuda:0" and plan.local_rank is None  # no DataParallel refusal
+    check_trainer_device(plan, "cuda:0", 4)  # HF Trainer resets n_gpu to 1 for a model-parallel module
+    with pytest.raises(ConfigError, match="under torchrun every process would spread its own copy"):
+        plan_training_device("cuda", TORCHRUN, 4, ARGS, device_map="auto")
+    assert not plan_training_device("cpu", {}, 0, device_map="auto").sharded_base
+
+
 def test_cpu_with_cuda_present_warns():
     plan = plan_training_device("cpu", {}, 2)
     assert plan.device == "cpu" and plan.use_cpu
@@ -217,6 +226,16 @@ def test_float32_draft_under_bfloat16_base(base_dirs, conv_file, tmp_path):
     trainer.save_model(str(tmp_path / "mixed"))
     saved = load_file(str(tmp_path / "mixed" / "model.safetensors"))
     assert {v.dtype for k, v in saved.items() if v.is_floating_point()} == {torch.float32}
+
+
+def test_device_map_on_cpu_trains(base_dirs, conv_file, tmp_path):
+    from specforge_het.train import build_trainer
+
+    cfg = _cfg(base_dirs["llama"], conv_file, tmp_path / "dm", device_map="auto")
+    trainer, _ = build_trainer(cfg, [])
+    assert not trainer.model._base[0].sharded and getattr(trainer.model, "hf_device_map", None) is None
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.args.n_gpu == 0
 
 
 def test_draft_dtype_default_keeps_the_base_dtype(base_dirs, conv_file, tmp_path):

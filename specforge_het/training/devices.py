@@ -29,6 +29,8 @@ class DevicePlan:
     local_rank: int | None  # the launcher's LOCAL_RANK, None for a plain single process
     world_size: int  # processes in the run (WORLD_SIZE, 1 for a plain single process)
     warnings: tuple[str, ...] = ()
+    sharded_base: bool = False  # --modeling.device_map: HF spreads the base over this process's GPUs; the
+    # draft sits on the base's last-layer device and HF Trainer treats the run as model parallel (n_gpu 1)
 
 
 def launched_distributed(env: Mapping[str, str]) -> bool:
@@ -41,11 +43,12 @@ def _command(args: Sequence[str] | None) -> str:
 
 
 def plan_training_device(requested: str, env: Mapping[str, str], cuda_count: int,
-                         args: Sequence[str] | None = None) -> DevicePlan:
+                         args: Sequence[str] | None = None, device_map: str = "") -> DevicePlan:
     """Resolve `--modeling.device` (cpu, cuda, cuda:N, auto) for one training process.
 
     env: the process environment (LOCAL_RANK, WORLD_SIZE); cuda_count: torch.cuda.device_count()
-    (what CUDA_VISIBLE_DEVICES leaves visible); args: the command's arguments, quoted in the errors.
+    (what CUDA_VISIBLE_DEVICES leaves visible); args: the command's arguments, quoted in the errors;
+    device_map: --modeling.device_map ('' = the whole base on the plan's device).
     """
     name = requested.strip().lower()
     match = _CUDA.match(name)
@@ -64,6 +67,12 @@ def plan_training_device(requested: str, env: Mapping[str, str], cuda_count: int
         raise ConfigError(f"--modeling.device {requested}: no CUDA device is visible to this process "
                           "(check the driver and CUDA_VISIBLE_DEVICES), or train with --modeling.device cpu.")
     index = int(match.group(1)) if match is not None and match.group(1) is not None else None
+    if device_map:
+        if distributed:
+            raise ConfigError(f"--modeling.device_map {device_map} spreads one base over this node's GPUs, but under torchrun every "
+                              "process would spread its own copy over the same GPUs. Run one process with device_map "
+                              f"(python -m specforge_het.train {_command(args)}), or torchrun without it.")
+        return DevicePlan("cuda:0", False, None, 1, sharded_base=True)  # cuda:0: where HF Trainer puts the batches
     if distributed:
         if local >= cuda_count:
             raise ConfigError(f"this process has LOCAL_RANK {local} but only {cuda_count} GPU(s) are visible: start at most "
@@ -94,7 +103,7 @@ def check_trainer_device(plan: DevicePlan, args_device, n_gpu: int) -> None:
     if got.type == "cuda" and got.index is None:
         got = torch.device("cuda", torch.cuda.current_device())
     same = want.type == got.type == "cpu" or want == got  # CPU index (accelerate may say cpu:0) is meaningless
-    if not same or n_gpu > 1:
+    if not same or (n_gpu > 1 and not plan.sharded_base):  # model parallel: HF Trainer resets n_gpu to 1
         raise ConfigError(f"HF Trainer would train on {got} with n_gpu {n_gpu}, but the base was placed on {plan.device}: "
                           "launch one process per GPU with torchrun, or make one GPU visible with CUDA_VISIBLE_DEVICES.")
 

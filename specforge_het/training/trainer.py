@@ -70,6 +70,10 @@ class DraftTrainingModule(nn.Module):
 
     def forward(self, input_ids, attention_mask, loss_mask, features=None, **_):
         """Returns {"loss": loss summed over positions, "count": positions, "counters": metric counters}."""
+        here = self.draft.fc.weight.device  # a base sharded over GPUs leaves the draft on its last layer's device
+        if input_ids.device != here:
+            input_ids, attention_mask, loss_mask = input_ids.to(here), attention_mask.to(here), loss_mask.to(here)
+            features = None if features is None else features.to(here)
         batch = self.make_batch(input_ids, attention_mask, loss_mask, features)
         loss, count, counters = self.draft.algorithm.loss(self.draft, batch, self.tcfg)
         counters["seq_tokens"] = float(attention_mask.sum())
