@@ -98,7 +98,7 @@ def device_plan(cfg: Config):
 def training_arguments(cfg: Config, has_eval: bool, plan=None):
     from transformers import TrainingArguments
 
-    t, m = cfg.training, cfg.modeling
+    t = cfg.training
     plan = plan or device_plan(cfg)
     eval_every = t.eval_steps if has_eval and t.eval_steps > 0 else None
     return TrainingArguments(
