@@ -103,12 +103,14 @@ class OracleProposer:
     reach accept length = tree depth + 1 (on trees whose rank-0 path is the greedy path)."""
 
     def __new__(cls, base, tree, sharpness: float = 1000.0):
+        from specforge_het.inference.fast_paths import FastPaths
         from specforge_het.inference.proposer import DraftProposer
 
         class _Oracle(DraftProposer):
             def __init__(self):
                 self.base, self.sharpness, self.draft = base, sharpness, None
                 self.tree, self.feature_layers = tree, ()
+                self.use_fast_paths(FastPaths.resolve("auto", base.device))
                 if tree.kind == "static":
                     from specforge_het.inference.tree import static_parents, static_tree_spec
 
@@ -117,11 +119,12 @@ class OracleProposer:
 
             def start(self, prompt_ids, root, features):
                 self.reset()
-                self.seq, self.root_token = prompt_ids.tolist() + [root], root
+                self.seq = prompt_ids.tolist() + [root]
+                self.root_ids = torch.tensor([root], device=self.base.device)
 
             def update(self, next_tokens, features):
                 self.seq += next_tokens.tolist()
-                self.root_token = self.seq[-1]
+                self.root_ids = next_tokens[-1:]
 
             def to_base_ids(self, draft_ids):
                 return draft_ids
@@ -131,8 +134,10 @@ class OracleProposer:
                 logits = self.base.features(ids, ()).logits[0, -1].float()
                 return torch.log_softmax(logits * self.sharpness, dim=-1)
 
-            def _root_logprobs(self):
+            def _new_rows(self):
                 self._paths: list[list[int]] = []
+
+            def _root_logprobs(self):
                 return self._next_logprobs(self.seq)
 
             def _step(self, draft_ids, parent_rows):

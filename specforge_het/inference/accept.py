@@ -99,6 +99,32 @@ def greedy_accept(
     return _path_tensor(best, par, tokens.device), tops[best]
 
 
+def greedy_accept_on_device(
+    tokens: torch.Tensor, parents: torch.Tensor, attn_mask: torch.Tensor, depth: torch.Tensor,
+    base_argmax: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`greedy_accept` without reading anything on the host, given the tree's layout.
+
+    Node i is accepted iff every node on its root path (the root aside) holds the base's argmax at
+    its parent; the path kept is the deepest accepted node's (ties: lowest node index), as in
+    `greedy_accept`. ``tokens``, ``parents``, ``depth``, ``base_argmax`` [N]; ``attn_mask`` [N, N]
+    (ancestor-or-self). Returns ``(order [N], tau, bonus)``: ``order[:tau]`` is the accepted path,
+    root first (the other nodes follow it), ``tau`` and ``bonus = base_argmax[path[-1]]`` are 0-d.
+    """
+    n = tokens.shape[0]
+    for name, t in (("parents", parents), ("depth", depth), ("base_argmax", base_argmax)):
+        _check_node_tensor(name, t, n, 1)
+    if attn_mask.shape != (n, n):
+        raise ValueError(f"attn_mask must have shape ({n}, {n}), got {tuple(attn_mask.shape)}")
+    idx = torch.arange(n, device=tokens.device)
+    match = (tokens == base_argmax[parents.clamp_min(0)]) | (idx == 0)  # [N] node holds its parent's argmax
+    accepted = ~(attn_mask & ~match[None, :]).any(-1)  # [N] its whole root path matches
+    best = torch.where(accepted, depth * n + (n - 1 - idx), -1).argmax()  # deepest, then lowest index
+    on_path = attn_mask[best]  # [N] ancestors-or-self of best: the path in index order
+    order = torch.argsort(torch.where(on_path, idx, idx + n))
+    return order, on_path.sum(), base_argmax[best]
+
+
 def _normalise(p: torch.Tensor) -> torch.Tensor:
     """p / sum(p). -> [V]"""
     return p / p.sum()

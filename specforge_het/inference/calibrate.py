@@ -21,7 +21,7 @@ from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.fast_paths import FastPaths
 from specforge_het.inference.prompts import render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
-from specforge_het.inference.tree import layout_from_parents, stable_topk
+from specforge_het.inference.tree import layout_from_parents, layout_on_device, stable_topk
 from specforge_het.models.base import keep_cache_entries
 
 VERIFY_SIZES = (1, 2, 4, 8, 16, 32, 64)  # tree tokens per verify, root included
@@ -101,7 +101,7 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
     def verify(n: int):
         tokens = pool[:n]
         parents = torch.tensor([-1] + [(i - 1) // 2 for i in range(1, n)], device=device)  # a bushy tree
-        layout = layout_from_parents(parents)
+        layout = layout_on_device(parents) if full_head else layout_from_parents(parents)  # as the decoder does
         positions = past + layout.position_offsets.to(device)
         out = base(tokens[None], cache, positions, layout.attn_mask.to(device), feature_layers=layers,
                    logits="all" if full_head else "none")
@@ -125,8 +125,10 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
 
 
 @torch.no_grad()
-def measure_draft(base, draft, ctx: torch.Tensor, repeats: int) -> tuple[list, list, list]:
-    """Proposal seconds at depth 1 and per extra step, per top_k; update seconds per committed count."""
+def measure_draft(base, draft, ctx: torch.Tensor, repeats: int, fast: FastPaths | None = None) -> tuple[list, list, list]:
+    """Proposal seconds at depth 1 and per extra step, per top_k; update seconds per committed count.
+    `fast`: the decoder's strategy the proposals run with (default: `auto` on the base's device)."""
+    fast = fast or FastPaths.resolve("auto", base.device)
     layers = tuple(draft.cfg.feature_layers)
     feats = base(ctx, base.new_cache(), feature_layers=layers, logits="none").features[0]  # [L, F*H]
     root = int(ctx[0, -1])
@@ -135,6 +137,7 @@ def measure_draft(base, draft, ctx: torch.Tensor, repeats: int) -> tuple[list, l
         for depth in (1, DEEP):
             kind = "chain" if k == 1 else "dynamic"
             proposer = DraftProposer(draft, TreeSpec(kind, depth, k, min(16, 1 + k + (depth - 1) * k * k)))
+            proposer.use_fast_paths(fast)
             proposer.start(ctx[0, :-1], root, feats[:-1])
             jobs.append((proposer.propose, None))  # propose() leaves the draft cache as it found it
     updater = DraftProposer(draft, TreeSpec("chain", 1))
@@ -155,7 +158,7 @@ def measure_costs(base, draft, repeats: int = 5, fast_paths: str = "auto") -> Co
     with fast.scope(base.model, draft):
         verify, head, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats,
                                                  full_head=not fast.per_row_head)
-        fixed, per_step, update = measure_draft(base, draft, ctx, repeats)
+        fixed, per_step, update = measure_draft(base, draft, ctx, repeats, fast)
     return Costs(tuple(verify), tuple(head), tuple(fixed), tuple(per_step), tuple(update), base_step)
 
 

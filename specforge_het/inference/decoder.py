@@ -5,6 +5,9 @@ stopping code, one base token per step. Batch size 1.
 
 CPU fast paths (packed linears, the per-row LM head) are a strategy the caller picks
 (`fast_paths`, inference/fast_paths.py); they are applied for the duration of `generate` only.
+The device strategy (`off`, or `auto` on an accelerator) keeps a speculative step on the device:
+tree, layout and greedy acceptance there, one host read of the step's outcome
+(inference/syncs.py counts the reads per step).
 """
 
 from __future__ import annotations
@@ -14,10 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specforge_het.inference.accept import greedy_accept, sampling_probs, tree_rejection_sample
-from specforge_het.inference.fast_paths import FastPaths, TreeRows, proposer_modules
-from specforge_het.inference.tree import layout_from_parents
+from specforge_het.inference.accept import (
+    greedy_accept,
+    greedy_accept_on_device,
+    sampling_probs,
+    tree_rejection_sample,
+)
+from specforge_het.inference.fast_paths import FastPaths, TreeRows, proposer_modules, tell_proposer
+from specforge_het.inference.tree import check_parent_list, layout_from_parents, layout_on_device
 from specforge_het.models.base import keep_cache_entries
+from specforge_het.models.lean import KVCache
 
 
 class ContextTooLongError(ValueError):
@@ -107,6 +116,7 @@ class Decoder:
             raise ValueError(f"batch size 1 is supported; got input_ids of shape {tuple(input_ids.shape)}")
         lookahead = 0 if self.proposer is None else self.proposer.depth() + 1
         self._check_length(input_ids.shape[1], max_new_tokens, lookahead)
+        tell_proposer(self.proposer, self.fast)
         with self.fast.scope(self.base.model, *proposer_modules(self.proposer)):
             return self._generate(input_ids, max_new_tokens, lookahead)
 
@@ -151,23 +161,46 @@ class Decoder:
 
     def _spec_step(self, cache, result: GenerationResult) -> list[int]:
         tokens, parents = self.proposer.propose()  # [N] base ids, tokens[0] = root (last committed)
-        layout = layout_from_parents(parents)
+        on_device = self.fast.on_device
+        layout = layout_on_device(parents) if on_device else layout_from_parents(parents)
         past = cache.get_seq_length()
         positions = past + layout.position_offsets.to(tokens.device)
         out = self.base(tokens[None], cache, positions, layout.attn_mask.to(tokens.device),
                         feature_layers=self.proposer.feature_layers, logits="none")
-        rows = self._rows(out.hidden[0], parents)
+        if on_device and self.sampling.greedy:
+            path, path_ids, new, new_ids = self._accept_on_device(tokens, layout, out.hidden[0])
+        else:
+            path, path_ids, new, new_ids = self._accept_on_host(tokens, parents, out.hidden[0])
+        self._root_accept_rate += 0.25 * (float(len(path_ids) > 1) - self._root_accept_rate)
+        _keep_path(cache, past, path, path_ids)
+        self.proposer.update(new, None if out.features is None else out.features[0, path])
+        result.accept_lengths.append(len(path_ids))
+        return new_ids
+
+    def _accept_on_device(self, tokens: torch.Tensor, layout, hidden: torch.Tensor):
+        """Greedy acceptance on the device: the LM head over all N rows, then the step's one host
+        read (outcome and tree). -> (path [tau] on the device, its node ids, new tokens [tau] on the
+        device, their ids)."""
+        argmax = self.base.head(hidden).argmax(-1)  # [N]
+        order, tau, bonus = greedy_accept_on_device(tokens, layout.parents, layout.attn_mask, layout.depth, argmax)
+        n = tokens.shape[0]
+        host = torch.cat([tau[None], bonus[None], layout.parents, order, tokens[order]]).tolist()
+        tau = host[0]
+        check_parent_list(host[2: 2 + n])  # the proposer's tree, checked on the host after the fact
+        path = order[:tau]
+        new = torch.cat([tokens[path[1:]], bonus[None]])
+        return path, host[2 + n: 2 + n + tau], new, host[2 + 2 * n + 1: 2 + 2 * n + tau] + [host[1]]
+
+    def _accept_on_host(self, tokens: torch.Tensor, parents: torch.Tensor, hidden: torch.Tensor):
+        """Acceptance walked on the host (CPU strategy, and sampling): same return as `_accept_on_device`."""
+        rows = self._rows(hidden, parents)
         if self.sampling.greedy:
             path, bonus = greedy_accept(tokens, parents, rows)
         else:
             path, bonus = tree_rejection_sample(tokens, parents, rows, self.generator)
-        self._root_accept_rate += 0.25 * (float(path.numel() > 1) - self._root_accept_rate)
         path = path.to(tokens.device)
-        keep_cache_entries(cache, past, path)
         new = torch.cat([tokens[path[1:]], torch.tensor([bonus], device=tokens.device)])
-        self.proposer.update(new, None if out.features is None else out.features[0, path])
-        result.accept_lengths.append(int(path.numel()))
-        return new.tolist()
+        return path, path.tolist(), new, new.tolist()
 
     @property
     def _prefetch_root(self) -> bool:
@@ -189,3 +222,10 @@ class Decoder:
             return lambda rows: self.base.head(hidden[rows]).argmax(-1).tolist()
         return lambda rows: sampling_probs(self.base.head(hidden[rows]), s.temperature, s.top_p, s.top_k)
 
+
+def _keep_path(cache, past: int, path: torch.Tensor, path_ids: list[int]) -> None:
+    """Keep the accepted path's entries in the base cache; contiguity is known on the host already."""
+    if isinstance(cache, KVCache):
+        cache.keep(past, path, path_ids == list(range(len(path_ids))))
+    else:
+        keep_cache_entries(cache, past, path)

@@ -3,9 +3,12 @@
 * `auto` (the decoder's default): where they apply,
   - packed linears: every nn.Linear of the base and of the draft runs few-row calls on a
     oneDNN-prepacked weight (CPU, float32; models/lean.py `packed_linears`), and
-  - the per-row LM head: verification runs the base LM head only on the tree rows the acceptance
-    rule reads (`TreeRows`: the accepted path, ~τ rows) instead of all N tree rows.
-* `off`: plain modules, and the LM head over all tree rows.
+  - the per-row LM head (CPU): verification runs the base LM head only on the tree rows the
+    acceptance rule reads (`TreeRows`: the accepted path, ~τ rows) instead of all N tree rows.
+    The rows are picked by the host as acceptance walks the tree, which costs nothing on a CPU.
+* `off`, and `auto` on an accelerator: the device strategy. Plain modules, one LM head call over all
+  tree rows, and the tree built, laid out and (greedy) accepted on the device, so that a decoding
+  step reads the device from the host once, for its outcome (`on_device`; inference/syncs.py counts).
 
 Both give the same tokens (greedy: identical; the tests check it). Nothing is applied by a
 constructor: `Decoder.generate` enters `FastPaths.scope` for the duration of one generation, and
@@ -31,26 +34,35 @@ FAST_PATHS = ("auto", "off")
 class FastPaths:
     mode: str  # auto | off
     packed: bool  # packed CPU linears, entered per generation
-    per_row_head: bool  # LM head only on the tree rows the acceptance rule reads
+    per_row_head: bool  # LM head only on the tree rows the acceptance rule reads (host-driven, CPU)
 
     @classmethod
     def resolve(cls, mode: str, device: torch.device) -> FastPaths:
-        """`auto`: packed linears on a CPU with oneDNN, the per-row head everywhere; `off`: neither."""
+        """`auto`: on a CPU, packed linears (with oneDNN) and the per-row head; elsewhere the device
+        strategy. `off`: the device strategy (plain modules, head over all rows), on any device."""
         if mode not in FAST_PATHS:
             raise ValueError(f"fast_paths must be one of {', '.join(FAST_PATHS)}, got '{mode}'")
-        auto = mode == "auto"
-        return cls(mode, auto and torch.device(device).type == "cpu" and packing_available(), auto)
+        cpu_auto = mode == "auto" and torch.device(device).type == "cpu"
+        return cls(mode, cpu_auto and packing_available(), cpu_auto)
+
+    @property
+    def on_device(self) -> bool:
+        """The device strategy: tree building, layout and greedy acceptance without host reads."""
+        return not self.per_row_head
 
     def describe(self) -> str:
         """One line for run headers and JSON: the mode and what it switched on here."""
+        device = "LM head over all tree rows, tree and greedy acceptance on the device"
         if self.mode == "off":
-            return "off (plain modules, LM head over all tree rows)"
+            return f"off (plain modules, {device})"
+        if self.on_device:
+            return f"auto (accelerator: plain modules, {device})"
         linears = "packed CPU linears" if self.packed else "plain linears (packing needs a CPU with oneDNN)"
         return f"auto ({linears}, per-row LM head)"
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "packed_linears": self.packed, "per_row_head": self.per_row_head,
-                "describe": self.describe()}
+                "on_device": self.on_device, "describe": self.describe()}
 
     @contextlib.contextmanager
     def scope(self, *modules: nn.Module | None):
@@ -66,6 +78,13 @@ def proposer_modules(proposer) -> tuple[nn.Module, ...]:
     """The modules a proposer runs (its `fast_path_modules()`), for the decoder's fast-path scope."""
     get = getattr(proposer, "fast_path_modules", None)
     return tuple(get()) if get is not None else ()
+
+
+def tell_proposer(proposer, fast: FastPaths) -> None:
+    """Hand the decoder's strategy to a proposer that takes one (its `use_fast_paths(fast)`)."""
+    use = getattr(proposer, "use_fast_paths", None)
+    if use is not None:
+        use(fast)
 
 
 class TreeRows:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from specforge_het.inference.fast_paths import FastPaths
 from specforge_het.inference.tree import (
     build_dynamic_tree,
     chain_parents,
     stable_topk,
+    stable_topk_on_device,
     static_parents,
     static_tree_spec,
 )
@@ -45,17 +47,29 @@ class DraftProposer:
         self.feature_layers = tuple(draft.cfg.feature_layers)
         if tree.kind == "static":
             self._static = static_parents(static_tree_spec(tree.static_tree))
+        device = torch.device("cpu") if draft is None else draft.fc.weight.device
+        self.use_fast_paths(FastPaths.resolve("auto", device))  # until a decoder hands over its own
         self.reset()
 
     def reset(self) -> None:
         self.cache = KVCache(0) if self.draft is None else self.draft.new_cache()  # no draft: test oracles
         self.committed = 0  # pairs in the draft cache
-        self.root_token: int = -1
+        self.root_ids: torch.Tensor | None = None  # [1] the last token handed to `update` (the next root)
         self.root_hidden: torch.Tensor | None = None  # [Hd] output at the last committed pair
+
+    @property
+    def root_token(self) -> int:
+        """The root of the next tree, read on the host (the decoder itself never needs it there)."""
+        return -1 if self.root_ids is None else int(self.root_ids[0])
 
     def fast_path_modules(self) -> tuple:
         """The modules the decoder's fast paths may patch while it generates (inference/fast_paths.py)."""
         return () if self.draft is None else (self.draft,)
+
+    def use_fast_paths(self, fast: FastPaths) -> None:
+        """The decoder's strategy: on the device, trees are built without host reads (same trees)."""
+        self.on_device = fast.on_device
+        self._topk = stable_topk_on_device if fast.on_device else stable_topk
 
     def depth(self) -> int:
         """Deepest draft token below the root."""
@@ -80,30 +94,36 @@ class DraftProposer:
         mask = self._mask(m, self.committed, torch.ones(m, m, dtype=torch.bool, device=ids.device).tril())
         out = d(ids, hidden_in, positions[None], mask, self.cache)
         self.committed += m
-        self.root_token, self.root_hidden = int(next_tokens[-1]), out[0, -1]
+        self.root_ids, self.root_hidden = next_tokens[-1:], out[0, -1]
 
     @torch.no_grad()
     def propose(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft tree below the root: (tokens [N] base ids, tokens[0] = root; parents [N])."""
-        self._rows_hidden: list[torch.Tensor] = []
-        self._rows_anc: list[torch.Tensor] = []  # per fed row: bool [rows so far] ancestor-or-self
-        self._rows_depth: list[int] = []
         root_logp = self._root_logprobs()  # [Vd]
+        self._new_rows()
         try:
             if self.tree.kind == "dynamic":
                 t = self.tree
-                draft_ids, parents, _ = build_dynamic_tree(self._step, root_logp, t.top_k, t.max_depth, t.total_tokens)
+                draft_ids, parents, _ = build_dynamic_tree(self._step, root_logp, t.top_k, t.max_depth, t.total_tokens,
+                                                           on_device=self.on_device)
                 draft_ids = draft_ids[1:]
             else:
                 draft_ids, parents = self._static_tree(root_logp)
         finally:
             keep_cache_entries(self.cache, self.committed, torch.empty(0, dtype=torch.long))
-        root = torch.tensor([self.root_token], device=parents.device)
-        return torch.cat([root, self.to_base_ids(draft_ids)]), parents
+        return torch.cat([self.root_ids.to(parents.device), self.to_base_ids(draft_ids)]), parents
 
     # ------------------------------------------------------------ internals
     def to_base_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return self.draft.to_base_ids(draft_ids)
+
+    def _new_rows(self) -> None:
+        """Empty tables of fed tree rows, row 0 standing for the root: draft outputs [R+1, Hd],
+        depths [R+1], ancestor-or-self among the fed rows [R+1, R] (the root's row empty)."""
+        dev = self.root_hidden.device
+        self._rows_hidden = self.root_hidden[None]
+        self._rows_depth = torch.zeros(1, dtype=torch.long, device=dev)
+        self._rows_anc = torch.zeros(1, 0, dtype=torch.bool, device=dev)
 
     def _root_logprobs(self) -> torch.Tensor:
         return self._logprobs(self.root_hidden[None])[0]
@@ -125,24 +145,23 @@ class DraftProposer:
             ~allowed, torch.finfo(dtype).min)[None, None]
 
     def _step(self, draft_ids: torch.Tensor, parent_rows: torch.Tensor) -> torch.Tensor:
-        """Feed K tree nodes (children of fed rows `parent_rows`, -1 = root); return their child log-probs [K, Vd]."""
+        """Feed K tree nodes (children of fed rows `parent_rows`, -1 = root); return their child log-probs [K, Vd].
+
+        Everything stays on the device: the parents' outputs, depths and ancestor rows are gathered
+        from the fed-row tables by index (row p + 1; row 0 is the root)."""
         d, k = self.draft, draft_ids.shape[0]
-        n_prev = len(self._rows_hidden)
-        parent_hidden = torch.stack([self.root_hidden if p < 0 else self._rows_hidden[p] for p in parent_rows.tolist()])
-        depth = [1 if p < 0 else self._rows_depth[p] + 1 for p in parent_rows.tolist()]
-        anc = torch.zeros(k, n_prev + k, dtype=torch.bool, device=draft_ids.device)
-        for j, p in enumerate(parent_rows.tolist()):
-            if p >= 0:
-                anc[j, : p + 1] = self._rows_anc[p]
-            anc[j, n_prev + j] = True
+        n_prev = self._rows_anc.shape[1]
+        rows = parent_rows.to(self._rows_depth.device) + 1  # [K]
+        depth = self._rows_depth[rows] + 1  # [K], root children 1
+        own = torch.eye(k, dtype=torch.bool, device=rows.device)
+        anc = torch.cat([self._rows_anc[rows], own], dim=1)  # [K, n_prev + K]
         base_ids = d.to_base_ids(draft_ids)[None]
-        hidden_in = d.input_from_self(base_ids, parent_hidden[None])
-        positions = torch.tensor(depth, device=draft_ids.device) + self.committed - 1
+        hidden_in = d.input_from_self(base_ids, self._rows_hidden[rows][None])
+        positions = depth + (self.committed - 1)
         out = d(base_ids, hidden_in, positions[None], self._mask(k, self.committed, anc), self.cache)[0]
-        for j in range(k):
-            self._rows_hidden.append(out[j])
-            self._rows_anc.append(anc[j, : n_prev + j + 1])
-            self._rows_depth.append(depth[j])
+        self._rows_hidden = torch.cat([self._rows_hidden, out])
+        self._rows_depth = torch.cat([self._rows_depth, depth])
+        self._rows_anc = torch.cat([torch.cat([self._rows_anc, own.new_zeros(n_prev + 1, k)], dim=1), anc])
         return self._logprobs(out)
 
     def _static_tree(self, root_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +176,7 @@ class DraftProposer:
         n = len(par)
         draft_ids = torch.zeros(n, dtype=torch.long, device=root_logp.device)
         width = max(ranks[1:], default=0) + 1  # children needed per node
-        sorted_children = {0: stable_topk(root_logp, width)[1]}  # node -> its best child tokens, best first
+        sorted_children = {0: self._topk(root_logp, width)[1]}  # node -> its best child tokens, best first
         row_of, n_rows = {0: -1}, 0
         depth = [0] * n
         for i in range(1, n):
@@ -169,8 +188,9 @@ class DraftProposer:
             feed = [i for i in nodes if i in par]  # nodes with children
             if feed:
                 logp = self._step(draft_ids[feed], torch.tensor([row_of[par[i]] for i in feed]))
+                children = self._topk(logp, width)[1]  # [len(feed), width]
                 for j, i in enumerate(feed):
                     row_of[i] = n_rows + j
-                    sorted_children[i] = stable_topk(logp[j], width)[1]
+                    sorted_children[i] = children[j]
                 n_rows += len(feed)
         return draft_ids[1:], parents

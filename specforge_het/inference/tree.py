@@ -1,4 +1,5 @@
-"""Draft-tree layouts, static tree shapes and EAGLE-2 dynamic tree construction.
+"""Draft-tree layouts, static tree shapes and merging a chain into a tree (EAGLE-2 dynamic trees:
+``dynamic_tree.py``, re-exported here).
 
 Convention: a draft tree of N nodes in topological order. Node 0 is the root, i.e. the
 last committed token (already decided, not yet in the base KV cache); nodes 1..N-1 are
@@ -9,13 +10,12 @@ All functions are pure and deterministic; new tensors live on the input's device
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 TreePath = tuple[int, ...]
-StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,17 @@ class TreeLayout:
     depth: torch.Tensor  # [N] long, root 0
     attn_mask: torch.Tensor  # [N, N] bool, [i, j] True iff j is ancestor-or-self of i
     position_offsets: torch.Tensor  # [N] long, absolute position = prefix_len + offset
-    paths: torch.Tensor  # [P, D+1] long, root->leaf node indices per leaf, -1 padded
 
     @property
     def num_nodes(self) -> int:
         """Number of tree nodes N (root included)."""
         return int(self.parents.shape[0])
+
+    @property
+    def paths(self) -> torch.Tensor:
+        """Root->leaf node indices per leaf, -1 padded. -> [P, D+1] (computed on the host when asked;
+        the decoder never needs them)."""
+        return leaf_paths(self.parents)
 
 
 def check_parents(parents: torch.Tensor) -> list[int]:
@@ -40,7 +45,14 @@ def check_parents(parents: torch.Tensor) -> list[int]:
         raise ValueError(f"parents must be a non-empty 1-D tensor, got shape {tuple(parents.shape)}")
     if parents.dtype.is_floating_point or parents.dtype.is_complex or parents.dtype == torch.bool:
         raise ValueError(f"parents must be an integer tensor, got dtype {parents.dtype}")
-    par = [int(p) for p in parents.tolist()]
+    return check_parent_list(parents.tolist())
+
+
+def check_parent_list(par: list[int]) -> list[int]:
+    """Validate parents given as host ints (root -1 first, then topological order); return them."""
+    par = [int(p) for p in par]
+    if not par:
+        raise ValueError("parents must be non-empty")
     if par[0] != -1:
         raise ValueError(f"parents[0] must be -1 (the root), got {par[0]}")
     for i, p in enumerate(par[1:], start=1):
@@ -50,7 +62,7 @@ def check_parents(parents: torch.Tensor) -> list[int]:
 
 
 def layout_from_parents(parents: torch.Tensor) -> TreeLayout:
-    """Build depth, ancestor mask, position offsets and root->leaf paths from parents."""
+    """Build depth, ancestor mask and position offsets from parents, validated on the host."""
     par = check_parents(parents)
     n, device = len(par), parents.device
     depth = [0] * n
@@ -60,20 +72,47 @@ def layout_from_parents(parents: torch.Tensor) -> TreeLayout:
         depth[i] = depth[par[i]] + 1
         mask[i] = mask[par[i]]
         mask[i, i] = True
-    has_child = set(par[1:])
-    leaves = [i for i in range(n) if i not in has_child]
-    paths = torch.full((len(leaves), max(depth) + 1), -1, dtype=torch.long)  # [P, D+1]
-    for row, leaf in enumerate(leaves):
-        chain = _root_path(leaf, par)
-        paths[row, : len(chain)] = torch.tensor(chain, dtype=torch.long)
     depth_t = torch.tensor(depth, dtype=torch.long, device=device)
     return TreeLayout(
         parents=parents.to(device=device, dtype=torch.long),
         depth=depth_t,
         attn_mask=mask.to(device),
         position_offsets=depth_t.clone(),
-        paths=paths.to(device),
     )
+
+
+def layout_on_device(parents: torch.Tensor) -> TreeLayout:
+    """The same layout as `layout_from_parents`, computed where `parents` lives without reading it on
+    the host (no validation: `parents` must follow the convention, as the proposers' trees do).
+
+    Ancestor sets by pointer jumping: after round r every node knows its ancestors up to 2^r levels
+    up, so ceil(log2 N) rounds of gathers cover any depth.
+    """
+    n, device = parents.shape[0], parents.device
+    parents = parents.to(torch.long)
+    idx = torch.arange(n, device=device)
+    mask = idx[:, None] == idx[None, :]  # [N, N] ancestor-or-self within 2^0 - 1 levels
+    jump = parents.clamp_min(0)  # 2^r-th ancestor, the root its own
+    for _ in range(max(n - 1, 1).bit_length()):
+        mask = mask | mask[jump]
+        jump = jump[jump]
+    depth = mask.sum(-1) - 1
+    return TreeLayout(parents=parents, depth=depth, attn_mask=mask, position_offsets=depth)
+
+
+def leaf_paths(parents: torch.Tensor) -> torch.Tensor:
+    """Root->leaf node indices of every leaf, -1 padded. -> [P, D+1] (on the host-validated tree)."""
+    par = check_parents(parents)
+    depth = [0] * len(par)
+    for i in range(1, len(par)):
+        depth[i] = depth[par[i]] + 1
+    has_child = set(par[1:])
+    leaves = [i for i in range(len(par)) if i not in has_child]
+    paths = torch.full((len(leaves), max(depth) + 1), -1, dtype=torch.long)  # [P, D+1]
+    for row, leaf in enumerate(leaves):
+        chain = _root_path(leaf, par)
+        paths[row, : len(chain)] = torch.tensor(chain, dtype=torch.long)
+    return paths.to(parents.device)
 
 
 def _root_path(node: int, par: Sequence[int]) -> list[int]:
@@ -158,162 +197,6 @@ def static_parents(
     return torch.tensor(parents, **as_long), torch.tensor(ranks, **as_long)
 
 
-def stable_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k along the last dim, ties broken by the lower index (deterministic).
-
-    O(V) topk for the candidates (every value tied with the k-th included), then a stable sort
-    of those few only: a full sort of a 32k-row draft vocabulary per draft step is wasted work.
-    """
-    k = min(k, x.shape[-1])
-    if k == 1:  # chains: max returns the first maximal index, which is the tie rule
-        values, indices = torch.max(x, dim=-1, keepdim=True)
-        return values, indices
-    kth = torch.topk(x, k, dim=-1).values[..., -1:]
-    kk = int((x >= kth).sum(-1).max())
-    values, indices = torch.topk(x, kk, dim=-1)  # [.., kk] every candidate, ties in any order
-    indices, order = torch.sort(indices, dim=-1)  # by index ...
-    values = torch.gather(values, -1, order)
-    values, order = torch.sort(values, dim=-1, descending=True, stable=True)  # ... then by value
-    return values[..., :k], torch.gather(indices, -1, order)[..., :k]
-
-
-
-def _expand(
-    frontier_scores: torch.Tensor, child_logprobs: torch.Tensor, top_k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """EAGLE-2 expansion; returns cand_tokens, cand_scores, selected flat ids, scores."""
-    if child_logprobs.dim() != 2 or frontier_scores.shape != child_logprobs.shape[:1]:
-        raise ValueError(
-            f"expected frontier_scores [K] and child_logprobs [K, V], got "
-            f"{tuple(frontier_scores.shape)} and {tuple(child_logprobs.shape)}"
-        )
-    if not 1 <= top_k <= child_logprobs.shape[1]:
-        raise ValueError(f"top_k must be in [1, V={child_logprobs.shape[1]}], got {top_k}")
-    logp, cand_tokens = stable_topk(child_logprobs, top_k)  # [K, top_k]
-    cand_scores = frontier_scores[:, None] + logp  # [K, top_k]
-    scores, flat = stable_topk(cand_scores.flatten(), top_k)  # [top_k]
-    return cand_tokens, cand_scores, flat, scores
-
-
-def expand_frontier(
-    frontier_scores: torch.Tensor, child_logprobs: torch.Tensor, top_k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One EAGLE-2 expansion step over a frontier of K nodes.
-
-    Each frontier node proposes its top_k children by log-prob; a candidate's score is
-    frontier_score + child log-prob. The next frontier is the top_k candidates overall
-    (ties: lower flat index in the [K, top_k] candidate grid).
-    Returns ``(parent_slot [top_k], tokens [top_k], scores [top_k],
-    cand_tokens [K, top_k], cand_scores [K, top_k])``.
-    """
-    cand_tokens, cand_scores, flat, scores = _expand(frontier_scores, child_logprobs, top_k)
-    return flat // top_k, cand_tokens.flatten()[flat], scores, cand_tokens, cand_scores
-
-
-def _candidate_depths(par: list[int]) -> list[int]:
-    """Depth of each candidate (root children have depth 1); rejects cycles."""
-    m = len(par)
-    depth = [0] * m
-    for i in range(m):
-        chain, a = [], i
-        while a != -1 and depth[a] == 0:
-            chain.append(a)
-            if len(chain) > m:
-                raise ValueError("node_parents contains a cycle")
-            a = par[a]
-        d = 0 if a == -1 else depth[a]
-        for c in reversed(chain):
-            d += 1
-            depth[c] = d
-    return depth
-
-
-def prune_tree(
-    node_parents: torch.Tensor, node_scores: torch.Tensor, total_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the best ``total_tokens - 1`` candidates, closed under ancestors.
-
-    Candidates are visited by descending score (ties: lower index); each is kept together
-    with its not-yet-kept ancestors if they all fit in the budget, else skipped.
-    ``node_parents[i]`` indexes the candidate list (-1 = root). Returns
-    ``(keep [n], new_parents [n+1])``: kept ids in topological order (depth, then id);
-    kept candidate ``keep[j]`` becomes tree node j + 1 and ``new_parents[0] == -1``.
-    """
-    if total_tokens < 1:
-        raise ValueError(f"total_tokens must be >= 1, got {total_tokens}")
-    if node_parents.dim() != 1 or node_scores.shape != node_parents.shape:
-        raise ValueError("node_parents and node_scores must both have shape [M]")
-    par = [int(p) for p in node_parents.tolist()]
-    m = len(par)
-    for i, p in enumerate(par):
-        if not -1 <= p < m or p == i:
-            raise ValueError(f"node_parents[{i}] = {p} must be -1 or another index in [0, {m})")
-    depth = _candidate_depths(par)
-    budget = total_tokens - 1
-    order = torch.sort(node_scores, descending=True, stable=True).indices.tolist()
-    kept: set[int] = set()
-    for c in order:
-        if len(kept) >= budget:
-            break
-        missing, a = [], c
-        while a != -1 and a not in kept:
-            missing.append(a)
-            a = par[a]
-        if len(kept) + len(missing) <= budget:
-            kept.update(missing)
-    keep = sorted(kept, key=lambda c: (depth[c], c))
-    slot = {c: j + 1 for j, c in enumerate(keep)}
-    new_parents = [-1] + [0 if par[c] == -1 else slot[par[c]] for c in keep]
-    device = node_parents.device
-    return (
-        torch.tensor(keep, dtype=torch.long, device=device),
-        torch.tensor(new_parents, dtype=torch.long, device=device),
-    )
-
-
-def build_dynamic_tree(
-    step_fn: StepFn,
-    root_logprobs: torch.Tensor,
-    top_k: int,
-    max_depth: int,
-    total_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the EAGLE-2 expand-then-prune loop.
-
-    Level 1 is the root's top_k children. For each later level the builder calls
-    ``step_fn(level_tokens [K], level_parent_ids [K]) -> child_logprobs [K, V]`` on the
-    current frontier (K = top_k). Parent ids number the frontier nodes of earlier calls:
-    row k of call t (1-based) has id ``(t - 1) * top_k + k`` and -1 is the root, so a
-    caller can keep per-row draft hidden states in one growing buffer.
-    All candidates are then pruned to ``total_tokens`` nodes (root included).
-    Returns ``(tokens [N], parents [N], scores [N])`` with tokens[0] = -1, scores[0] = 0.
-    """
-    if max_depth < 1:
-        raise ValueError(f"max_depth must be >= 1, got {max_depth}")
-    device = root_logprobs.device
-    zero = root_logprobs.new_zeros(1)
-    cand_tok, cand_sc, flat, f_scores = _expand(zero, root_logprobs[None], top_k)
-    tokens, parents, scores = [cand_tok.flatten()], [torch.full_like(flat, -1)], [cand_sc.flatten()]
-    f_tokens, f_cand = cand_tok.flatten()[flat], flat  # frontier tokens / candidate ids
-    f_rows = torch.full_like(flat, -1)  # parent ids in step_fn numbering
-    n_cand = top_k
-    for call in range(1, max_depth):
-        child_logprobs = step_fn(f_tokens, f_rows)  # [K, V]
-        cand_tok, cand_sc, flat, f_scores = _expand(f_scores, child_logprobs, top_k)
-        tokens.append(cand_tok.flatten())
-        parents.append(f_cand.repeat_interleave(top_k))
-        scores.append(cand_sc.flatten())
-        f_tokens, f_cand = cand_tok.flatten()[flat], n_cand + flat
-        f_rows = (call - 1) * top_k + flat // top_k
-        n_cand += cand_sc.numel()
-    all_tokens, all_scores = torch.cat(tokens), torch.cat(scores)  # [M]
-    keep, tree_parents = prune_tree(torch.cat(parents), all_scores, total_tokens)
-    root_tok = torch.full((1,), -1, dtype=all_tokens.dtype, device=device)
-    out_tokens = torch.cat([root_tok, all_tokens[keep]])  # [N]
-    out_scores = torch.cat([zero.to(all_scores.dtype), all_scores[keep]])  # [N]
-    return out_tokens, tree_parents, out_scores
-
-
 def merge_chain(tokens: torch.Tensor, parents: torch.Tensor, chain: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Add the root path ``chain`` (tokens below the root) to a tree, sharing existing nodes.
 
@@ -338,3 +221,22 @@ def merge_chain(tokens: torch.Tensor, parents: torch.Tensor, chain: Sequence[int
     if not new_tok:
         return tokens, parents
     return (torch.cat([tokens, tokens.new_tensor(new_tok)]), torch.cat([parents, parents.new_tensor(new_par)]))
+
+
+# the EAGLE-2 dynamic tree lives in its own module; these names stay importable from here
+from specforge_het.inference.dynamic_tree import (  # noqa: E402
+    StepFn,
+    build_dynamic_tree,
+    expand_frontier,
+    prune_monotone,
+    prune_tree,
+    stable_topk,
+    stable_topk_on_device,
+)
+
+__all__ = [
+    "STATIC_TREES", "StepFn", "TreeLayout", "TreePath", "UnknownTreeError", "build_dynamic_tree", "chain_parents",
+    "check_parent_list", "check_parents", "expand_frontier", "layout_from_parents", "layout_on_device", "leaf_paths",
+    "merge_chain", "prune_monotone", "prune_tree", "stable_topk", "stable_topk_on_device", "static_parents",
+    "static_tree_spec",
+]
