@@ -201,10 +201,10 @@ def test_json_schema_and_plot(bench_run):
                                   "fast_paths"}
     assert data["header"]["command"].startswith("python -m specforge_het.bench --modeling.base_model")
     record_keys = {"method", "conversation", "turn", "prompt_tokens", "new_tokens", "seconds", "tokens_per_s", "tau",
-                   "forwards", "committed", "steps", "peak_mb", "token_ids", "identical"}
+                   "forwards", "committed", "steps", "peak_mb", "token_ids", "identical", "divergence"}
     assert all(set(r) == record_keys for r in data["records"])
     summary_keys = {"prompts", "new_tokens", "seconds", "tokens_per_s", "speedup_median", "speedup_overall", "tau",
-                    "base_forwards", "identical", "compared", "peak_mb"}
+                    "base_forwards", "identical", "compared", "near_tie", "mismatch", "peak_mb"}
     assert all(set(v) == summary_keys for v in data["summary"].values())
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == PNG_MAGIC

@@ -21,8 +21,8 @@ from specforge_het.bench.loading import load_assistants, load_draft_for
 from specforge_het.bench.methods import METHODS, OURS_DRAFTED, build_methods, parse_methods
 from specforge_het.bench.plot import plot_summary
 from specforge_het.bench.report import header_info, print_report, write_json
-from specforge_het.bench.suite import PeakMemory, load_prompts, run_suite
-from specforge_het.bench.summary import mismatches, summarise
+from specforge_het.bench.suite import PeakMemory, explain_differences, load_prompts, run_suite
+from specforge_het.bench.summary import divergences, mismatches, summarise
 from specforge_het.cli import run_cli
 from specforge_het.config import Config
 from specforge_het.inference.lookup import check_lookup_config
@@ -78,11 +78,12 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
     labels = {**METHODS, **{x.name: x.label for x in runnable}}
     memory = PeakMemory(base.device)
     records = run_suite(runnable, conversations, base, inf, memory)
+    explain_differences(base, records)  # untimed: near-tie flip or real mismatch, per differing prompt
     summary = summarise(records, [x.name for x in runnable])
     info = header_info(base, draft_name, " ".join(_COMMAND), memory.kind, inf.fast_paths)
     n_prompts = sum(len(c.turns) for c in conversations)
     print_report(info, summary, labels, skipped, {x.name: mismatches(records, x.name) for x in runnable},
-                 n_prompts, inf.max_new_tokens)
+                 n_prompts, inf.max_new_tokens, divergent={x.name: divergences(records, x.name) for x in runnable})
     if memory.note:
         console.print(f"[yellow]{memory.note}[/]")
     out = Path(outfile) if outfile else default_outfile(m.base_model)

@@ -35,9 +35,11 @@ def _fmt(x, spec: str = ".2f", suffix: str = "") -> str:
     return "–" if x is None else f"{x:{spec}}{suffix}"
 
 
-def summary_table(summary: dict[str, dict], labels: dict[str, str]) -> Table:
-    """One row per method; speed-up = tokens/s ratio to HF generate (base-only): median over prompts, overall."""
-    table = Table(title="vs HF generate (base-only): same prompts, same process", box=box.SIMPLE_HEAD,
+def summary_table(summary: dict[str, dict], labels: dict[str, str], dtype: str = "") -> Table:
+    """One row per method; speed-up = tokens/s ratio to HF generate (base-only): median over prompts, overall.
+    identical: green all, yellow when every difference is a near-tie flip, red otherwise."""
+    in_dtype = f", outputs compared in {dtype}" if dtype else ""
+    table = Table(title=f"vs HF generate (base-only): same prompts, same process{in_dtype}", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
     cols = ("method", "speed-up", "overall", "τ", "tok/s", "identical", "peak MB")
     for col in cols:
@@ -46,7 +48,8 @@ def summary_table(summary: dict[str, dict], labels: dict[str, str]) -> Table:
         if s["compared"] is None:
             same = "ref"
         else:
-            colour = "green" if s["identical"] == s["compared"] else "red"
+            differ = s["compared"] - s["identical"]
+            colour = "green" if not differ else "yellow" if s.get("near_tie") == differ else "red"
             same = f"[{colour}]{s['identical']}/{s['compared']}[/]"
         table.add_row(labels.get(name, name), _fmt(s["speedup_median"], ".2f", "x"), _fmt(s["speedup_overall"], ".2f", "x"),
                       _fmt(s["tau"]), _fmt(s["tokens_per_s"]), same, _fmt(s["peak_mb"], ".0f"))
@@ -67,11 +70,13 @@ def header_lines(info: dict, n_prompts: int, max_new_tokens: int) -> list[str]:
 
 
 def print_report(info: dict, summary: dict, labels: dict, skipped: dict, mismatched: dict[str, list],
-                 n_prompts: int, max_new_tokens: int, console: Console | None = None) -> None:
+                 n_prompts: int, max_new_tokens: int, console: Console | None = None,
+                 divergent: dict[str, list] | None = None) -> None:
+    """`divergent`: method -> (conversation, turn, divergence) of its classified differences, one line each."""
     console = console or Console()
     for line in header_lines(info, n_prompts, max_new_tokens):
         console.print(line, highlight=False)
-    console.print(summary_table(summary, labels))
+    console.print(summary_table(summary, labels, info.get("dtype", "")))
     console.print("[dim]speed-up: median over prompts of the tokens/s ratio; overall: total tokens/s ratio. "
                   "τ: ours = tokens committed per verify step (the decoder's accept stats); HF = new tokens / base "
                   f"forward calls (generate's steps). peak MB: {info['peak_memory']}.[/]")
@@ -81,8 +86,19 @@ def print_report(info: dict, summary: dict, labels: dict, skipped: dict, mismatc
         if where:
             shown = ", ".join(f"{c} turn {t}" for c, t in where[:6])
             note = " Our base-only decoder must equal HF generate: please report this." if name == "ours-base" else ""
-            console.print(f"[bold red]{labels.get(name, name)}: output differs from {labels[BASELINE]} on "
-                          f"{len(where)} prompt(s): {shown}.[/]{note}")
+            found = (divergent or {}).get(name, [])
+            ties = sum(d.near_tie for _, _, d in found)
+            verdicts = (f" In {info.get('dtype', '?')}: {ties} near-tie flip(s), {len(found) - ties} real mismatch(es)"
+                        f"{'' if len(found) == len(where) else f', {len(where) - len(found)} not classified'}.")
+            colour = "yellow" if found and ties == len(where) else "red"
+            console.print(f"[bold {colour}]{labels.get(name, name)}: output differs from {labels[BASELINE]} on "
+                          f"{len(where)} prompt(s): {shown}.[/]{verdicts}{note}")
+            for conv, turn, d in found[:6]:
+                console.print(f"  [dim]{conv} turn {turn}: {d.describe()}[/]")
+    if any(d.near_tie for found in (divergent or {}).values() for _, _, d in found):
+        console.print("[dim]near-tie flip: the base's two best tokens are closer than low-precision rounding can tell "
+                      "apart (verifying N rows at once vs one row per step round differently); not a bug. Exactness is "
+                      "checked in float32. See docs/inference.md.[/]")
 
 
 def write_json(path: str | Path, info: dict, labels: dict, skipped: dict, summary: dict, records, config: dict) -> Path:

@@ -16,6 +16,7 @@ from rich.progress import Progress
 
 from specforge_het.bench.integrity import check_plain
 from specforge_het.bench.methods import BASELINE, Method
+from specforge_het.inference.divergence import Divergence, explain_divergence
 from specforge_het.inference.prompts import Conversation, load_conversations, render, split_count
 
 PROMPTS_HELP = "mtbench[:N] | gsm8k:PATH[:N] | PATH.jsonl[:N]"
@@ -53,6 +54,8 @@ class Record:
     peak_mb: float | None
     token_ids: list[int] = field(default_factory=list)
     identical: bool | None = None  # same token ids as the baseline (None for the baseline itself)
+    divergence: Divergence | None = None  # where and why it differs from the baseline (explain_differences)
+    prompt_ids: list[int] = field(default_factory=list, repr=False)  # not written to the JSON
 
     @property
     def tokens_per_s(self) -> float:
@@ -64,7 +67,9 @@ class Record:
 
     def to_json(self) -> dict:
         out = asdict(self)
-        out.update(seconds=round(self.seconds, 5), tokens_per_s=round(self.tokens_per_s, 3), tau=round(self.tau, 3))
+        out.pop("prompt_ids")
+        out.update(seconds=round(self.seconds, 5), tokens_per_s=round(self.tokens_per_s, 3), tau=round(self.tau, 3),
+                   divergence=None if self.divergence is None else self.divergence.to_json())
         return out
 
 
@@ -129,7 +134,7 @@ def measure(method: Method, ids: torch.Tensor, max_new_tokens: int, memory: Peak
     else:  # HF (whose first forward also verifies), or ours without any decode step
         committed, steps = n, forwards
     return Record(method.name, conversation, turn, ids.shape[1], n, seconds, forwards, committed, steps,
-                  memory.read_mb(), list(gen.tokens))
+                  memory.read_mb(), list(gen.tokens), prompt_ids=ids[0].tolist())
 
 
 def warm_up(methods: list[Method], ids: torch.Tensor, max_new_tokens: int) -> None:
@@ -165,3 +170,14 @@ def run_suite(methods: list[Method], conversations: list[Conversation], base, in
                     progress.advance(task)
                 messages.append({"role": "assistant", "content": tok.decode(ref.token_ids, skip_special_tokens=True)})
     return records
+
+
+def explain_differences(base, records: list[Record]) -> None:
+    """Every record whose tokens differ from the baseline's on the same prompt gets its first difference,
+    classified as a near-tie flip or a real mismatch (inference/divergence.py), from one base forward
+    over prompt + common prefix. Run after the timed suite."""
+    ref = {(r.conversation, r.turn): r for r in records if r.method == BASELINE}
+    for r in records:
+        base_rec = ref.get((r.conversation, r.turn))
+        if r.identical is False and base_rec is not None:
+            r.divergence = explain_divergence(base, base_rec.prompt_ids, base_rec.token_ids, r.token_ids)

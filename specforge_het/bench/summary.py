@@ -65,6 +65,9 @@ def summarise(records, order: list[str], baseline: str = BASELINE) -> dict[str, 
             "base_forwards": sum(r.forwards for r in recs),
             "identical": sum(compared) if name != baseline else None,
             "compared": len(compared) if name != baseline else None,
+            "near_tie": sum(r.divergence is not None and r.divergence.near_tie for r in recs) if name != baseline else None,
+            "mismatch": sum(r.divergence is not None and not r.divergence.near_tie for r in recs)
+            if name != baseline else None,
             "peak_mb": _round(max(peaks), 1) if peaks else None,
         }
     return out
@@ -73,3 +76,9 @@ def summarise(records, order: list[str], baseline: str = BASELINE) -> dict[str, 
 def mismatches(records, method: str) -> list[tuple[str, int]]:
     """(conversation, turn) of every prompt where `method`'s output differs from the baseline's."""
     return [(r.conversation, r.turn) for r in records if r.method == method and r.identical is False]
+
+
+def divergences(records, method: str) -> list[tuple[str, int, object]]:
+    """(conversation, turn, divergence) of `method`'s differing prompts whose first difference was
+    classified (inference/divergence.py)."""
+    return [(r.conversation, r.turn, r.divergence) for r in records if r.method == method and r.divergence is not None]

@@ -17,7 +17,7 @@ from specforge_het.inference.lookup import LookupProposer, check_lookup_config
 from specforge_het.inference.prompts import Conversation, load_conversations
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.report import append_json, device_info, print_report
-from specforge_het.inference.runner import BASE, SPEC, run_all, summarise
+from specforge_het.inference.runner import BASE, SPEC, explain_differences, run_all, summarise
 
 console = Console(stderr=True)
 
@@ -85,11 +85,14 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
         proposer = LookupProposer(proposer, inf.lookup_tokens, inf.lookup_ngram, base.device)
         tree += f" + lookup {inf.lookup_tokens} (n-gram ≤ {inf.lookup_ngram})"
     records = run_all(base, proposer, conversations, inf, modes)
+    explain_differences(base, records)  # after timing: near-tie flip or real mismatch, per differing turn
     summary = summarise(records)
     summary["fast_paths"] = fast.to_json()
     if decision is not None:
         summary["tree_auto"] = decision.to_json()
     info = device_info(base.device, base.dtype)
+    if "identical" in summary:  # compare mode: the precision the outputs were compared in
+        summary["dtype"] = info["dtype"]
     prompts_by_turn = {(c.id, k): t for c in conversations for k, t in enumerate(c.turns)}
     print_report(records, summary, info, prompts_by_turn, tree, fast.describe())
     if outfile:

@@ -34,10 +34,42 @@ def turn_table(records: list[TurnRecord], prompts: dict[tuple[str, int], str]) -
     for r in records:
         same = ""
         if r.mode == SPEC and (r.conversation, r.turn) in base:
-            same = "[green]yes[/]" if base[(r.conversation, r.turn)].token_ids == r.token_ids else "[red]NO[/]"
+            same = _same_cell(r, base[(r.conversation, r.turn)])
         table.add_row(r.conversation, str(r.turn), _short(prompts.get((r.conversation, r.turn), "")), r.mode,
                       str(r.new_tokens), f"{r.tokens_per_s:.2f}", f"{r.tau:.2f}", same)
     return table
+
+
+def _same_cell(spec: TurnRecord, base: TurnRecord) -> str:
+    """The 'identical' cell of a speculative turn: yes, a near-tie flip or a real mismatch (at token p)."""
+    if base.token_ids == spec.token_ids:
+        return "[green]yes[/]"
+    if spec.prompt_differs:
+        return "[yellow]NO (prompt: earlier turn)[/]"
+    d = spec.divergence
+    if d is None:
+        return "[red]NO[/]"
+    return f"[yellow]near-tie @{d.position}[/]" if d.near_tie else f"[red]NO @{d.position}[/]"
+
+
+def difference_lines(records: list[TurnRecord], summary: dict, dtype: str) -> list[str]:
+    """The identical-outputs line (dtype stated), then one line per differing speculative turn."""
+    ties, bad, later = (summary.get(k, 0) for k in ("near_tie", "mismatch", "prompt_differs"))
+    unexplained = summary["compared"] - summary["identical"] - ties - bad - later
+    counts = ""
+    if summary["identical"] < summary["compared"]:
+        counts = (f" · differing: {ties} near-tie flip(s), {bad} real mismatch(es), {later} after an earlier "
+                  "turn's difference" + (f", {unexplained} not classified" if unexplained else ""))
+    colour = "green" if not counts else "red" if bad or unexplained else "yellow"
+    lines = [f"[bold {colour}]identical outputs: {summary['identical']}/{summary['compared']} ({dtype})[/]{counts}"]
+    for r in records:
+        if r.mode == SPEC and r.divergence is not None:
+            lines.append(f"  conversation {r.conversation} turn {r.turn}: {r.divergence.describe()}")
+    if summary.get("near_tie", 0):
+        lines.append("  [dim]near-tie flip: the base's two best tokens are closer than low-precision rounding can tell "
+                     "apart (verifying N rows at once and decoding one row per step round differently); not a bug. "
+                     "Exactness is checked in float32 (--modeling.dtype float32). See docs/inference.md.[/]")
+    return lines
 
 
 def summary_table(summary: dict, info: dict, tree: str, fast_paths: str = "") -> Table:
@@ -60,10 +92,10 @@ def print_report(records, summary, info, prompts, tree: str, fast_paths: str = "
     console.print(turn_table(records, prompts))
     console.print(summary_table(summary, info, tree, fast_paths))
     if "speedup" in summary:
-        ok = summary["identical"] == summary["compared"]
-        colour = "green" if ok else "red"
-        console.print(f"[bold]speed-up: {summary['speedup']:.2f}x[/]   "
-                      f"[bold {colour}]identical outputs: {summary['identical']}/{summary['compared']}[/]")
+        first, *rest = difference_lines(records, summary, info["dtype"])
+        console.print(f"[bold]speed-up: {summary['speedup']:.2f}x[/]   {first}")
+        for line in rest:
+            console.print(line)
 
 
 def append_json(outfile: str | Path, config: dict, presets: list[str], records, summary, info) -> None:

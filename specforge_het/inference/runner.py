@@ -9,6 +9,7 @@ import torch
 from rich.progress import Progress
 
 from specforge_het.inference.decoder import Decoder, GenerationResult, Sampling
+from specforge_het.inference.divergence import Divergence, explain_divergence
 from specforge_het.inference.prompts import Conversation, render
 
 BASE, SPEC = "base-only", "speculative"
@@ -25,6 +26,9 @@ class TurnRecord:
     accept_lengths: list[int]
     text: str
     token_ids: list[int] = field(repr=False, default_factory=list)
+    prompt_ids: list[int] = field(repr=False, default_factory=list)
+    divergence: Divergence | None = None  # speculative only: why it differs from base-only (explain_differences)
+    prompt_differs: bool = False  # speculative only: its prompt differs (an earlier turn's answer did)
 
     @property
     def tokens_per_s(self) -> float:
@@ -40,6 +44,8 @@ class TurnRecord:
             "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens, "decode_s": round(self.decode_s, 4),
             "tokens_per_s": round(self.tokens_per_s, 3), "tau": round(self.tau, 3),
             "accept_length_histogram": dict(sorted(Counter(self.accept_lengths).items())), "text": self.text,
+            "divergence": None if self.divergence is None else self.divergence.to_json(),
+            "prompt_differs": self.prompt_differs,
         }
 
 
@@ -64,7 +70,7 @@ def run_conversation(decoder: Decoder, tokenizer, conv: Conversation, mode: str,
         text = tokenizer.decode(res.tokens, skip_special_tokens=True)
         messages.append({"role": "assistant", "content": text})
         records.append(TurnRecord(conv.id, k, mode, ids.shape[1], len(res.tokens), res.decode_s,
-                                  res.accept_lengths, text, res.tokens))
+                                  res.accept_lengths, text, res.tokens, ids[0].tolist()))
     return records
 
 
@@ -92,6 +98,21 @@ def run_all(base, proposer, conversations: list[Conversation], inf, modes: list[
     return records
 
 
+def explain_differences(base, records: list[TurnRecord]) -> None:
+    """For every speculative turn whose tokens differ from base-only: the first difference, classified as a
+    near-tie flip or a real mismatch (inference/divergence.py); turns whose prompt already differs (each mode
+    answers its own history) are only marked. Runs after timing: one base forward per difference."""
+    pairs = {(r.conversation, r.turn): r for r in records if r.mode == BASE}
+    for r in records:
+        ref = pairs.get((r.conversation, r.turn))
+        if r.mode != SPEC or ref is None or ref.token_ids == r.token_ids:
+            continue
+        if ref.prompt_ids != r.prompt_ids:
+            r.prompt_differs = True
+        else:
+            r.divergence = explain_divergence(base, ref.prompt_ids, ref.token_ids, r.token_ids)
+
+
 def summarise(records: list[TurnRecord]) -> dict:
     """Per-mode totals; speed-up and identical outputs when both modes ran."""
     summary: dict = {}
@@ -112,6 +133,10 @@ def summarise(records: list[TurnRecord]) -> dict:
         same = [pairs[(r.conversation, r.turn)].token_ids == r.token_ids for r in records if r.mode == SPEC]
         summary["identical"] = sum(same)
         summary["compared"] = len(same)
+        spec = [r for r in records if r.mode == SPEC]
+        summary["near_tie"] = sum(r.divergence is not None and r.divergence.near_tie for r in spec)
+        summary["mismatch"] = sum(r.divergence is not None and not r.divergence.near_tie for r in spec)
+        summary["prompt_differs"] = sum(r.prompt_differs for r in spec)
         b, s = summary[BASE]["tokens_per_s"], summary[SPEC]["tokens_per_s"]
         summary["speedup"] = round(s / b, 3) if b and s else None
     return summary
