@@ -31,7 +31,7 @@ concept: setup
 clean:
 	rm -rf $(VENV)
 
-# Rebuild the shipped drafts from scratch (CPU; the README's results section gives the times).
+# Rebuild the shipped drafts from scratch (CPU; docs/results.md gives the times).
 # Each step resumes where it stopped; the data is base-generated answers to the shipped training prompts.
 PROMPTS := specforge_het/data/files/train_prompts.jsonl
 GEN := $(BIN)/python -m specforge_het.data_gen gen_dataset $(PROMPTS) --@smollm2 --dataset_generation.dtype float32 \
@@ -107,8 +107,11 @@ draft-gemma3-het: $(GEMMA_STAGE1)/config.json
 # filtered, deduplicated, evaluation sets kept out), mixed with the shipped training prompts; the base
 # answers with up to 1024 new tokens per turn through continuous batching. Every step resumes when rerun.
 .PHONY: prompts-smollm2 data-smollm2-big
+# MAGPIE_N: prompts kept (a rerun with a larger N resumes from the completions made so far and adds more;
+# the first N stay the same). The first draft run used 1450; ~6000 are planned for 2M answer tokens.
+MAGPIE_N ?= 1450
 runs/prompts/smollm2_magpie.jsonl: | setup
-	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 6000 --seed 0 --batch_size 64
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n $(MAGPIE_N) --seed 0 --batch_size 64
 runs/prompts/smollm2_mix.jsonl: runs/prompts/smollm2_magpie.jsonl
 	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_magpie.jsonl train_prompts --seed 0
 prompts-smollm2: runs/prompts/smollm2_mix.jsonl
@@ -118,7 +121,7 @@ data-smollm2-big: runs/prompts/smollm2_mix.jsonl
 
 # The next SmolLM2 EagleV3 draft on the breadth data: a fresh draft (layer 29 of the base, rope θ
 # inherited from it, 8192-row vocabulary), the full 7-step unroll, one epoch. Not run yet: at this
-# CPU's ~100-300 trained tokens/s, 2M tokens take hours (see README, Throughput).
+# CPU's ~100-300 trained tokens/s, 2M tokens take hours (see docs/results.md, Throughput).
 .PHONY: draft-smollm2-eagle3-big
 draft-smollm2-eagle3-big: data-smollm2-big
 	$(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --dataset.path runs/data/smollm2_big \

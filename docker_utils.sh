@@ -9,6 +9,7 @@ TAG="${SPECFORGE_HET_IMAGE_TAG:-${VERSION:-dev}}"
 CACHE_VOLUME="${SPECFORGE_HET_CACHE_VOLUME:-specforge-het-cache}"
 PORT="${SPECFORGE_HET_PORT:-30000}"
 DRY_RUN="${DRY_RUN:-0}"
+HF_CACHE="${SPECFORGE_HET_HF_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}}"
 
 usage() {
     cat <<EOF
@@ -21,8 +22,10 @@ Commands:
   push  [cpu|sglang]           push the image (the prefix must name a registry: REGISTRY/NAMESPACE/NAME)
   run   [cpu|sglang] [CMD...]  run the image (default command: cpu runs the built-in demo, sglang prints the
                                SGLang demo's help); the current directory is mounted at /workspace, embedded
-                               models are cached in the volume \$SPECFORGE_HET_CACHE_VOLUME; sglang adds
-                               --gpus all and publishes port \$SPECFORGE_HET_PORT
+                               models are cached in the volume \$SPECFORGE_HET_CACHE_VOLUME, the host's
+                               Hugging Face cache is mounted (HF_HOME=/hf-cache in the container) and
+                               HF_TOKEN is passed on when set (gated bases); sglang adds --gpus all and
+                               publishes port \$SPECFORGE_HET_PORT
   help                         this text
 
 Images are named \$SPECFORGE_HET_IMAGE_PREFIX-KIND:\$SPECFORGE_HET_IMAGE_TAG.
@@ -32,6 +35,9 @@ Environment:
   SPECFORGE_HET_IMAGE_TAG      image tag (now: $TAG; default: the version in pyproject.toml)
   SPECFORGE_HET_CACHE_VOLUME   docker volume mounted at /cache (now: $CACHE_VOLUME)
   SPECFORGE_HET_PORT           host port for the SGLang server (now: $PORT)
+  SPECFORGE_HET_HF_CACHE       host folder mounted as the Hugging Face cache (now: $HF_CACHE;
+                               default \$HF_HOME, else ~/.cache/huggingface)
+  HF_TOKEN                     passed into \`run\` containers by name when set (gated models)
   DRY_RUN=1                    print the docker commands instead of running them (same as --dry-run)
 
 Examples:
@@ -97,6 +103,15 @@ cmd_run() {
     # host user: files written to /workspace stay yours; /cache is world-writable in the image
     args+=(--user "$(id -u):$(id -g)" --env HOME=/tmp --env USER=specforge)
     args+=(--volume "$CACHE_VOLUME:/cache" --volume "$PWD:/workspace" --workdir /workspace)
+    # Hugging Face: the host's hub cache is reused (no download per run) and HF_TOKEN, when set, is passed
+    # by name only (docker reads the value from this environment; it never appears in the command line)
+    if [[ -z "$DRY_RUN" || "$DRY_RUN" == "0" ]]; then
+        mkdir -p "$HF_CACHE" 2>/dev/null || true  # else docker creates it owned by root
+    fi
+    args+=(--volume "$HF_CACHE:/hf-cache" --env HF_HOME=/hf-cache)
+    if [[ -n "${HF_TOKEN:-}" ]]; then
+        args+=(--env HF_TOKEN)
+    fi
     if [[ "$kind" == "sglang" ]]; then
         args+=(--gpus all --ipc host --publish "$PORT:30000")
     fi

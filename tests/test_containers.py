@@ -257,6 +257,26 @@ def test_dry_run_run_sglang_has_gpus_port_mounts_and_command(tmp_path):
     assert not log.exists()
 
 
+def test_run_passes_hf_token_by_name_and_mounts_the_hf_cache(tmp_path):
+    env, log = fake_docker(tmp_path)
+    secret = "hf_SECRET_value_123"
+    hub = tmp_path / "hub-cache"
+    res = script(["--dry-run", "run", "sglang", "true"], {**env, "HF_TOKEN": secret, "SPECFORGE_HET_HF_CACHE": str(hub)})
+    assert res.returncode == 0, res.stderr
+    argv = shlex.split(res.stdout.strip())
+    opts = argv[:argv.index("reg.example/team/sfh-sglang:t1")]
+    envs = [opts[i + 1] for i, t in enumerate(opts) if t == "--env"]
+    assert "HF_TOKEN" in envs and "HF_HOME=/hf-cache" in envs
+    assert secret not in res.stdout, "the token's value must never appear on the command line"
+    assert f"{hub}:/hf-cache" in [opts[i + 1] for i, t in enumerate(opts) if t == "--volume"]
+    assert not hub.exists(), "a dry run creates nothing"
+    no_token = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+    argv = shlex.split(script(["--dry-run", "run", "cpu"], no_token).stdout.strip())
+    assert "HF_TOKEN" not in argv
+    script(["run", "cpu"], {**no_token, "SPECFORGE_HET_HF_CACHE": str(hub)})
+    assert hub.is_dir(), "a real run creates the cache folder as the user (docker would make it root's)"
+
+
 def test_push_needs_a_registry_prefix(tmp_path):
     env, log = fake_docker(tmp_path)
     res = script(["--dry-run", "push", "sglang"], env)
