@@ -53,20 +53,23 @@ class _Handler(BaseHTTPRequestHandler):
         messages = body["messages"]
         last = messages[-1]["content"]
         self.server.record(body)
+        # counted while it works, released before the reply is written: a client that has read its reply may
+        # send the next request at once, and must not find this one still counted
         with self.server.in_flight():
-            self._answer(messages, last, body)
+            reply = self._answer(messages, last, body)
+        if reply is not None:
+            self._send(*reply)
 
-    def _answer(self, messages: list[dict], last: str, body: dict) -> None:
+    def _answer(self, messages: list[dict], last: str, body: dict) -> tuple[int, dict] | None:
         if self.server.delay_s:
             self.server.stopping.wait(self.server.delay_s)
         if "FAIL" in last:
-            self._send(500, {"error": "model exploded on purpose"})
-            return
+            return 500, {"error": "model exploded on purpose"}
         if "SLOW" in last and self.server.stopping.wait(self.server.slow_s):
-            return  # server stopping: give up without answering
-        self._send(200, {"id": "cmpl-fake", "object": "chat.completion", "model": body.get("model"),
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": answer_for(messages)}}]})
+            return None  # server stopping: give up without answering
+        return 200, {"id": "cmpl-fake", "object": "chat.completion", "model": body.get("model"),
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": answer_for(messages)}}]}
 
 
 class _Server(ThreadingHTTPServer):
