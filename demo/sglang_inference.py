@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from specforge_het.assets import cache_dir, is_embedded, resolve_model_path
-from specforge_het.data.formats import render_text, uses_template, with_system
+from specforge_het.chat import render_text, uses_template, with_system
 from specforge_het.inference.prompts import SHIPPED_MTBENCH, Conversation, load_conversations
 
 INSTALL = "pip install 'specforge_het[sglang]'"

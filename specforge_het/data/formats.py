@@ -21,12 +21,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from specforge_het.chat import ROLES, Messages, render_text, uses_template, with_system
+from specforge_het.chat import encode as _encode
+from specforge_het.chat import plain_text as plain_text  # re-exported: inference/prompts.py imports it here
 from specforge_het.data.report import BadInputReport
-
-ROLES = ("system", "user", "assistant")
-PLAIN_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-Messages = list[dict[str, str]]
 
 
 class TooLongError(ValueError):
@@ -115,33 +113,7 @@ def write_conversations(path: str | Path, rows: Iterable[dict]) -> int:
     return n
 
 
-# ---------------------------------------------------------------- rendering
-
-def plain_text(messages: Messages, add_generation_prompt: bool) -> str:
-    """The plain layout of `inference.prompts.render` for tokenizers without a chat template:
-    'User: ...\\nAssistant: ...\\n' lines, and a trailing 'Assistant:' to ask for an answer."""
-    text = "".join(f"{PLAIN_NAMES[m['role']]}: {m['content']}\n" for m in messages)
-    return text + "Assistant:" if add_generation_prompt else text
-
-
-def uses_template(tokenizer: Any, use_template: bool = True) -> bool:
-    return bool(use_template and getattr(tokenizer, "chat_template", None))
-
-
-def render_text(tokenizer: Any, messages: Messages, add_generation_prompt: bool, template: bool) -> str:
-    """The conversation as text: the chat template, or the plain layout."""
-    if not template:
-        return plain_text(messages, add_generation_prompt)
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as e:  # jinja raise_exception(), missing keys…: the template refuses this conversation
-        raise ValueError(f"chat template refused the conversation: {e}") from None
-
-
-def _encode(tokenizer: Any, text: str, template: bool, offsets: bool = False) -> Any:
-    # A chat template writes its own BOS; the plain layout gets the tokenizer's usual specials (as in render()).
-    return tokenizer(text, add_special_tokens=not template, return_offsets_mapping=offsets)
-
+# ---------------------------------------------------------------- assistant spans
 
 def _special_ids(tokenizer: Any) -> set[int]:
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -150,15 +122,6 @@ def _special_ids(tokenizer: Any) -> set[int]:
             ids.add(int(i))
     return ids
 
-
-def with_system(messages: Messages, system_prompt: str = "") -> Messages:
-    """Prepend `system_prompt` unless it is empty or the conversation already opens with a system turn."""
-    if system_prompt and not (messages and messages[0]["role"] == "system"):
-        return [{"role": "system", "content": system_prompt}, *messages]
-    return list(messages)
-
-
-# ---------------------------------------------------------------- assistant spans
 
 def _span_by_tokens(ids: list[int], before: list[int], after: list[int], special: set[int]) -> tuple[int, int] | None:
     """Token span of one assistant turn when both prefixes tokenise as prefixes of the whole; else None.

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from specforge_het.chat import eos_ids, render
 from specforge_het.config import Config
 
 console = Console(stderr=True)
@@ -31,7 +32,6 @@ console = Console(stderr=True)
 def _prompts(tokenizer, path: str, n: int) -> list[list[int]]:
     from specforge_het.data.formats import read_conversations
     from specforge_het.data.report import BadInputReport
-    from specforge_het.inference.prompts import render
 
     rows = read_conversations(path, BadInputReport(strict=False))[:n]
     users = [next(t["content"] for t in r["conversations"] if t["role"] == "user") for r in rows]
@@ -39,9 +39,7 @@ def _prompts(tokenizer, path: str, n: int) -> list[list[int]]:
 
 
 def _eos(base) -> list[int]:
-    gen = base.model.generation_config.eos_token_id
-    ids = set(gen if isinstance(gen, list) else [gen] if gen is not None else [])
-    return sorted(ids | ({base.tokenizer.eos_token_id} if base.tokenizer.eos_token_id is not None else set()))
+    return sorted(eos_ids(base))
 
 
 def run_continuous(base, prompts: list[list[int]], batch: int, max_new: int, capacity: int) -> int:

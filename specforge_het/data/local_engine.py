@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
+from specforge_het.chat import eos_ids, render
 from specforge_het.config import Config
-from specforge_het.data.generate import Conv, RunStats, commit, finalize, part_size, progress_bar, resolved_dtype
+from specforge_het.data.gen_common import Conv, RunStats, commit, finalize, part_size, progress_bar, resolved_dtype
 
 FEATURE_TOKENS = 8192  # padded tokens per feature forward (bounds its activations)
 
@@ -55,10 +56,7 @@ class LocalEngine:
         self.base = BaseModel.from_config(m, dtype=self.dtype)  # device_map / max_memory may shard it
         self.tokenizer = self.base.tokenizer
         self.num_layers = self.base.num_layers
-        gen_eos = self.base.model.generation_config.eos_token_id
-        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        eos |= {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        self.eos = sorted(eos)
+        self.eos = sorted(eos_ids(self.base))
         pad = self.tokenizer.pad_token_id
         self.pad = pad if pad is not None else (self.eos[0] if self.eos else 0)
         self.continuous = supports_batch_gen(self.base)
@@ -92,8 +90,6 @@ class LocalEngine:
 
     def _prompt(self, c: Conv, k: int) -> list[int] | None:
         """Token ids of turn k's prompt, or None (and the conversation skipped) when nothing fits."""
-        from specforge_het.inference.prompts import render
-
         ids = render(self.tokenizer, c.messages(k))[0].tolist()
         if len(ids) >= self.g.max_length:
             c.skipped = f"too long: turn {k} prompt has {len(ids)} tokens, max_length {self.g.max_length}"

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from specforge_het.chat import end_ids
 from specforge_het.config import Config
 from specforge_het.data.batch_gen import draw
 from specforge_het.data.dedup import FILES, EvalSets, FilterSettings, PromptFilter
@@ -74,9 +75,9 @@ class UserTurnTemplate:
         self.end_of_turn = ends[0] if ends else None
         self.end_text = "" if ends else after.strip()  # a template that ends turns in plain text
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        self.stop_ids = sorted(special | eos | set(extra_eos) | ({self.end_of_turn} if ends else set()))
-        self.end_ids = sorted(eos | set(extra_eos) | ({self.end_of_turn} if ends else set()))
+        eos = end_ids(tokenizer) | set(extra_eos)
+        self.stop_ids = sorted(special | eos | ({self.end_of_turn} if ends else set()))
+        self.end_ids = sorted(eos | ({self.end_of_turn} if ends else set()))
 
     def _render(self, head: list[dict]) -> str:
         msgs = [*head, {"role": "user", "content": SENTINEL_USER}]
@@ -274,8 +275,7 @@ def load_chat_model(cfg: Config, dtype: str = "") -> tuple[Any, Any, UserTurnTem
     dtype = fastest_dtype(resolve_device(m.device)) if dtype == "auto" else (dtype or m.dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), attn_implementation=m.attn_implementation)
     model = model.to(resolve_device(m.device)).train(False)
-    gen_eos = model.generation_config.eos_token_id
-    extra = tuple(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    extra = tuple(sorted(end_ids(model.generation_config)))
     return model, tokenizer, UserTurnTemplate(tokenizer, m.base_model, extra)
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
+from specforge_het.data.gen_common import commit, finalize, progress_bar
+
 
 class RequestFailed(RuntimeError):
     """All tries of one request failed; `server` is the last one tried."""
@@ -159,8 +161,6 @@ class ServerEngine:
 
     def run(self, out, todo: list, layers: list[int], report, stats) -> None:
         """Answer `todo` concurrently; commit finished conversations in parts of `batch_size`."""
-        from specforge_het.data.generate import commit, finalize, progress_bar
-
         buffer: list = []
 
         def flush() -> None:
