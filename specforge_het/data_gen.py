@@ -8,6 +8,7 @@
     gen_prompts OUT.jsonl --n N                    a chat model writes its own user prompts (Magpie-style), filtered
     mix_prompts OUT.jsonl SRC[:N] [SRC ...]        prompt files -> one deduplicated, eval-filtered, shuffled file
     check_prompts FILE                             prompts that overlap an evaluation set (MT-Bench, GSM8K test)
+    add_features DIR                               store base features in a dataset folder (for offline training)
     bench_gen [--n 128 --max_new 256]              generated tokens/s: continuous engine vs HF generate, per dtype and batch
 """
 
@@ -29,7 +30,7 @@ from specforge_het.config import Config, save_json_config
 from specforge_het.data.gen_bench import bench_gen
 from specforge_het.data.inspect import probe_datasets, view
 from specforge_het.data.magpie import gen_prompts
-from specforge_het.data.prompt_mix import check_prompts, mix_prompts
+from specforge_het.data.prompt_mix import PromptsOverlapError, check_prompts, mix_prompts
 from specforge_het.data.sources import prepare_data
 
 console = Console(stderr=True)
@@ -89,6 +90,13 @@ def merge_datasets(cfg: Config, presets: list[str], dest: str, *srcs: str, allow
     return str(dest)
 
 
+def add_features(cfg: Config, presets: list[str], path: str) -> str:
+    """Store base features for every committed part of the dataset folder PATH (resumable; for offline training)."""
+    from specforge_het.data.add_features import add_features as run
+
+    return run(cfg, presets, path)
+
+
 def _without_console(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` with its `console` parameter (for tests and library callers) hidden from the command line."""
 
@@ -104,13 +112,17 @@ def _without_console(fn: Callable[..., Any]) -> Callable[..., Any]:
 VERBS = {"prepare_data": _without_console(prepare_data), "gen_dataset": gen_dataset,
          "merge_datasets": merge_datasets, "probe_datasets": _without_console(probe_datasets),
          "view": _without_console(view), "gen_prompts": gen_prompts,
-         "mix_prompts": mix_prompts, "check_prompts": check_prompts, "bench_gen": bench_gen}
+         "mix_prompts": mix_prompts, "check_prompts": check_prompts, "bench_gen": bench_gen,
+         "add_features": add_features}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = index_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         run_cli(VERBS, "specforge_het.data_gen", argv)
+    except PromptsOverlapError as e:  # check_prompts: the table above lists them
+        console.print(f"[bold red]{e}[/]")
+        raise SystemExit(1) from None
     except (ValueError, FileNotFoundError) as e:  # our errors name the problem and the fix
         console.print(f"[bold red]error:[/] {e}")
         raise SystemExit(2) from None
