@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FILES = Path(__file__).resolve().parent / "files"
-SHIPPED_EVALS = {"mt_bench": FILES / "mt_bench_questions.jsonl", "gsm8k_test": FILES / "gsm8k_test_questions.jsonl"}
+SHIPPED_EVALS = {"mt_bench": FILES / "mt_bench_questions.jsonl", "gsm8k_test": FILES / "gsm8k_test_questions.jsonl",
+                 "heldout": FILES / "heldout_prompts.jsonl"}
 DUP_N = 3  # word n of near-duplicate checks
 EVAL_N = 5  # word n of evaluation-overlap checks
 
