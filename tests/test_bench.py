@@ -334,13 +334,15 @@ def test_shipped_draft_found_by_base_shape_and_algorithm(tmp_path, monkeypatch, 
     assert find_shipped_draft({**desc, "hidden_size": 99}, "eagle_v3", "reduced") is None
 
 
-def test_missing_draft_and_wrong_assistant_fail_clearly(tmp_path, monkeypatch, base_dirs, bench_files):
+def test_missing_draft_and_wrong_assistant_fail_clearly(tmp_path, monkeypatch, base_dirs, bench_files, capsys):
     monkeypatch.setattr(assets, "SHIPPED_DRAFTS", tmp_path)
-    with pytest.raises(SystemExit, match="--modeling.draft_path"):
+    with pytest.raises(SystemExit) as e:  # loading raises ConfigError; the command line turns it into exit status 2
         cli(["--modeling.base_model", base_dirs["llama"], "--prompts", "mtbench:1", "--methods", "ours-tree"])
-    with pytest.raises(SystemExit, match="--universal_assistant"):
+    assert e.value.code == 2 and "--modeling.draft_path" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         cli(["--modeling.base_model", base_dirs["llama"], "--prompts", "mtbench:1", "--methods", "hf-assisted",
              "--assistant", bench_files["other"]])
+    assert e.value.code == 2 and "--universal_assistant" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown method"):
         cli(["--modeling.base_model", base_dirs["llama"], "--methods", "hf,nope"])
 

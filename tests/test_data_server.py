@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fake_openai_server import MODEL_ID, FakeOpenAIServer, answer_for
 
-from specforge_het.config import Config
+from specforge_het.config import Config, ConfigError
 from specforge_het.data import store
 from specforge_het.data.generate import gen_dataset
 from specforge_het.data.server_client import RequestFailed, ServerPool, parse_server
@@ -81,7 +81,7 @@ def test_server_mode_answers_records_failures_and_retries_them(tmp_path, prompts
 def test_server_mode_refuses_stored_features(tmp_path, prompts, base_dirs) -> None:
     cfg = server_cfg(base_dirs["llama"], tmp_path, ["127.0.0.1:9"])
     cfg.dataset_generation.store_features = True
-    with pytest.raises(SystemExit, match="stored features need the base in this process"):
+    with pytest.raises(ConfigError, match="stored features need the base in this process"):
         gen_dataset(cfg, [], prompts)
 
 

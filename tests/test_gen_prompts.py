@@ -22,7 +22,7 @@ from specforge_het.data.dedup import (
     text_problem,
 )
 from specforge_het.data.magpie import UserTurnTemplate, _RowSampler, complete, gen_prompts
-from specforge_het.data.prompt_mix import check_prompts, eval_overlaps, mix_prompts, read_prompts
+from specforge_het.data.prompt_mix import PromptsOverlapError, check_prompts, eval_overlaps, mix_prompts, read_prompts
 from specforge_het.data_gen import main as data_gen_main
 from specforge_het.testing import save_tiny_base
 
@@ -324,7 +324,9 @@ def test_check_prompts_verb(tmp_path, capsys):
     clean = write_jsonl(tmp_path / "clean.jsonl", [conv(0, FRESH)])
     assert check_prompts(Config(), [], clean) == 0
     dirty = write_jsonl(tmp_path / "dirty.jsonl", [conv(0, FRESH), conv(1, MTB[10]["turns"][1])])
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(PromptsOverlapError, match="1 prompt"):
         check_prompts(Config(), [], dirty)
-    assert e.value.code == 1
     assert "p1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the command line turns it into exit status 1
+        data_gen_main(["check_prompts", dirty])
+    assert e.value.code == 1 and "overlap an evaluation set" in " ".join(capsys.readouterr().err.split())

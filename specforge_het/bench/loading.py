@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from specforge_het.assets import shipped_drafts
 from specforge_het.bench.methods import Assistants, load_assistant, same_vocabulary
+from specforge_het.config import ConfigError
 
 # universal-assisted defaults: base embedded name -> assistant embedded name (different tokenizers)
 DEFAULT_UNIVERSAL = {"gemma3-270m": "smollm2-135m-instruct"}
@@ -36,12 +37,12 @@ def find_shipped_draft(base_desc: dict, algorithm: str, vocab: str) -> str | Non
 
 
 def load_draft_for(m, base):
-    """(draft, its name or path) from --modeling.draft_path, else a matching shipped draft; SystemExit if none."""
+    """(draft, its name or path) from --modeling.draft_path, else a matching shipped draft; ConfigError if none."""
     from specforge_het.models.speculative import load_draft
 
     name = m.draft_path or find_shipped_draft(base.describe(), m.algorithm, m.vocab)
     if not name:
-        raise SystemExit(NO_DRAFT.format(base=m.base_model, algorithm=m.algorithm, vocab=m.vocab))
+        raise ConfigError(NO_DRAFT.format(base=m.base_model, algorithm=m.algorithm, vocab=m.vocab))
     draft = load_draft(name, base)
     draft.train(False)
     return draft, str(name)
@@ -57,14 +58,14 @@ def load_assistants(base, base_name: str, want_same: bool, want_other: bool, ass
     if want_same and assistant:
         model, tok = load_assistant(assistant, base)
         if not same_vocabulary(tok, base.tokenizer):
-            raise SystemExit(f"--assistant {assistant} has another tokenizer than the base; "
+            raise ConfigError(f"--assistant {assistant} has another tokenizer than the base; "
                              f"give it as --universal_assistant {assistant} instead.")
         out.same = (model, tok)
     universal_assistant = universal_assistant or DEFAULT_UNIVERSAL.get(base_name)
     if want_other and universal_assistant:
         model, tok = load_assistant(universal_assistant, base)
         if same_vocabulary(tok, base.tokenizer):
-            raise SystemExit(f"--universal_assistant {universal_assistant} has the base's own tokenizer; "
+            raise ConfigError(f"--universal_assistant {universal_assistant} has the base's own tokenizer; "
                              f"give it as --assistant {universal_assistant} instead.")
         out.other = (model, tok)
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from specforge_het.config import Config, save_json_config
+from specforge_het.config import Config, ConfigError, save_json_config
 from specforge_het.data import store
 from specforge_het.data.gen_common import Conv, RunStats, console, part_size, resolved_dtype
 
@@ -146,14 +146,14 @@ def gen_dataset(cfg: Config, presets: list[str], prompts: str = "") -> Path:
 
     g = cfg.dataset_generation
     if not prompts:
-        raise SystemExit("gen_dataset needs a prompt file: gen_dataset PROMPTS.jsonl (or --prompts PROMPTS.jsonl)")
+        raise ConfigError("gen_dataset needs a prompt file: gen_dataset PROMPTS.jsonl (or --prompts PROMPTS.jsonl)")
     if not cfg.modeling.base_model:
-        raise SystemExit("no base model: give a preset (e.g. --@smollm2) or --modeling.base_model PATH")
+        raise ConfigError("no base model: give a preset (e.g. --@smollm2) or --modeling.base_model PATH")
     if g.servers and g.store_features:
-        raise SystemExit("stored features need the base in this process: drop --dataset_generation.store_features "
+        raise ConfigError("stored features need the base in this process: drop --dataset_generation.store_features "
                          "for server mode (--dataset_generation.servers), or drop the servers.")
     if g.batch_size < 1:
-        raise SystemExit("--dataset_generation.batch_size must be >= 1")
+        raise ConfigError("--dataset_generation.batch_size must be >= 1")
     report = BadInputReport(strict=g.strict)
     out = Path(g.output_dir)
     convs = to_convs(read_conversations(prompts, report), Path(prompts).resolve(), g.system_prompt)

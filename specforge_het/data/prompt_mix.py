@@ -27,6 +27,12 @@ from specforge_het.data.formats import write_conversations
 from specforge_het.data.report import BadInputReport
 
 console = Console(stderr=True)
+
+
+class PromptsOverlapError(Exception):
+    """`check_prompts` found prompts that overlap an evaluation set (the table lists them); exit status 1."""
+
+
 ALIASES = {"train_prompts": FILES / "train_prompts.jsonl"}
 GEN_REASONS = ["no end of turn", "other special token"]
 
@@ -185,7 +191,8 @@ def eval_overlaps(rows: list[dict], evals: EvalSets | None = None) -> list[dict]
 
 def check_prompts(cfg: Config, presets: list[str], path: str, eval_overlap: float = 0.5,
                   eval_files: tuple[str, ...] | str = (), kind: str = "auto") -> int:
-    """List the prompts of PATH (any layout prepare_data reads) that overlap an evaluation set; exit 1 if any.
+    """List the prompts of PATH (any layout prepare_data reads) that overlap an evaluation set;
+    PromptsOverlapError (exit status 1 from the command line) if any.
 
     Args:
         eval_overlap: word 5-gram containment at which a prompt overlaps an evaluation prompt (equal texts always do).
@@ -212,7 +219,7 @@ def check_prompts(cfg: Config, presets: list[str], path: str, eval_overlap: floa
     if report.count:
         report.print_summary(console)
     if hits:
-        raise SystemExit(1)
+        raise PromptsOverlapError(f"{len({h['id'] for h in hits})} prompt(s) of {path} overlap an evaluation set")
     console.print("[green]no overlap with any evaluation set[/]")
     return 0
 
