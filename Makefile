@@ -119,14 +119,38 @@ data-smollm2-big: runs/prompts/smollm2_mix.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix.jsonl --@smollm2 \
 		--dataset_generation.output_dir runs/data/smollm2_big
 
-# The next SmolLM2 EagleV3 draft on the breadth data: a fresh draft (layer 29 of the base, rope θ
-# inherited from it, 8192-row vocabulary), the full 7-step unroll, one epoch. Not run yet: at this
-# CPU's ~100-300 trained tokens/s, 2M tokens take hours (see docs/results.md, Throughput).
-.PHONY: draft-smollm2-eagle3-big
-draft-smollm2-eagle3-big: data-smollm2-big
-	$(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --dataset.path runs/data/smollm2_big \
-		--modeling.init_from smollm2-135m-instruct --modeling.init_layers 29 --modeling.draft_vocab_size 8192 \
-		--training.ttt_steps 7 --training.per_device_batch_size 4 --training.learning_rate 1e-3 \
-		--training.warmup_ratio 0.02 --training.num_epochs 1 --dataset.max_length 2048 --dataset.eval_fraction 0.02 \
-		--training.eval_steps 200 --training.save_steps 200 --training.logging_steps 20 \
-		--training.output_dir runs/smollm2_eagle3_big
+# Breadth data, stage 1: the conversations answered so far (768), merged into a training folder,
+# then base features stored once (`add_features`, one base pass) so that every run trains offline:
+# on this CPU the base's forward is ~3/4 of an online training step.
+BIG := runs/data/smollm2_big_768
+$(BIG)/meta.json: | setup
+	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG) runs/data/smollm2_big --allow_gaps
+.PHONY: features-smollm2-big draft-smollm2-eagle3-big scaling-smollm2
+features-smollm2-big: $(BIG)/meta.json
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG) --@smollm2 --@eagle_v3
+
+# The SmolLM2 EagleV3 draft on the breadth data: a fresh draft (layer 29 of the base, rope θ
+# inherited from it, 8192-row vocabulary), the full 7-step unroll, offline, one epoch.
+TRAIN_BIG := $(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --training.mode offline --dataset.path $(BIG) \
+	--modeling.init_from smollm2-135m-instruct --modeling.init_layers 29 --modeling.draft_vocab_size 8192 \
+	--training.ttt_steps 7 --training.per_device_batch_size 4 --training.learning_rate 1e-3 \
+	--training.warmup_ratio 0.02 --training.num_epochs 1 --dataset.max_length 2048 --dataset.eval_fraction 0.02 \
+	--training.logging_steps 10
+draft-smollm2-eagle3-big: features-smollm2-big
+	$(TRAIN_BIG) --training.eval_steps 50 --training.save_steps 50 --training.output_dir runs/smollm2_eagle3_big
+
+# Scaling study: the same recipe on the first 4 x S conversations of the shuffled data (S optimizer
+# steps, the learning-rate schedule fitted to S), each draft's τ on MT-Bench (10 questions x 2 turns,
+# 128 tokens, the tree_cpu tree, no lookup); then the table, JSON and plot in docs/results/.
+# A finished point (train.log with its throughput line, bench.json) is not redone.
+SCALING_STEPS ?= 24 48 96 189
+scaling-smollm2: features-smollm2-big
+	for s in $(SCALING_STEPS); do d=runs/scaling/smollm2/s$$s; mkdir -p $$d; \
+	  grep -qs "throughput:" $$d/train.log || $(TRAIN_BIG) --training.max_steps $$s --training.save_steps 100000 \
+	    --training.output_dir $$d/draft > $$d/train.log 2>&1 || exit 1; \
+	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
+	    --modeling.draft_path $$d/draft --prompts mtbench:10 --inference.max_new_tokens 128 --methods ours-tree \
+	    --outfile $$d/bench.json || exit 1; \
+	done
+	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2 --outfile docs/results/scaling_smollm2.json \
+		--title "SmolLM2-135M EagleV3 draft: τ on MT-Bench vs training tokens"

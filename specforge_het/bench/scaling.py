@@ -1,0 +1,92 @@
+"""`python -m specforge_het.bench.scaling DIR`: τ against training tokens, from the points of a scaling study.
+
+Each point is a folder `DIR/<name>/` holding what `make scaling-smollm2` writes there:
+  train.log    the training command's output; its `throughput:` line gives the loss (answer) tokens
+               trained on (loss tokens/s x seconds) and the trained tokens (every sequence token)
+  bench.json   `python -m specforge_het.bench --methods ours-tree` on the draft of that point
+The summary (one row per point, sorted by tokens) is printed, written as JSON, and plotted (PNG
+beside the JSON, log-scaled token axis).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+_THROUGHPUT = re.compile(r"throughput: ([\d.]+) trained tokens/s \(([\d.]+) loss tokens/s\) over (\d+) s")
+METHOD = "ours-tree"
+
+
+def read_point(folder: Path) -> dict:
+    """{name, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
+    log, bench = folder / "train.log", folder / "bench.json"
+    for f in (log, bench):
+        if not f.is_file():
+            raise FileNotFoundError(f"scaling point '{folder}' has no {f.name}; rerun its training and bench.")
+    found = _THROUGHPUT.findall(log.read_text(errors="replace"))
+    if not found:
+        raise ValueError(f"{log}: no 'throughput:' line (the training did not finish); rerun that point.")
+    seq_rate, loss_rate, secs = (float(x) for x in found[-1])
+    summary = json.loads(bench.read_text())["summary"]
+    if METHOD not in summary:
+        raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
+    s = summary[METHOD]
+    return {"name": folder.name, "answer_tokens": round(loss_rate * secs), "seq_tokens": round(seq_rate * secs),
+            "tau": s["tau"], "speedup_median": s["speedup_median"], "identical": s["identical"],
+            "compared": s["compared"]}
+
+
+def plot(points: list[dict], png: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs, ys = [p["answer_tokens"] for p in points], [p["tau"] for p in points]
+    ax.plot(xs, ys, "o-")
+    for p in points:
+        ax.annotate(f"{p['tau']:.2f}", (p["answer_tokens"], p["tau"]), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("answer tokens trained on (1 epoch each)")
+    ax.set_ylabel(f"τ, {METHOD} (tokens per base step)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "") -> None:
+    """Summarise the scaling points under FOLDER (one subfolder each) into OUTFILE (+ .png)."""
+    root = Path(folder)
+    dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not dirs:
+        raise SystemExit(f"no scaling points under '{folder}': run `make scaling-smollm2` first.")
+    points = sorted((read_point(d) for d in dirs), key=lambda p: p["answer_tokens"])
+    table = Table(title=f"τ against training tokens · {folder}")
+    for col in ("point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):
+        table.add_column(col, justify="left" if col == "point" else "right")
+    for p in points:
+        table.add_row(p["name"], f"{p['answer_tokens']:,}", f"{p['seq_tokens']:,}", f"{p['tau']:.3f}",
+                      f"{p['speedup_median']:.2f}×", f"{p['identical']}/{p['compared']}")
+    console.print(table)
+    out = Path(outfile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"method": METHOD, "command": " ".join(sys.argv), "points": points}, indent=1) + "\n")
+    png = plot(points, out.with_suffix(".png"), title or f"{METHOD} τ vs training tokens")
+    console.print(f"wrote {out} and {png}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
