@@ -20,7 +20,7 @@ from specforge_het.config import (
     split_argv,
 )
 
-REAL_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+REAL_CONFIGS = Path(__file__).resolve().parent.parent / "specforge_het" / "presets"
 
 PRESETS_A = """
 [small]
@@ -456,7 +456,7 @@ def test_saved_config_flag_without_path() -> None:
         resolve(["--use_saved_json_config"])
 
 
-# ---------------------------------------------------------------- the real configs/ presets
+# ---------------------------------------------------------------- the real presets (specforge_het/presets)
 
 
 def _real_groups() -> dict[str, list[str]]:
