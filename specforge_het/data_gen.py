@@ -109,7 +109,7 @@ def _without_console(fn: Callable[..., Any]) -> Callable[..., Any]:
     return verb
 
 
-VERBS = {"prepare_data": _without_console(prepare_data), "gen_dataset": gen_dataset,
+VERBS: dict[str, Callable[..., Any]] = {"prepare_data": _without_console(prepare_data), "gen_dataset": gen_dataset,
          "merge_datasets": merge_datasets, "probe_datasets": _without_console(probe_datasets),
          "view": _without_console(view), "gen_prompts": gen_prompts,
          "mix_prompts": mix_prompts, "check_prompts": check_prompts, "bench_gen": bench_gen,

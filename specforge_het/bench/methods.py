@@ -186,15 +186,16 @@ def _hf_with_assistant(name: str, base, assistants: Assistants) -> Method | str:
 
 def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_tokens: int) -> Method | str:
     if name == "ours-lookup":  # draft-free: the prompt-lookup branch alone, in our decoder
-        proposer = LookupProposer(None, lookup_tokens, inf.lookup_ngram, base.device)
-        return ours_method(name, base, proposer, f"ours prompt lookup {lookup_tokens}", inf.fast_paths)
+        lookup = LookupProposer(None, lookup_tokens, inf.lookup_ngram, base.device)
+        return ours_method(name, base, lookup, f"ours prompt lookup {lookup_tokens}", inf.fast_paths)
     if draft is None:
         return "no draft"
     if name in ("ours-auto", "ours-auto-lookup"):
         spec, reason, decision = auto_tree(base, draft, inf, draft_path)
         if spec is None:
             return reason
-        proposer, label = DraftProposer(draft, spec), tree_label("ours auto:", spec)
+        proposer: DraftProposer | LookupProposer = DraftProposer(draft, spec)
+        label = tree_label("ours auto:", spec)
         if name == "ours-auto-lookup":
             proposer = LookupProposer(proposer, lookup_tokens, inf.lookup_ngram, base.device)
             label += f" + lookup {lookup_tokens}"
@@ -208,8 +209,10 @@ def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_token
 def build_methods(base, draft, inf, wanted: list[str], assistants: Assistants, pld_tokens: int = 10,
                   draft_path: str = "") -> tuple[list[Method], dict[str, str]]:
     """The wanted methods that can run here, and {name: reason} for those skipped."""
-    methods, skipped = [], {}
+    methods: list[Method] = []
+    skipped: dict[str, str] = {}
     for name in wanted:
+        made: Method | str
         if name == "hf":
             made = hf_method(name, base)
         elif name == "ours-base":

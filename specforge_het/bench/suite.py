@@ -160,7 +160,7 @@ def run_suite(methods: list[Method], conversations: list[Conversation], base, in
             for k, user in enumerate(conv.turns):
                 messages.append({"role": "user", "content": user})
                 ids = render(tok, messages, inf.chat_template, inf.system_prompt)
-                ref = None
+                ref: Record | None = None
                 for m in methods:
                     progress.update(task, description=f"{m.name} · {conv.id} turn {k}")
                     rec = measure(m, ids, inf.max_new_tokens, memory, base.device, conv.id, k)
@@ -168,6 +168,7 @@ def run_suite(methods: list[Method], conversations: list[Conversation], base, in
                     rec.identical = None if rec is ref else rec.token_ids == ref.token_ids
                     records.append(rec)
                     progress.advance(task)
+                assert ref is not None  # methods is never empty: hf, the reference, always runs
                 messages.append({"role": "assistant", "content": tok.decode(ref.token_ids, skip_special_tokens=True)})
     return records
 

@@ -204,13 +204,14 @@ class BatchGenerator:
         positions = torch.arange(s, device=dev)
         h = base.body.embed_tokens(ids)
         writer = _PrefillWriter(self.kv, first)
-        rope, masks = {}, {}
+        rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        masks: dict[str, torch.Tensor | None] = {}
         for i, layer in enumerate(base.layers):
             kind = base.layer_types[i]
             if kind not in rope:
                 rope[kind] = self._rotary(h, positions[None], kind)
                 masks[kind] = attend_mask(positions, 0, None, self._window(kind)) if s > 1 else None
-            h = layer_forward(layer, h, *rope[kind], masks[kind], writer, i)
+            h = layer_forward(layer, h, *rope[kind], masks[kind], writer, i)  # type: ignore[arg-type]  # duck-typed cache
         last = h[torch.arange(len(rows), device=dev), torch.tensor(lens, device=dev) - 1]  # [m, H]
         self.prefills += 1
         return base.head(base.norm(last)).float()
@@ -225,7 +226,8 @@ class BatchGenerator:
         rows = torch.arange(lens.shape[0], device=dev)  # row index of every slot, for the K/V writes
         h = base.body.embed_tokens(tokens[:, None])
         pos_ids = lens[:, None]
-        rope, masks = {}, {}
+        rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        masks: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(base.layers):
             kind = base.layer_types[i]
             if kind not in rope:
@@ -321,7 +323,8 @@ class BatchGenerator:
 
     def _take(self, pending: list, free: int) -> list:
         """Up to `free` waiting requests, shortest first, within the prefill token budget."""
-        group, tokens = [], 0
+        group: list = []
+        tokens = 0
         while pending and len(group) < free:
             n = pending[0][0]
             if group and (tokens + n) > self.prefill_tokens:

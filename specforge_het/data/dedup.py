@@ -179,8 +179,8 @@ class EvalSets:
             raise ValueError(f"eval overlap threshold {threshold} must be in (0, 1]; 0.5 is the default")
         self.threshold = threshold
         files = dict(SHIPPED_EVALS)
-        for path in extra:
-            files[Path(path).stem] = Path(path)
+        for extra_file in extra:
+            files[Path(extra_file).stem] = Path(extra_file)
         self.sizes: dict[str, int] = {}
         self.exact: dict[str, dict[str, str]] = {}
         self.index: dict[str, NgramIndex] = {}

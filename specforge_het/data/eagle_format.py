@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ def _load(path: Path) -> object:
         ) from None
 
 
-def _squeeze(path: Path, name: str, t: object, dims: int) -> torch.Tensor:
+def _squeeze(path: Path, name: str, t: Any, dims: int) -> torch.Tensor:
     """Drop a leading batch dimension of size 1; check the number of dims."""
     if not isinstance(t, torch.Tensor):
         raise EagleFormatError(f"{path}: wrong type: '{name}' is a {type(t).__name__}, expected a tensor")

@@ -171,7 +171,7 @@ def _span_by_offsets(full: str, offsets: list[tuple[int, int]], ids: list[int], 
 def assistant_spans(tokenizer: Any, messages: Messages, ids: list[int], template: bool) -> list[tuple[int, int]]:
     """Token spans [start, end) of every assistant turn of `messages` (already rendered into `ids`)."""
     special = _special_ids(tokenizer)
-    full, enc = None, None
+    full, enc = "", None
     spans: list[tuple[int, int]] = []
     for k, m in enumerate(messages):
         if m["role"] != "assistant":

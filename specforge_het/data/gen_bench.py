@@ -130,7 +130,7 @@ def bench_gen(cfg: Config, presets: list[str], prompts: str = "", n: int = 128, 
     for col in ("engine", "dtype", "batch", "tokens", "seconds", "tokens/s"):
         table.add_column(col, justify="left" if col in ("engine", "dtype") else "right")
     for r in rows:
-        table.add_row(r["engine"], r["dtype"], str(r["batch"]), str(r["tokens"]), f"{r['seconds']:.1f}",
+        table.add_row(str(r["engine"]), str(r["dtype"]), str(r["batch"]), str(r["tokens"]), f"{r['seconds']:.1f}",
                       f"{r['tokens_per_s']:.1f}")
     Console().print(table)
     if outfile:

@@ -82,6 +82,7 @@ def token_row(tokenizer, c: Conv) -> tuple[list[int], list[int]]:
     """
     from specforge_het.data.formats import assistant_spans, uses_template
 
+    assert c.last_turn is not None, "token_row needs the last turn's ids (in-process generation)"
     prompt, new = c.last_turn
     ids = [*prompt, *new]
     mask = [0] * len(prompt) + [1] * len(new)

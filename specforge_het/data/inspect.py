@@ -187,8 +187,8 @@ def length_histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int,
 
 def histogram_table(lengths: list[int], bins: int = 10, bar: int = 40) -> Table:
     table = Table(title="tokens per row", show_edge=False)
-    for col, justify in (("tokens", "right"), ("rows", "right"), ("", "left")):
-        table.add_column(col, justify=justify)
+    for col in ("tokens", "rows", ""):
+        table.add_column(col, justify="left" if col == "" else "right")
     rows = length_histogram(lengths, bins)
     top = max((c for *_, c in rows), default=1) or 1
     for first, last, count in rows:

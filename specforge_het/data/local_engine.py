@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from specforge_het.chat import eos_ids, render
 from specforge_het.config import Config
 from specforge_het.data.gen_common import Conv, RunStats, commit, finalize, part_size, progress_bar, resolved_dtype
+
+if TYPE_CHECKING:
+    from specforge_het.data.batch_gen import BatchGenerator
 
 FEATURE_TOKENS = 8192  # padded tokens per feature forward (bounds its activations)
 
@@ -60,7 +64,7 @@ class LocalEngine:
         pad = self.tokenizer.pad_token_id
         self.pad = pad if pad is not None else (self.eos[0] if self.eos else 0)
         self.continuous = supports_batch_gen(self.base)
-        self._batcher = None
+        self._batcher: BatchGenerator | None = None
 
     def describe(self) -> dict:
         return self.base.describe()
@@ -106,6 +110,7 @@ class LocalEngine:
 
         if self._batcher is None:
             self._batcher = BatchGenerator(self.base, self.g.batch_size, self.eos, self.g.max_length)
+        batcher = self._batcher
         by_index = {c.index: c for c in part}
         temp = self.g.temperature
 
@@ -126,7 +131,7 @@ class LocalEngine:
                 on_conv_done(c)
             else:
                 first.append(r)
-        gens = {r.key[0]: r.generator for r in first}
+        gens = {r.key[0]: r.generator for r in first}  # type: ignore[index]  # keys are (index, turn)
 
         def on_done(res) -> list:
             index, k = res.key
@@ -143,7 +148,7 @@ class LocalEngine:
             on_conv_done(c)
             return []
 
-        self._batcher.run(first, on_done)
+        batcher.run(first, on_done)
 
     def answer(self, batch: list[Conv]) -> None:
         """HF `generate` path: turn k of every conversation in the batch, in one generate call."""
@@ -194,7 +199,8 @@ class LocalEngine:
         {str(index): [T, F*H] in feature_dtype}."""
         from specforge_het.models.base import resolve_dtype
 
-        dtype, out, group = resolve_dtype(self.g.feature_dtype), {}, []
+        dtype, out = resolve_dtype(self.g.feature_dtype), {}
+        group: list[dict] = []
         for r in [*rows, None]:
             width = max([len(x["input_ids"]) for x in group] + ([len(r["input_ids"])] if r else [0]))
             if group and (r is None or width * (len(group) + 1) > FEATURE_TOKENS):

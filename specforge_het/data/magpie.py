@@ -76,8 +76,8 @@ class UserTurnTemplate:
         self.end_text = "" if ends else after.strip()  # a template that ends turns in plain text
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         eos = end_ids(tokenizer) | set(extra_eos)
-        self.stop_ids = sorted(special | eos | ({self.end_of_turn} if ends else set()))
-        self.end_ids = sorted(eos | ({self.end_of_turn} if ends else set()))
+        self.stop_ids = sorted(special | eos | set(ends[:1]))
+        self.end_ids = sorted(eos | set(ends[:1]))
 
     def _render(self, head: list[dict]) -> str:
         msgs = [*head, {"role": "user", "content": SENTINEL_USER}]
@@ -154,7 +154,7 @@ def complete(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, tempe
         out: dict[int, list[int]] = {}
         engine.run([Request(i, p, max_new_tokens, t, torch.Generator("cpu").manual_seed(int(s)), top_p)
                     for i, (p, t, s) in enumerate(zip(prompt_ids, temperatures, seeds))],
-                   lambda r: out.__setitem__(r.key, r.tokens) or [])
+                   lambda r: out.__setitem__(r.key, r.tokens) or [])  # type: ignore[func-returns-value, index]
         return [out[i] for i in range(len(prompt_ids))]
 
     device = next(model.parameters()).device
@@ -170,11 +170,11 @@ def complete(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, tempe
                           eos_token_id=list(stop_ids) or None)
     seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc,
                           logits_processor=LogitsProcessorList([_RowSampler(gens, temperatures, top_p, width, stop)]))
-    out = []
+    rows = []
     for row in seqs[:, width:].tolist():
         cut = next((j for j, t in enumerate(row) if t in set(stop_ids)), None)
-        out.append(row if cut is None else row[: cut + 1])
-    return out
+        rows.append(row if cut is None else row[: cut + 1])
+    return rows
 
 
 # ---------------------------------------------------------------- plans: what prompt i asks for
@@ -361,7 +361,7 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
     convs = [{"id": f"gen_prompts-{seed}-{r['index']}", "conversations": [{"role": "user", "content": r["text"]}]}
              for r in kept]
     write_conversations(out_path, convs)
-    report = write_report(out_path, "gen_prompts", filt, total=stats["examined"], written=len(convs), settings=meta,
+    report = write_report(out_path, "gen_prompts", filt, total=int(stats["examined"]), written=len(convs), settings=meta,
                           extra={"n": n, "throughput": _throughput(stats), "categories": _categories(kept)})
     print_report(report)
     if len(convs) < n:

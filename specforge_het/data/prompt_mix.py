@@ -137,7 +137,9 @@ def mix_prompts(cfg: Config, presets: list[str], out: str, *srcs: str, seed: int
         raise ValueError("mix_prompts needs OUT and at least one SRC, e.g. mix_prompts mixed.jsonl prompts.jsonl "
                          "train_prompts gsm8k_train.jsonl:2000")
     filt = PromptFilter(FilterSettings(min_chars, max_chars, 0, language, 0.0, near_dup), _evals(eval_files, eval_overlap))
-    kept, used, total, per_source = [], set(), 0, []
+    kept: list[dict] = []
+    used: set[str] = set()
+    total, per_source = 0, []
     bad = BadInputReport()
     for k, spec in enumerate(srcs):
         path, limit = parse_source(str(spec))
@@ -167,7 +169,7 @@ def mix_prompts(cfg: Config, presets: list[str], out: str, *srcs: str, seed: int
     for col in ("source", "rows", "kept", "bad rows"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for s in per_source:
-        table.add_row(escape(s["source"]), str(s["rows"]), str(s["kept"]), str(s["bad"]))
+        table.add_row(escape(str(s["source"])), str(s["rows"]), str(s["kept"]), str(s["bad"]))
     console.print(table)
     print_report(result)
     if bad.count:

@@ -210,7 +210,8 @@ def convert_source(src: str, report: BadInputReport, kind: str = "auto", keep_an
     _check_kind(kind)
     local = Path(src).is_file()
     label, stem = (src, Path(src).stem) if local else (f"hub:{src}", src.rstrip("/").split("/")[-1])
-    rows, seen, counts = [], set(), Counter()
+    rows, seen = [], set()
+    counts: Counter[str] = Counter()
     for index, (line, row) in enumerate(read_source(src, split, subset)):
         counts["rows read"] += 1
         try:

@@ -301,5 +301,5 @@ def keep_cache_entries(cache: DynamicCache, past_len: int, keep: torch.Tensor) -
             layer.keys = layer.keys[:, :, : past_len + n_keep]
             layer.values = layer.values[:, :, : past_len + n_keep]
         else:  # a sharded base keeps each layer's entries on that layer's device
-            layer.keys = layer.keys.index_select(2, index.to(layer.keys.device))
-            layer.values = layer.values.index_select(2, index.to(layer.values.device))
+            layer.keys = layer.keys.index_select(2, index.to(layer.keys.device))  # type: ignore[union-attr]
+            layer.values = layer.values.index_select(2, index.to(layer.values.device))  # type: ignore[union-attr]

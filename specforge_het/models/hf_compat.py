@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 import transformers
 
@@ -18,7 +19,7 @@ CACHE_KWARGS = ("cache", "past_key_values")  # newest first
 
 
 @functools.cache
-def _cache_kwarg_of(cls: type) -> str:
+def _cache_kwarg_of(cls: Any) -> str:
     params = inspect.signature(cls.forward).parameters  # follows deprecate_kwarg's __wrapped__
     for name in CACHE_KWARGS:
         if name in params and params[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,

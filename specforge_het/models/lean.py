@@ -65,7 +65,7 @@ def supports_lean(layers, config) -> bool:
 def on_one_device(modules) -> bool:
     """True when all parameters and buffers of `modules` share one real (non-meta) device and no module
     below them carries an accelerate hook (`_hf_hook`: device alignment or weight offloading)."""
-    devices = set()
+    devices: set[torch.device] = set()
     for root in modules:
         for module in root.modules():
             if hasattr(module, "_hf_hook"):
@@ -125,11 +125,11 @@ class KVCache:
             new_v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
             if buf_k is not None:
                 new_k[:, :, : self.length] = buf_k[:, :, : self.length]
-                new_v[:, :, : self.length] = buf_v[:, :, : self.length]
+                new_v[:, :, : self.length] = buf_v[:, :, : self.length]  # type: ignore[index]
             self.k[i], self.v[i] = buf_k, buf_v = new_k, new_v
-        buf_k[:, :, self.length : end] = k
-        buf_v[:, :, self.length : end] = v
-        return buf_k[:, :, :end], buf_v[:, :, :end]
+        buf_k[:, :, self.length : end] = k  # type: ignore[index]  # set above when None
+        buf_v[:, :, self.length : end] = v  # type: ignore[index]
+        return buf_k[:, :, :end], buf_v[:, :, :end]  # type: ignore[index]
 
     def advance(self, s: int) -> None:
         self.length += s
