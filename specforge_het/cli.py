@@ -28,7 +28,7 @@ def config_table(cfg: Config, presets: list[str], sections: tuple[str, ...] | No
     for col in ("key", "value", "default", "help"):
         table.add_column(col, overflow="fold")
     default = Config()
-    for section in sections or tuple(f.name for f in dataclasses.fields(cfg)):
+    for section in sections or cfg.section_names():
         obj, ref = getattr(cfg, section), getattr(default, section)
         for f in dataclasses.fields(obj):
             value, dflt = getattr(obj, f.name), getattr(ref, f.name)
@@ -54,6 +54,8 @@ def run_cli(component: Callable[..., Any] | dict[str, Callable[..., Any]], name:
 
     `component` is one function `fn(cfg, presets, **flags)` or a dict of such verbs.
     """
+    import specforge_het.algorithms  # noqa: F401  (each draft algorithm registers its config section)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg, presets, rest = resolve(argv)

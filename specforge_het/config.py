@@ -8,23 +8,19 @@ Values are parsed by each field's declared type; nothing is ever evaluated.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from specforge_het.config_values import FALSE, TRUE, ConfigError, coerce, nearest
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A config problem a user can fix; the message names the problem and the fix."""
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -39,7 +35,7 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None):
 class ModelingConfig:
     base_model: str = _f("", "base model: embedded name (smollm2-135m-instruct, gemma3-270m), local folder or Hub id")
     draft_path: str = _f("", "trained draft folder to load (config.json + model.safetensors)")
-    algorithm: str = _f("eagle_v3", "draft algorithm, looked up in the registry", ("eagle_v2", "eagle_v3"))
+    algorithm: str = _f("eagle_v3", "draft algorithm: a name registered in specforge_het/algorithms (eagle_v2, eagle_v3, ...)")
     draft_family: str = _f("llama", "HF decoder family of the draft layers", ("llama", "qwen3", "gemma3"))
     draft_hidden_size: int = _f(0, "draft width; 0 = the base width")
     draft_num_layers: int = _f(1, "number of draft decoder layers")
@@ -76,11 +72,6 @@ class TrainingConfig:
     max_steps: int = _f(-1, "stop after this many steps (-1 = use num_epochs)")
     warmup_ratio: float = _f(0.02, "linear warm-up share of all steps")
     max_grad_norm: float = _f(0.5, "gradient clipping")
-    ttt_steps: int = _f(7, "EagleV3 training-time-test unroll length k")
-    ttt_decay: float = _f(0.8, "EagleV3 per-step loss weight decay")
-    vloss_w: float = _f(1.0, "EagleV2 feature regression (SmoothL1) weight")
-    ploss_w: float = _f(0.1, "EagleV2 soft cross-entropy weight")
-    feature_noise: float = _f(0.2, "EagleV2 uniform feature noise: width w of U(-w/2, w/2) added to input features")
     top_k_accuracy: int = _f(4, "k of the reported top-k accuracy")
     seed: int = _f(0, "random seed for the run")
     save_steps: int = _f(500, "save a draft folder every N steps")
@@ -153,7 +144,30 @@ class InferenceConfig:
     fast_paths: str = _f("auto", "the decoder's CPU fast paths, applied only while it generates: auto = on a CPU, packed linears + LM head on the tree rows acceptance reads, on an accelerator the device strategy; off = the device strategy: plain modules, LM head over all tree rows, tree and greedy acceptance on the device (one host read per step)", ("auto", "off"))
 
 
-@dataclass
+# Sections contributed from above this module: each draft algorithm registers its own knobs as a section
+# named after it (algorithms/registry.py), so `--eagle_v3.ttt_steps` lives with EagleV3. Registering needs
+# only `import specforge_het.algorithms` (no torch); every command line does it before resolving its config.
+_CONTRIBUTED: dict[str, type] = {}
+_ALIASES: dict[str, str] = {}  # deprecated dotted key -> its key now, e.g. training.ttt_steps -> eagle_v3.ttt_steps
+_CHOICES: dict[str, list[str]] = {}  # dotted key -> values registered from above (modeling.algorithm: the algorithms)
+
+
+def add_choice(key: str, value: str) -> None:
+    """Allow `value` for `key` (the registry adds each algorithm's name to modeling.algorithm)."""
+    _CHOICES.setdefault(key, []).append(value)
+
+
+def register_section(name: str, cls: type, moved_from: str = "") -> None:
+    """Add section `name` (a dataclass of _f fields). moved_from: the section its keys sat in before; the old
+    dotted keys stay accepted as deprecated aliases (saved run configs, old command lines)."""
+    if name in SECTIONS or _CONTRIBUTED.get(name, cls) is not cls:
+        raise ValueError(f"config section '{name}' is defined twice")
+    _CONTRIBUTED[name] = cls
+    for f in dataclasses.fields(cls) if moved_from else ():
+        _ALIASES[f"{moved_from}.{f.name}"] = f"{name}.{f.name}"
+
+
+@dataclass(eq=False)
 class Config:
     modeling: ModelingConfig = field(default_factory=ModelingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -161,87 +175,54 @@ class Config:
     dataset_generation: DatasetGenerationConfig = field(default_factory=DatasetGenerationConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
+    def __post_init__(self) -> None:
+        self._contributed: dict[str, Any] = {}
+
+    def _sections(self) -> dict[str, Any]:
+        """The contributed sections, defaults made for any registered since this Config was made."""
+        for name, cls in _CONTRIBUTED.items():
+            if name not in self._contributed:
+                self._contributed[name] = cls()
+        return self._contributed
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not fields: the contributed sections
+        if name.startswith("_") or name not in _CONTRIBUTED:
+            raise AttributeError(f"Config has no section '{name}' (known: {', '.join(SECTIONS + tuple(_CONTRIBUTED))})")
+        return self._sections()[name]
+
+    def section_names(self) -> tuple[str, ...]:
+        return SECTIONS + tuple(self._sections())
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), **{n: dataclasses.asdict(s) for n, s in self._sections().items()}}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
 
-SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
-
-
-def _nearest(name: str, options) -> str:
-    near = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
-    return f" Did you mean: {', '.join(near)}?" if near else f" Valid: {', '.join(sorted(options))}."
+SECTIONS = ("modeling", "training", "dataset", "dataset_generation", "inference")
 
 
 def _field(cfg: Config, key: str) -> tuple[Any, dataclasses.Field]:
     """Return (section object, field) for a dotted key, failing with the nearest valid names."""
+    key = _ALIASES.get(key, key)
     section, _, name = key.partition(".")
-    if section not in SECTIONS:
-        raise ConfigError(f"Unknown config section '{section}' in '{key}'.{_nearest(section, SECTIONS)}")
+    if section not in cfg.section_names():
+        raise ConfigError(f"Unknown config section '{section}' in '{key}'.{nearest(section, cfg.section_names())}")
     obj = getattr(cfg, section)
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if name not in fields:
         valid = [f"{section}.{n}" for n in fields]
-        raise ConfigError(f"Unknown config key '{key}'.{_nearest(key, valid)}")
+        raise ConfigError(f"Unknown config key '{key}'.{nearest(key, valid)}")
     return obj, fields[name]
-
-
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
-
-def _parse_scalar(tp: type, value: Any) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise TypeError
-    if tp is int:
-        if isinstance(value, bool) or isinstance(value, float):
-            raise TypeError
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool):
-            raise TypeError
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise TypeError
-        return str(value)
-    raise TypeError
-
-
-def _split_list(value: Any) -> list:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [value]  # fire/TOML hand over a lone number
-    if isinstance(value, str):
-        text = value.strip().removeprefix("[").removesuffix("]").strip()
-        return [p.strip().strip("'\"") for p in text.split(",") if p.strip()] if text else []
-    raise TypeError
-
-
-def coerce(key: str, tp: Any, value: Any, choices: tuple[str, ...] | None = None) -> Any:
-    """Parse `value` (a CLI string or a TOML/JSON value) as type `tp`, or fail naming key, type and value."""
-    try:
-        if typing.get_origin(tp) is list:
-            (item_tp,) = typing.get_args(tp)
-            out = [_parse_scalar(item_tp, v) for v in _split_list(value)]
-        else:
-            out = _parse_scalar(tp, value)
-    except (TypeError, ValueError):
-        name = getattr(tp, "__name__", str(tp)) if not isinstance(tp, types.GenericAlias) else str(tp)
-        raise ConfigError(f"Config key '{key}' expects {name}, got {value!r}.") from None
-    if choices and out not in choices:
-        raise ConfigError(f"Config key '{key}' must be one of {list(choices)}, got {out!r}.{_nearest(str(out), choices)}")
-    return out
 
 
 def set_value(cfg: Config, key: str, value: Any) -> None:
     obj, f = _field(cfg, key)
     hints = typing.get_type_hints(type(obj))
-    setattr(obj, f.name, coerce(key, hints[f.name], value, f.metadata.get("choices")))
+    label = key if key not in _ALIASES else f"{_ALIASES[key]}' (deprecated spelling '{key})"
+    choices = f.metadata.get("choices") or tuple(_CHOICES.get(_ALIASES.get(key, key), ())) or None
+    setattr(obj, f.name, coerce(label, hints[f.name], value, choices))
 
 
 def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
@@ -250,7 +231,7 @@ def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
         if section == "description":
             continue
         if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: '{section}' must be a table of keys.{_nearest(section, SECTIONS)}")
+            raise ConfigError(f"{origin}: '{section}' must be a table of keys.{nearest(section, cfg.section_names())}")
         for name, value in values.items():
             try:
                 set_value(cfg, f"{section}.{name}", value)
@@ -286,7 +267,7 @@ def load_presets(directory: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def apply_preset(cfg: Config, name: str, presets: dict[str, dict[str, Any]]) -> None:
     if name not in presets:
-        raise ConfigError(f"Unknown preset '@{name}'.{_nearest(name, presets)}")
+        raise ConfigError(f"Unknown preset '@{name}'.{nearest(name, presets)}")
     apply_mapping(cfg, presets[name], f"preset @{name}")
 
 
@@ -327,7 +308,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, str]], str |
             key = arg[2:]
             if "=" in key:
                 key, value = key.split("=", 1)
-            elif _is_bool_key(key) and (i + 1 >= len(argv) or argv[i + 1].lower() not in _TRUE | _FALSE):
+            elif _is_bool_key(key) and (i + 1 >= len(argv) or argv[i + 1].lower() not in TRUE | FALSE):
                 value = "true"  # a bare boolean flag
             elif i + 1 < len(argv):
                 value, i = argv[i + 1], i + 1

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+import specforge_het.algorithms  # noqa: F401  (registers the algorithms and their config sections)
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, ConfigError, save_json_config
 
@@ -32,18 +33,29 @@ def check_consistency(cfg: Config) -> None:
         raise ConfigError("modeling.vocab = foreign needs modeling.draft_tokenizer (the draft's own tokenizer and embedding).")
     if m.vocab != "foreign" and m.draft_tokenizer:
         raise ConfigError(f"modeling.draft_tokenizer is set but modeling.vocab = {m.vocab}: set vocab = foreign or drop the tokenizer.")
-    if m.algorithm == "eagle_v3" and t.ttt_steps < 1:
-        raise ConfigError("training.ttt_steps must be >= 1 for eagle_v3.")
+    algorithm_options(cfg)  # a known algorithm, and its own knobs consistent
     if m.init_draft and (m.init_from or m.lora_rank):
         raise ConfigError("modeling.init_draft continues a trained draft; drop modeling.init_from / lora_rank, which build a new one.")
     if m.lora_rank and not m.init_from:
         raise ConfigError("modeling.lora_rank needs modeling.init_from (LoRA adapts pretrained layers).")
-    if t.feature_noise < 0 or t.vloss_w < 0 or t.ploss_w < 0:
-        raise ConfigError("training.feature_noise, vloss_w and ploss_w must be >= 0.")
     if t.bf16 and t.precision == "fp32":
         raise ConfigError("training.bf16 = true contradicts training.precision = fp32: drop the legacy --training.bf16.")
     if t.loss_chunk < 1:
         raise ConfigError("training.loss_chunk must be >= 1.")
+
+
+def algorithm_options(cfg: Config):
+    """(the draft algorithm, its own knobs), checked; ConfigError for an unknown algorithm or bad knobs."""
+    from specforge_het.algorithms import get_algorithm
+    from specforge_het.algorithms.registry import options_of
+
+    try:
+        algo = get_algorithm(cfg.modeling.algorithm)
+    except ValueError as exc:
+        raise ConfigError(f"modeling.algorithm: {exc}") from None
+    options = options_of(cfg, algo.name)
+    algo.check(options)
+    return algo, options
 
 
 def cpu_flags() -> set[str]:
@@ -118,13 +130,51 @@ def training_arguments(cfg: Config, has_eval: bool, plan=None):
     )
 
 
-def build_trainer(cfg: Config, presets: list[str]):
-    """Load base and data, build the draft, and return (trainer, info)."""
+def _new_draft(cfg: Config, base, rows):
+    """The draft to train: a trained folder to continue (modeling.init_draft), else a new one; in training dtype."""
+    from specforge_het.algorithms.build import build_draft, warm_start_draft
+    from specforge_het.models.base import resolve_dtype
+    from specforge_het.training.data import token_counts
+
+    m = cfg.modeling
+    if m.init_draft:
+        draft = warm_start_draft(m, base)
+        console.print(f"modeling.init_draft: architecture and vocabulary from {m.init_draft} "
+                      f"({draft.cfg.family}, width {draft.cfg.hidden_size}, vocab {draft.cfg.vocab} "
+                      f"{draft.cfg.draft_vocab_size}); other modeling.* architecture keys are not used")
+    else:
+        draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=cfg.training.seed)
+    return draft.to(dtype=resolve_dtype(draft_dtype(m))).train(True)
+
+
+def _split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """(train rows, eval rows): a seeded shuffle, the first eval_fraction held out."""
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = int(len(order) * eval_fraction) if len(order) > 1 else 0
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def _check_trainer(trainer, t) -> None:
+    """Refuse what HF Trainer would do silently (DataParallel, FSDP / DeepSpeed not enabled); the algorithm's
+    notes on the settings; rich progress instead of HF's printer."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from specforge_het.models.base import BaseModel, resolve_dtype
-    from specforge_het.models.build import build_draft, warm_start_draft
-    from specforge_het.training.data import Collator, RowsDataset, load_rows, token_counts
+    if trainer.args.n_gpu > 1:
+        raise ConfigError(f"HF Trainer would wrap the draft in nn.DataParallel over {trainer.args.n_gpu} GPUs: launch one "
+                          "process per GPU with torchrun.")
+    for warning in trainer.model.algorithm.training_warnings(t) if trainer.args.should_save else []:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if (t.fsdp and not trainer.is_fsdp_enabled) or (t.deepspeed and not trainer.is_deepspeed_enabled):
+        raise ConfigError(f"HF Trainer did not enable {'FSDP' if t.fsdp else 'DeepSpeed'} "
+                          f"(distributed type {trainer.accelerator.distributed_type}): launch with torchrun on GPUs.")
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+
+
+def build_trainer(cfg: Config, presets: list[str]):
+    """Load base and data, build the draft, and return (trainer, info)."""
+    from specforge_het.models.base import BaseModel
+    from specforge_het.training.data import Collator, RowsDataset, load_rows
     from specforge_het.training.devices import check_sharding, check_trainer_device
     from specforge_het.training.trainer import DraftTrainer, DraftTrainingModule, RichProgress
 
@@ -147,20 +197,9 @@ def build_trainer(cfg: Config, presets: list[str]):
                           "--dataset_generation.store_features, or train online.")
     if offline and rows.hidden_size and rows.hidden_size % base.hidden_size:
         raise ConfigError(f"stored features have width {rows.hidden_size}; base width is {base.hidden_size}: wrong base.")
-    if m.init_draft:
-        draft = warm_start_draft(m, base)
-        console.print(f"modeling.init_draft: architecture and vocabulary from {m.init_draft} "
-                      f"({draft.cfg.family}, width {draft.cfg.hidden_size}, vocab {draft.cfg.vocab} "
-                      f"{draft.cfg.draft_vocab_size}); other modeling.* architecture keys are not used")
-    else:
-        draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=t.seed)
-    draft.to(dtype=resolve_dtype(draft_dtype(m))).train(True)
-    gen = torch.Generator().manual_seed(t.seed)
-    order = torch.randperm(len(rows.rows), generator=gen).tolist()
-    n_eval = int(len(order) * d.eval_fraction) if len(order) > 1 else 0
-    train_rows = [rows.rows[i] for i in order[n_eval:]]
-    eval_rows = [rows.rows[i] for i in order[:n_eval]]
-    module = DraftTrainingModule(draft, base, t, rows.stored_layers if offline else None)
+    draft = _new_draft(cfg, base, rows)
+    train_rows, eval_rows = _split_rows(rows.rows, d.eval_fraction, t.seed)
+    module = DraftTrainingModule(draft, base, t, rows.stored_layers if offline else None, algorithm_options(cfg)[1])
     if base.sharded:  # HF Trainer and accelerate read this: model parallel, no DataParallel, no move to cuda:0
         module.hf_device_map = dict(base.model.hf_device_map)
     args = training_arguments(cfg, bool(eval_rows), plan)
@@ -174,18 +213,7 @@ def build_trainer(cfg: Config, presets: list[str]):
         run_config={**cfg.to_dict(), "description": f"resolved from presets {presets}"},
         provenance_extra={"presets": presets, "dataset": d.path, "mode": t.mode},
     )
-    if trainer.args.n_gpu > 1:
-        raise ConfigError(f"HF Trainer would wrap the draft in nn.DataParallel over {trainer.args.n_gpu} GPUs: launch one "
-                          "process per GPU with torchrun.")
-    if t.fsdp and m.algorithm == "eagle_v3" and args.should_save:
-        console.print("[yellow]warning:[/] under FSDP each draft layer is its own FSDP unit, so EagleV3's unroll runs the "
-                      "layers' own forward with a [s, (j+1)s] mask: the split TTT attention and --training.gradient_checkpointing "
-                      "are not used (more activation memory). DDP or DeepSpeed ZeRO-2 keep them.")
-    if (t.fsdp and not trainer.is_fsdp_enabled) or (t.deepspeed and not trainer.is_deepspeed_enabled):
-        raise ConfigError(f"HF Trainer did not enable {'FSDP' if t.fsdp else 'DeepSpeed'} "
-                          f"(distributed type {trainer.accelerator.distributed_type}): launch with torchrun on GPUs.")
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
+    _check_trainer(trainer, t)
     return trainer, {"train_rows": len(train_rows), "eval_rows": len(eval_rows), "kind": rows.kind}
 
 

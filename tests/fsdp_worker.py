@@ -33,7 +33,8 @@ def main(base_dir: str, data: str, out: str) -> None:
     m, t = cfg.modeling, cfg.training
     m.base_model, m.algorithm, m.vocab, m.draft_vocab_size = base_dir, "eagle_v3", "reduced", 150
     cfg.dataset.path, cfg.dataset.eval_fraction = data, 0.0
-    t.output_dir, t.ttt_steps, t.precision, t.ddp_backend = out, 2, "fp32", "gloo"
+    t.output_dir, t.precision, t.ddp_backend = out, "fp32", "gloo"
+    cfg.eagle_v3.ttt_steps = 2
     trainer, _ = build_trainer(cfg, [])  # HF sets up the gloo process group (torchrun env, device cpu)
     module = trainer.model
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])  # the same batch on every rank

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import specforge_het.algorithms  # noqa: F401  (the algorithms register their config sections, as every CLI does)
 from specforge_het.config import (
     Config,
     ConfigError,
@@ -71,7 +72,7 @@ def test_defaults_come_from_dataclasses() -> None:
     assert cfg.modeling.draft_vocab_size == 32000
     assert cfg.modeling.feature_layers == []
     assert cfg.training.learning_rate == 3e-4
-    assert cfg.training.ttt_steps == 7
+    assert cfg.eagle_v3.ttt_steps == 7 and cfg.eagle_v2.feature_noise == 0.2  # the algorithms' own sections
     assert cfg.inference.max_new_tokens == 128
     assert cfg.inference.compare is False
     assert cfg.inference.chat_template is True
@@ -87,8 +88,27 @@ def test_list_defaults_are_not_shared() -> None:
 
 def test_to_dict_has_all_sections() -> None:
     d = Config().to_dict()
-    assert list(d) == ["modeling", "training", "dataset", "dataset_generation", "inference"]
+    assert list(d)[:5] == ["modeling", "training", "dataset", "dataset_generation", "inference"]
+    assert {"eagle_v2", "eagle_v3"} <= set(d)  # each algorithm's own section
     assert d["inference"]["max_new_tokens"] == 128
+
+
+def test_algorithm_sections_and_their_old_keys(tmp_path: Path) -> None:
+    cfg, _, _ = resolve(["--eagle_v3.ttt_steps", "3", "--eagle_v2.vloss_w=0.5"])
+    assert (cfg.eagle_v3.ttt_steps, cfg.eagle_v2.vloss_w) == (3, 0.5)
+    cfg, _, _ = resolve(["--training.ttt_steps", "4", "--training.feature_noise", "0"])  # deprecated aliases
+    assert (cfg.eagle_v3.ttt_steps, cfg.eagle_v2.feature_noise) == (4, 0.0)
+    assert not hasattr(cfg.training, "ttt_steps")
+    with pytest.raises(ConfigError, match="eagle_v3.ttt_steps"):
+        resolve(["--training.ttt_steps", "x"])
+    with pytest.raises(ConfigError, match="Did you mean: eagle_v3"):
+        resolve(["--eagle_v4.ttt_steps", "3"])
+    old = tmp_path / "run_config.json"  # a run config saved before the knobs moved
+    old.write_text(json.dumps({"training": {"ttt_steps": 2, "vloss_w": 0.3, "learning_rate": 0.01}}))
+    cfg = load_json_config(old)
+    assert (cfg.eagle_v3.ttt_steps, cfg.eagle_v2.vloss_w, cfg.training.learning_rate) == (2, 0.3, 0.01)
+    save_json_config(cfg, tmp_path / "new")
+    assert load_json_config(tmp_path / "new") == cfg
 
 
 # ---------------------------------------------------------------- presets
@@ -525,7 +545,8 @@ def test_real_base_and_algorithm_presets_stack(real_presets: dict) -> None:
     cfg, _, _ = resolve(["--@gemma3", "--@eagle_v3"])
     assert (cfg.modeling.base_model, cfg.modeling.vocab, cfg.modeling.draft_vocab_size) == (
         "gemma3-270m", "reduced", 32000)
-    assert cfg.training == TrainingConfig()  # ttt_steps 7 is the default
+    assert cfg.training == TrainingConfig()
+    assert cfg.eagle_v3.ttt_steps == 7  # the preset sets the default
     assert cfg.inference == InferenceConfig()
 
 

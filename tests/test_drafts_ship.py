@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import draft_modeling
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import load_draft, save_draft
 from specforge_het.drafts import __main__ as drafts_cli
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.adapters import compact_foreign_vocab
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import load_draft, save_draft
 from specforge_het.testing import CORPUS_A
 
 

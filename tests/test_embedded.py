@@ -8,14 +8,14 @@ import sys
 import pytest
 import torch
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import load_draft, read_draft_config, save_draft
 from specforge_het.assets import shipped_drafts
 from specforge_het.config import Config, apply_preset, load_presets, resolve
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.base import BaseModel
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import load_draft, read_draft_config, save_draft
 
 pytestmark = pytest.mark.slow
 

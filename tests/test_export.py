@@ -8,6 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import save_draft
 from specforge_het.config import ModelingConfig
 from specforge_het.export import ExportError, ExportWarning, check_folder, export_draft, import_folder, to_state_dict
 from specforge_het.export.__main__ import main
@@ -15,8 +17,6 @@ from specforge_het.export.contract import check_contract, check_vocab_maps, desc
 from specforge_het.export.sglang_eagle3 import default_aux_layers
 from specforge_het.models.adapters import token_strings
 from specforge_het.models.base import BaseModel
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import save_draft
 from specforge_het.testing import save_tiny_base
 
 IDS = torch.tensor([[5, 17, 33, 120, 7, 250, 42]])
@@ -79,7 +79,7 @@ def test_export_then_import_gives_identical_logits(drafts, llama_base, tmp_path,
 
 
 def test_reimported_folder_saves_and_loads_as_a_draft_folder(drafts, llama_base, tmp_path):
-    from specforge_het.models.speculative import load_draft
+    from specforge_het.algorithms.io import load_draft
 
     again = import_folder(export_draft(drafts["v3_foreign_w48"], tmp_path / "e", "speculators"), "speculators", llama_base)
     loaded = load_draft(save_draft(again, tmp_path / "draft"), llama_base)
@@ -334,7 +334,7 @@ def test_cli_refusal_and_unknown_format_exit_2(drafts, tmp_path, capsys):
 
 
 def test_cli_import_folder_back_into_a_draft_folder(drafts, llama_base, base_dirs, tmp_path):
-    from specforge_het.models.speculative import load_draft
+    from specforge_het.algorithms.io import load_draft
 
     exported = export_draft(drafts["v3_reduced_w64"], tmp_path / "spec", "speculators")
     main(["import_folder", str(exported), str(tmp_path / "back"), "--format", "speculators"])  # base from the verifier

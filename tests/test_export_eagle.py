@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import load_draft
 from specforge_het.config import ModelingConfig, resolve
 from specforge_het.export import FORMATS, ExportError, check_folder, export_draft, import_folder, to_state_dict
 from specforge_het.export.__main__ import main
@@ -20,8 +22,6 @@ from specforge_het.export.eagle import (
     import_eagle_checkpoint,
     to_eagle_state_dict,
 )
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import load_draft
 
 IDS = torch.tensor([[5, 17, 33, 120, 7, 250, 42]])
 EAGLE_CONFIG_KEYS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.config import ModelingConfig
 from specforge_het.export import to_state_dict
-from specforge_het.models.build import build_draft
 
 IDS = torch.tensor([[5, 17, 33, 120, 7, 250, 42, 9]])
 

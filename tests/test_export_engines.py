@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from specforge_het import assets
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import save_draft
 from specforge_het.config import ModelingConfig
 from specforge_het.export import ExportError, ExportWarning, check_folder, export_draft, import_folder, to_state_dict
 from specforge_het.export import __main__ as cli
 from specforge_het.export.contract import check_contract, describe_tensors
 from specforge_het.models.base import BaseModel
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import save_draft
 from specforge_het.testing import save_tiny_base
 
 IDS = torch.tensor([[5, 17, 33, 120, 7, 250, 42]])

@@ -11,6 +11,10 @@ from conftest import DRAFT_KINDS, draft_modeling
 from safetensors.torch import load_file
 from torch import nn
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.eagle_v2.model import EagleV2Draft
+from specforge_het.algorithms.eagle_v3.model import EagleV3Draft
+from specforge_het.algorithms.io import load_draft, save_draft
 from specforge_het.config import ConfigError
 from specforge_het.models.adapters import (
     VocabAdapter,
@@ -20,8 +24,7 @@ from specforge_het.models.adapters import (
     token_strings,
 )
 from specforge_het.models.base import BaseModel, keep_cache_entries
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import load_draft, save_draft
+from specforge_het.models.parts import FusedFirstLayer
 from specforge_het.testing import save_tiny_base
 
 FAMILIES = ("llama", "qwen3", "gemma3")
@@ -320,6 +323,7 @@ def test_draft_shapes(drafts, llama_base, family, kind) -> None:
     ids = _ids(6)
     logits = _draft_logits(draft, llama_base, ids)
     if kind == "eagle_v2":
+        assert type(draft) is EagleV2Draft
         assert cfg.feature_layers == [-1]
         assert (draft.fc.in_features, draft.fc.out_features) == (64 + 64, 48)
         assert draft.fc.bias is not None
@@ -333,7 +337,9 @@ def test_draft_shapes(drafts, llama_base, family, kind) -> None:
         assert cfg.feature_layers == [1, 2]  # EAGLE-3 default for a 4-layer base
         assert (draft.fc.in_features, draft.fc.out_features) == (len(cfg.feature_layers) * 64, 48)
         assert draft.fc.bias is None
-        assert draft.to_base is None
+        assert type(draft) is EagleV3Draft and not hasattr(draft, "to_base")
+        assert isinstance(draft.layers[0], FusedFirstLayer)
+        assert not any(isinstance(layer, FusedFirstLayer) for layer in draft.layers[1:])
         q = draft.layers[0].self_attn.q_proj
         assert q.in_features == 96
         expected_vocab = 120 if kind == "eagle_v3_reduced" else 128
@@ -358,7 +364,7 @@ def test_draft_to_base_only_when_widths_differ(llama_base) -> None:
     assert same.to_base is None
     assert same.fc.in_features == 128 and same.fc.out_features == 64
     v3 = build_draft(draft_modeling(algorithm="eagle_v3", vocab="reduced", family="llama", hidden=64), llama_base)
-    assert v3.to_base is None and v3.embed_proj is None and v3.cfg.embed == "base"
+    assert not hasattr(v3, "to_base") and v3.embed_proj is None and v3.cfg.embed == "base"
     assert v3.layers[0].self_attn.q_proj.in_features == 128
 
 
@@ -371,10 +377,10 @@ def test_draft_sizes_derived_from_width(llama_base) -> None:
 
 
 def test_draft_needs_attached_base(llama_base) -> None:
-    from specforge_het.models.draft import DraftModel
+    from specforge_het.algorithms.io import build_from_config
 
     d = build_draft(draft_modeling(family="llama"), llama_base)
-    bare = DraftModel(d.cfg, d.vocab)
+    bare = build_from_config(d.cfg, d.vocab)
     with pytest.raises(RuntimeError, match="attach"):
         bare.base  # noqa: B018
 
@@ -634,7 +640,7 @@ def test_build_bad_head_split(llama_base) -> None:
 
 def test_init_from_same_vocabulary_copies_head_rows(llama_base, base_dirs):
     """A reduced-vocabulary draft initialised from an LM with the base's vocabulary takes its head rows at d2t."""
-    from specforge_het.models.build import build_draft
+    from specforge_het.algorithms.build import build_draft
 
     m = draft_modeling(algorithm="eagle_v3", vocab="reduced", family="llama", hidden=64, draft_vocab_size=50,
                        init_from=base_dirs["llama"], init_layers=[3])

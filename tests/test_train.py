@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from specforge_het.algorithms.io import load_draft
 from specforge_het.config import Config, ConfigError
 from specforge_het.data.formats import tokenize_conversation
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
-from specforge_het.models.speculative import load_draft
 from specforge_het.train import build_trainer, main
 
 USER_PROMPTS = ["Tell me about the fox.", "What is the capital of France?", "Write a short poem about the sea.",
@@ -50,7 +50,8 @@ def tiny_cfg(base_dir, data, out, **modeling) -> Config:
         setattr(m, k, v)
     cfg.dataset.path, cfg.dataset.eval_fraction = str(data), 0.0
     t.output_dir, t.per_device_batch_size, t.learning_rate = str(out), 2, 1e-3
-    t.max_steps, t.logging_steps, t.save_steps, t.warmup_ratio, t.ttt_steps = 3, 1, 1000, 0.0, 3
+    t.max_steps, t.logging_steps, t.save_steps, t.warmup_ratio = 3, 1, 1000, 0.0
+    cfg.eagle_v3.ttt_steps = 3
     t.precision = "fp32"  # pinned losses must not depend on the machine's bf16 support (auto)
     return cfg
 
@@ -120,7 +121,7 @@ def test_preset_trains_three_steps(name, base_dirs, conv_file, tok_b_dir, init_l
 
 def _overfit(cfg, base, prompt_ids, answer, depth=4, steps=150):
     cfg.training.max_steps, cfg.training.learning_rate, cfg.training.logging_steps = steps, 3e-3, 50
-    cfg.training.per_device_batch_size, cfg.training.ttt_steps = 1, depth
+    cfg.training.per_device_batch_size, cfg.eagle_v3.ttt_steps = 1, depth
     trainer, _ = build_trainer(cfg, [])
     trainer.train()
     trainer.save_model(cfg.training.output_dir)
@@ -156,7 +157,7 @@ def test_overfit_eagle_v3_reaches_maximal_tau(bases, base_dirs, tmp_path):
 
 
 def test_overfit_foreign_vocab_draft(bases, base_dirs, tok_b_dir, tmp_path):
-    from specforge_het.models.build import build_draft
+    from specforge_het.algorithms.build import build_draft
 
     base = bases["llama"]
     data = tmp_path / "one.jsonl"
@@ -275,7 +276,7 @@ def test_online_features_equal_offline(algo, base_dirs, generated, tmp_path):
         kw = dict(algorithm=algo, vocab="reduced", draft_vocab_size=150)
         cfg = tiny_cfg(base_dirs["llama"], generated, tmp_path / mode, **kw)
         cfg.modeling.feature_layers = layers
-        cfg.training.mode, cfg.training.feature_noise = mode, 0.0
+        cfg.training.mode, cfg.eagle_v2.feature_noise = mode, 0.0
         trainer, info = build_trainer(cfg, [])
         assert info["kind"] == "generated"
         trainer.train()

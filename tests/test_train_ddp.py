@@ -28,7 +28,7 @@ def _conversations(path) -> None:
 
 def _args(base_dir, data, out, batch):
     return ["-m", "specforge_het.train", "--modeling.base_model", base_dir, "--@eagle_v3",
-            "--modeling.draft_vocab_size", "300", "--training.logging_steps", "1", "--training.ttt_steps", "2", "--dataset.path", str(data),
+            "--modeling.draft_vocab_size", "300", "--training.logging_steps", "1", "--eagle_v3.ttt_steps", "2", "--dataset.path", str(data),
             "--dataset.eval_fraction", "0", "--training.output_dir", str(out), "--training.max_steps", "2",
             "--training.per_device_batch_size", str(batch), "--training.learning_rate", "1e-3",
             "--training.warmup_ratio", "0", "--training.save_steps", "1000"]

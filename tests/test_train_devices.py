@@ -203,7 +203,7 @@ def _cfg(base_dir, data, out, **kw):
     from tests.test_train import tiny_cfg
 
     cfg = tiny_cfg(base_dir, data, out, algorithm="eagle_v3", vocab="reduced", draft_vocab_size=150, **kw)
-    cfg.training.max_steps, cfg.training.ttt_steps = 2, 2
+    cfg.training.max_steps, cfg.eagle_v3.ttt_steps = 2, 2
     return cfg
 
 
@@ -251,13 +251,13 @@ def test_draft_dtype_default_keeps_the_base_dtype(base_dirs, conv_file, tmp_path
 def test_save_writes_the_state_handed_over(base_dirs, conv_file, tmp_path):
     """HF Trainer hands `_save` the gathered full state under FSDP / DeepSpeed: that is what must be saved,
     not the module's own (local shards there)."""
+    from specforge_het.algorithms.io import load_draft
     from specforge_het.models.base import BaseModel
-    from specforge_het.models.speculative import load_draft
     from specforge_het.train import build_trainer
     from specforge_het.training.trainer import RAW_STATE
 
     trainer, _ = build_trainer(_cfg(base_dirs["llama"], conv_file, tmp_path / "run"), [])
-    assert trainer.model._no_split_modules == ["LlamaDecoderLayer"]  # FSDP's auto-wrap units
+    assert trainer.model._no_split_modules == ["FusedFirstLayer"]  # FSDP's auto-wrap units (EagleV3, one layer)
     own = trainer.model.draft.state_dict()
     gen = torch.Generator().manual_seed(1)
     handed = {f"draft.{k}": (torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()) for k, v in own.items()}
@@ -274,8 +274,9 @@ def test_save_writes_the_state_handed_over(base_dirs, conv_file, tmp_path):
 
 
 def test_lora_merge_from_a_handed_state_equals_peft(bases):
+    from specforge_het.algorithms.build import build_draft
     from specforge_het.config import ModelingConfig
-    from specforge_het.models.build import add_lora, build_draft, merged_state_dict
+    from specforge_het.models.build import add_lora, merged_state_dict
 
     draft = build_draft(ModelingConfig(algorithm="eagle_v3", vocab="reduced", draft_vocab_size=120), bases["llama"])
     add_lora(draft, 4)
@@ -307,7 +308,7 @@ def test_fsdp2_sharded_step_saves_the_gathered_draft(base_dirs, conv_file, tmp_p
     results = [json.loads(line[len("RESULT "):]) for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert sorted(r["rank"] for r in results) == [0, 1]
     for r in results:
-        assert r["no_split"] == ["LlamaDecoderLayer"] and r["wrapped"] == ["FSDPLlamaDecoderLayer"]
+        assert r["no_split"] == ["FusedFirstLayer"] and r["wrapped"] == ["FSDPFusedFirstLayer"]
         assert r["local_rows"] == r["rows"] // 2  # each rank holds half: saving the module's own state would be wrong
         assert r["shard_loss"] == pytest.approx(r["ref_loss"], rel=1e-6)
     ref = load_file(str(out / "reference.safetensors"))

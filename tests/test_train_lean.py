@@ -8,16 +8,17 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.algorithms.common import draft_targets, finalize_metrics, shift_left, ttt_mask
-from specforge_het.algorithms.eagle_v3 import EagleV3
+from specforge_het.algorithms.eagle_v3.loss import lean_step
+from specforge_het.algorithms.registry import algorithm_of
 from specforge_het.algorithms.targets import base_targets, head_loss
 from specforge_het.algorithms.ttt_attention import prefix_attention
-from specforge_het.models.build import build_draft
 from specforge_het.training.trainer import DraftTrainingModule
 from tests.conftest import draft_modeling
 
 
-class _T:  # a TrainingConfig stand-in
+class _T:  # a TrainingConfig stand-in (and the algorithms' options: ttt_*, vloss_w, ...)
     ttt_steps, ttt_decay, top_k_accuracy, loss, loss_chunk = 3, 0.8, 2, "ce", 5
     feature_noise, vloss_w, ploss_w, gradient_checkpointing = 0.0, 1.0, 0.1, False
 
@@ -53,7 +54,7 @@ def test_split_ttt_attention_equals_mask_path(llama_base, family):
             if path == "mask":
                 h = draft(tok, h, pos, ttt_mask(s, j, attn, h.dtype), cache)
             else:
-                h = EagleV3._lean_step(draft, tok, h, pos, kv, ckpt=False)
+                h = lean_step(draft, tok, h, pos, kv, ckpt=False)
             got.append(h[valid])
             total = total + (h[valid] * torch.linspace(-1, 1, 48)).sum() * (j + 1)
         total.backward()
@@ -114,7 +115,7 @@ def test_chunked_targets_and_loss_equal_reference(llama_base):
     draft = build_draft(draft_modeling(family="llama", hidden=48, draft_vocab_size=60), llama_base, seed=1)
     ids, attn, lm = _batch(llama_base, seed=2)
     module = DraftTrainingModule(draft, llama_base, _T())
-    loss, count, counters = draft.algorithm.loss(draft, module.make_batch(ids, attn, lm), _T())
+    loss, count, counters = algorithm_of(draft).loss(draft, module.make_batch(ids, attn, lm), _T(), _T())
     ref, hits = _reference_v3_loss(draft, llama_base, ids, attn, lm, _T())
     torch.testing.assert_close(loss / count, ref, atol=1e-5, rtol=1e-5)
     g_new = torch.autograd.grad(loss / count, [draft.lm_head.weight, draft.fc.weight])
@@ -192,7 +193,7 @@ def test_gradient_checkpointing_same_gradients(llama_base):
     for ckpt in (False, True):
         cfg = _T()
         cfg.gradient_checkpointing = ckpt
-        loss, count, _ = draft.algorithm.loss(draft, batch, cfg)
+        loss, count, _ = algorithm_of(draft).loss(draft, batch, cfg, cfg)
         grads.append(torch.autograd.grad(loss / count, list(draft.layers.parameters())))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.doctor.checks import LLAMA_8B, build_base, modeling_for
-from specforge_het.models.build import build_draft
 from specforge_het.training.trainer import DraftTrainingModule
 
 H, V, STEPS = 4096, 8192, 7

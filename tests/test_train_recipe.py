@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.config import ConfigError
-from specforge_het.models.build import build_draft
 from specforge_het.train import build_trainer
 from tests.conftest import draft_modeling
 from tests.test_train import USER_PROMPTS, tiny_cfg, write_conversations

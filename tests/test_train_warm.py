@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specforge_het.algorithms.io import load_draft
 from specforge_het.config import ConfigError
-from specforge_het.models.speculative import load_draft
 from specforge_het.train import build_trainer, main
 from tests.test_train import USER_PROMPTS, _losses, tiny_cfg, write_conversations
 

@@ -1,39 +1,21 @@
-"""Draft algorithms, one file each, found by name through this registry.
+"""Draft algorithms, one folder each (config.py, model.py, loss.py, __init__.py), found by name.
 
-An algorithm decides how a draft reads base features and its own outputs, and (for
-training) its loss. The decoder loop and the trainer only ever call `get_algorithm(name)`.
+An algorithm owns its draft class (built from the parts in models/), its training knobs and its loss;
+`registry.py` holds the interface and `@register`, `io.py` the draft folders (save / load), `build.py`
+new drafts from the `modeling` config. Everything else calls `get_algorithm(name)`.
 """
 
 from __future__ import annotations
 
-import difflib
+# Fill the registry: importing an algorithm's folder registers it.
+from specforge_het.algorithms import eagle_v2, eagle_v3  # noqa: F401
+from specforge_het.algorithms.registry import (
+    DraftAlgorithm,
+    algorithm_names,
+    algorithm_of,
+    default_options,
+    get_algorithm,
+    register,
+)
 
-from specforge_het.algorithms.base import DraftAlgorithm
-
-_REGISTRY: dict[str, type[DraftAlgorithm]] = {}
-
-
-def register(name: str):
-    def deco(cls: type[DraftAlgorithm]) -> type[DraftAlgorithm]:
-        if name in _REGISTRY:
-            raise ValueError(f"algorithm '{name}' registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def get_algorithm(name: str) -> DraftAlgorithm:
-    if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, list(_REGISTRY), n=2)
-        hint = f" Did you mean {near[0]}?" if near else ""
-        raise ValueError(f"Unknown draft algorithm '{name}'. Registered: {sorted(_REGISTRY)}.{hint}")
-    return _REGISTRY[name]()
-
-
-def algorithm_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-from specforge_het.algorithms import eagle_v2, eagle_v3  # noqa: E402,F401  (fill the registry)
+__all__ = ["DraftAlgorithm", "algorithm_names", "algorithm_of", "default_options", "get_algorithm", "register"]

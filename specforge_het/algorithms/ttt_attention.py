@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from specforge_het.models.parts import layer_input
+
 QUERY_CHUNK = 256
 
 
@@ -160,12 +162,10 @@ def ttt_layer(layer, h, emb, cos, sin, kv: list) -> tuple[torch.Tensor, tuple[to
 
     Returns (new hidden, this step's (k, v)). `emb` is the token embedding for EAGLE-3's fused layer 0.
     """
-    from specforge_het.models.draft import FusedInputNorm
-
+    layer = layer_input(layer, h, emb)
     attn = layer.self_attn
     b, s, _ = h.shape
-    norm = layer.input_layernorm
-    x = torch.cat([norm.embed_norm(emb), norm.hidden_norm(h)], -1) if isinstance(norm, FusedInputNorm) else norm(h)
+    x = layer.input_layernorm(h)
     shape = (b, s, -1, attn.head_dim)
     q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
     v = attn.v_proj(x).view(shape).transpose(1, 2)

@@ -91,7 +91,7 @@ def modeling_for(base, draft_vocab: int):
 
 
 def build_eagle3_draft(base, draft_vocab: int):
-    from specforge_het.models.build import build_draft
+    from specforge_het.algorithms.build import build_draft
 
     return build_draft(modeling_for(base, draft_vocab), base).train(False)
 
@@ -241,9 +241,9 @@ def check_decode_and_syncs(base, draft, prompt_tokens: int, new_tokens: int) -> 
 
 def check_train_step(base, draft_vocab: int, train_tokens: int) -> Check:
     """One optimizer step of an EagleV3 draft with the `gpu` preset's training settings."""
+    from specforge_het.algorithms.build import build_draft
     from specforge_het.config import Config, apply_preset, load_presets
     from specforge_het.models.base import resolve_dtype
-    from specforge_het.models.build import build_draft
     from specforge_het.training.trainer import DraftTrainingModule
 
     cfg = Config()
@@ -274,9 +274,9 @@ def check_train_step(base, draft_vocab: int, train_tokens: int) -> Check:
         sync(dev)
         seconds = time.perf_counter() - t0
     finite = math.isfinite(float(loss))
-    value = (f"1 x {train_tokens} tokens, {t.ttt_steps} unroll steps: loss {float(loss):.3f}, {seconds:.2f} s"
+    value = (f"1 x {train_tokens} tokens, {module.options.ttt_steps} unroll steps: loss {float(loss):.3f}, {seconds:.2f} s"
              + (f", peak {mem['peak_gib']:.2f} GiB" if mem["peak_gib"] is not None else ", peak memory: CUDA only"))
-    return Check("train", finite, value, {"tokens": train_tokens, "ttt_steps": t.ttt_steps, "loss": float(loss),
+    return Check("train", finite, value, {"tokens": train_tokens, "ttt_steps": module.options.ttt_steps, "loss": float(loss),
                                           "seconds": round(seconds, 3), "precision": t.precision,
                                           "draft_dtype": m.draft_dtype, "gradient_checkpointing":
                                               t.gradient_checkpointing, **mem})

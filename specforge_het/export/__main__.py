@@ -90,8 +90,8 @@ def export(cfg: Config, presets: list[str], draft: str, out: str, format: str = 
     """Export DRAFT (folder or shipped name) to OUT in --format; the folder is contract-checked.
     --verifier: the base as the engine loads it (Hub id or folder); --force: write a folder only some engine
     versions accept (vLLM's EAGLE-3 model list, eagle-llm's fixed rope theta)."""
+    from specforge_het.algorithms.io import load_draft, read_draft_config
     from specforge_het.assets import resolve_draft_path
-    from specforge_het.models.speculative import load_draft, read_draft_config
 
     _check_format(format)
     folder = resolve_draft_path(str(draft))
@@ -132,7 +132,7 @@ def check(cfg: Config, presets: list[str], folder: str, format: str = "sglang-ea
 
 
 def _save(draft, out: str, source: str) -> str:
-    from specforge_het.models.speculative import save_draft
+    from specforge_het.algorithms.io import save_draft
 
     path = save_draft(draft, out, extra_provenance={"imported_from": str(source)})
     console.print(f"[green]wrote draft folder {path}[/] ({draft.cfg.algorithm}, base {draft.cfg.base['name']})")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from specforge_het.algorithms.io import build_from_config
 from specforge_het.export.contract import ExportError, ExportWarning, check_contract, describe_tensors, dtype_name
 from specforge_het.models.adapters import VocabAdapter
 from specforge_het.models.build import rope_scaling, rope_scaling_of
@@ -225,7 +226,7 @@ def check_base_fits(fmt: str, base, vocab_size: int, target_hidden: int) -> None
 def build_imported(cfg: DraftConfig, vocab: VocabAdapter | None, state: dict[str, torch.Tensor], base,
                    may_miss: tuple[str, ...] = ()) -> DraftModel:
     """A DraftModel with exactly `state` loaded (names listed in may_miss keep their fresh values)."""
-    draft = DraftModel(cfg, vocab)
+    draft = build_from_config(cfg, vocab)
     own = draft.state_dict()
     state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = draft.load_state_dict(state, strict=False)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from specforge_het.algorithms.eagle_v2 import EagleV2
+from specforge_het.algorithms.eagle_v2.model import EagleV2Draft
 from specforge_het.export.common import (
     ExportOptions,
     apply_key_map,
@@ -56,7 +58,7 @@ EAGLE_OPTIONAL = ("embed_tokens.weight",)
 
 def eagle12_refusals(draft: DraftModel, fmt: str) -> list[str]:
     cfg = draft.cfg
-    if cfg.algorithm != "eagle_v2":
+    if not isinstance(draft, EagleV2Draft):
         return [f"it is a {cfg.algorithm} draft; '{fmt}' holds EAGLE-1/2 drafts (export EagleV3 as sglang-eagle3 or speculators)."]
     out = family_refusals(draft)
     hb = cfg.base["hidden_size"]
@@ -115,7 +117,7 @@ def eagle12_from_state(fmt: str, config: dict, state: dict[str, torch.Tensor], b
     nothing_left(fmt, state)
     if "fc.bias" not in ours:  # trained without bias (config 'bias': false)
         ours["fc.bias"] = torch.zeros(sizes["hidden_size"])
-    cfg = DraftConfig(algorithm="eagle_v2", family="llama", feature_layers=[LAST], base=base.describe(), vocab="base",
+    cfg = DraftConfig(algorithm=EagleV2.name, family="llama", feature_layers=[LAST], base=base.describe(), vocab="base",
                       draft_vocab_size=0, embed="base", first_input_norm=False, **sizes)
     return build_imported(cfg, None, ours, base, may_miss=UNUSED)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from specforge_het.algorithms.eagle_v3 import EagleV3
+from specforge_het.algorithms.eagle_v3.model import EagleV3Draft
 from specforge_het.export.common import (
     ExportOptions,
     apply_key_map,
@@ -72,7 +74,7 @@ def default_aux_layers(num_base_layers: int) -> list[int]:
 
 def eagle3_refusals(draft: DraftModel, fmt: str) -> list[str]:
     cfg = draft.cfg
-    if cfg.algorithm != "eagle_v3":
+    if not isinstance(draft, EagleV3Draft):
         return [f"it is a {cfg.algorithm} draft; '{fmt}' holds EAGLE-3 drafts (export EagleV2 as sglang-eagle or eagle)."]
     out = family_refusals(draft)
     if cfg.num_layers != 1:
@@ -165,7 +167,7 @@ def eagle3_from_state(fmt: str, layer_cfg: dict, feature_layers: list[int], draf
         ours["embed_tokens.weight"] = table
     vocab = VocabAdapter(d2t_abs, vb, input_map, draft_token_ids=draft_ids)
     ours.update({f"vocab.{k}": v for k, v in vocab.state_dict().items()})
-    cfg = DraftConfig(algorithm="eagle_v3", family="llama", feature_layers=list(feature_layers), base=base.describe(),
+    cfg = DraftConfig(algorithm=EagleV3.name, family="llama", feature_layers=list(feature_layers), base=base.describe(),
                       vocab=kind, draft_vocab_size=draft_vocab, embed=embed, embed_vocab_size=vb if table is not None else 0,
                       input_map_width=1 if table is not None else 0, draft_tokenizer=base.name if table is not None else "",
                       **sizes_from_llama_config(layer_cfg))

@@ -1,75 +1,21 @@
-"""Build a draft for a base from the `modeling` config section: sizes, vocabulary adapter,
-optional initialisation from a pretrained small LM (full fine-tuning or LoRA via peft)."""
+"""Layer-level parts of building a draft: the rope of an HF config, weight initialisation, copying
+pretrained layers into a draft (`init_from`), LoRA, and LoRA-merged state dicts. Nothing here reads
+the config schema or knows an algorithm; algorithms/build.py turns the `modeling` section into a draft.
+
+`build_draft`, `draft_config` and `warm_start_draft` are re-exported from algorithms/build.py for callers
+that still import them from here (deprecated: import them from specforge_het.algorithms.build).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from specforge_het.algorithms import get_algorithm
 from specforge_het.assets import resolve_model_path
-from specforge_het.config import ConfigError, ModelingConfig
-from specforge_het.models.adapters import VocabAdapter, foreign_vocab_map, reduced_vocab, token_strings
-from specforge_het.models.draft import DraftConfig, DraftModel
+from specforge_het.errors import ConfigError
 from specforge_het.models.families import MODEL_TYPE_TO_FAMILY
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-_STRINGS: dict[tuple[str, int], list] = {}
-
-
-def cached_token_strings(tokenizer) -> list[str | None]:
-    """token_strings, memoised per tokenizer folder (a 262k-token vocabulary takes ~10 s)."""
-    key = (getattr(tokenizer, "name_or_path", "") or "", len(tokenizer))
-    if not key[0]:
-        return token_strings(tokenizer)
-    if key not in _STRINGS:
-        _STRINGS[key] = token_strings(tokenizer)
-    return _STRINGS[key]
-
-
-def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
-
-
-def _sizes(m: ModelingConfig, base) -> dict:
-    bc = base.config
-    hidden = m.draft_hidden_size or base.hidden_size
-    same = hidden == base.hidden_size
-    heads = m.draft_num_heads or (bc.num_attention_heads if same else max(1, hidden // 64))
-    head_dim = m.draft_head_dim or (getattr(bc, "head_dim", None) if same and not m.draft_num_heads else None) or hidden // heads
-    kv = m.draft_num_kv_heads or (bc.num_key_value_heads if same and not m.draft_num_heads else heads)
-    if heads % kv:
-        raise ConfigError(f"modeling.draft_num_heads ({heads}) must be a multiple of draft_num_kv_heads ({kv}).")
-    inter = m.draft_intermediate_size or (bc.intermediate_size if same else (8 * hidden // 3 + 63) // 64 * 64)
-    return dict(hidden_size=hidden, num_heads=heads, num_kv_heads=kv, head_dim=head_dim, intermediate_size=inter)
-
-
-def _vocab(m: ModelingConfig, algorithm: str, base, token_counts, draft_tokenizer):
-    """Return (VocabAdapter | None, draft_vocab_size, embed kind, embed_vocab_size, input_map_width)."""
-    if m.vocab == "foreign":
-        if draft_tokenizer is None:
-            raise ConfigError("modeling.vocab = foreign needs modeling.draft_tokenizer (a tokenizer folder or embedded name).")
-        if base.tokenizer is None:
-            raise ConfigError("a foreign vocabulary needs the base tokenizer to map token strings")
-        rows, d2t, input_map = foreign_vocab_map(
-            cached_token_strings(base.tokenizer), cached_token_strings(draft_tokenizer), draft_tokenizer)
-        if rows.numel() == 0:
-            raise ConfigError("the draft tokenizer shares no token string with the base tokenizer: nothing could be proposed")
-        adapter = VocabAdapter(d2t, base.vocab_size, input_map, draft_token_ids=rows)
-        return adapter, rows.numel(), "foreign", len(draft_tokenizer), input_map.shape[1]
-    if m.vocab == "base":
-        if algorithm == "eagle_v2":
-            return None, 0, "base", 0, 0  # EAGLE-1/2: the base LM head reads the predicted feature
-        d2t = torch.arange(base.vocab_size)
-    else:
-        counts = token_counts if token_counts is not None else torch.zeros(base.vocab_size)
-        eos = base.tokenizer.eos_token_id if base.tokenizer is not None else None
-        d2t = reduced_vocab(counts, m.draft_vocab_size, always=[eos] if eos is not None else [])
-    return VocabAdapter(d2t, base.vocab_size), d2t.numel(), "base", 0, 0
 
 
 def _full_attention_rope(config) -> dict:
@@ -103,82 +49,7 @@ def rope_scaling(rope: dict | None) -> dict | None:
     return {**rope, "rope_type": kind}
 
 
-def draft_rope(m: ModelingConfig, base) -> tuple[float, dict | None]:
-    """(theta, scaling) of the draft's rotary embedding: modeling.draft_rope_theta with plain rope, or
-    (0 = inherit) the rope the draft's layers were trained with: that of `init_from`, else the base's, its
-    scaling included (EAGLE-3 drafts use the base's rope, e.g. Llama-3.1's llama3 scaling)."""
-    if m.draft_rope_theta > 0:
-        return float(m.draft_rope_theta), None
-    if m.draft_rope_theta < 0:
-        raise ConfigError(f"modeling.draft_rope_theta must be > 0, or 0 to inherit; got {m.draft_rope_theta}.")
-    if m.init_from:
-        from transformers import AutoConfig
-
-        source = AutoConfig.from_pretrained(resolve_model_path(m.init_from))
-    else:
-        source = base.config
-    theta = rope_theta_of(source)
-    return (theta if theta is not None else 10000.0), rope_scaling_of(source)
-
-
-def draft_config(m: ModelingConfig, base, token_counts=None, draft_tokenizer=None) -> tuple[DraftConfig, VocabAdapter | None]:
-    algo = get_algorithm(m.algorithm)
-    features = list(m.feature_layers) or algo.default_feature_layers(base.num_layers)
-    bad = [i for i in features if i != -1 and not 0 <= i <= base.num_layers]
-    if bad:
-        raise ConfigError(f"modeling.feature_layers {bad} out of range for a base with {base.num_layers} layers (0..{base.num_layers}, or -1).")
-    sizes = _sizes(m, base)
-    vocab, vsize, embed, evsize, mapw = _vocab(m, m.algorithm, base, token_counts, draft_tokenizer)
-    if embed == "base" and algo.fused_first_layer and sizes["hidden_size"] != base.hidden_size:
-        embed = "base_proj"  # EAGLE-3 layer 0 needs embeddings at draft width
-    theta, scaling = draft_rope(m, base)
-    context = getattr(base.config, "max_position_embeddings", None)  # the draft runs at the base's positions
-    cfg = DraftConfig(
-        algorithm=m.algorithm, family=m.draft_family, num_layers=m.draft_num_layers, rope_theta=theta,
-        rope_scaling=scaling, max_position_embeddings=int(context) if context else 32768,
-        feature_layers=features, base=base.describe(), vocab=m.vocab, draft_vocab_size=vsize, embed=embed,
-        embed_vocab_size=evsize, input_map_width=mapw, attn_implementation=m.attn_implementation,
-        draft_tokenizer=m.draft_tokenizer if m.vocab == "foreign" else "", init_from=m.init_from,
-        first_input_norm=m.draft_first_input_norm,
-        rms_norm_eps=getattr(base.config, "rms_norm_eps", 1e-6), **sizes,
-    )
-    return cfg, vocab
-
-
-def build_draft(m: ModelingConfig, base, token_counts: torch.Tensor | None = None, seed: int = 0) -> DraftModel:
-    """A new (untrained, or initialised from `init_from`) draft attached to `base`."""
-    draft_tok = load_tokenizer(m.draft_tokenizer) if m.vocab == "foreign" and m.draft_tokenizer else None
-    cfg, vocab = draft_config(m, base, token_counts, draft_tok)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        draft = DraftModel(cfg, vocab)
-        _init_weights(draft)
-    draft.draft_tokenizer = draft_tok
-    if m.init_from:
-        init_from_pretrained(draft, m.init_from, m.init_layers)
-        if m.lora_rank:
-            add_lora(draft, m.lora_rank)
-    elif m.lora_rank:
-        raise ConfigError("modeling.lora_rank needs modeling.init_from (LoRA adapts pretrained layers).")
-    return draft.attach(base).to(device=base.device, dtype=base.dtype)
-
-
-def warm_start_draft(m: ModelingConfig, base) -> DraftModel:
-    """A trained draft folder to train on (more data, more steps): architecture, vocabulary and weights come
-    from the folder; the architecture keys of `m` are not used."""
-    from specforge_het.models.speculative import load_draft
-
-    try:
-        draft = load_draft(m.init_draft, base)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"modeling.init_draft: {exc}") from exc
-    if draft.cfg.algorithm != m.algorithm:
-        raise ConfigError(f"modeling.init_draft '{m.init_draft}' is a {draft.cfg.algorithm} draft but the run trains "
-                          f"{m.algorithm}: use the matching --@{draft.cfg.algorithm} preset.")
-    return draft
-
-
-def _init_weights(draft: DraftModel, std: float = 0.02) -> None:
+def init_weights(draft: nn.Module, std: float = 0.02) -> None:
     for mod in draft.modules():
         if isinstance(mod, (nn.Linear, nn.Embedding)):
             nn.init.normal_(mod.weight, std=std)
@@ -187,7 +58,7 @@ def _init_weights(draft: DraftModel, std: float = 0.02) -> None:
 
 
 @torch.no_grad()
-def init_from_pretrained(draft: DraftModel, name: str, layer_ids: list[int]) -> None:
+def init_from_pretrained(draft, name: str, layer_ids: list[int]) -> None:
     """Copy layers (and, for a foreign vocabulary from the same tokenizer, embeddings and head rows)."""
     from transformers import AutoModelForCausalLM
 
@@ -215,12 +86,13 @@ def init_from_pretrained(draft: DraftModel, name: str, layer_ids: list[int]) -> 
 
 
 def _copy_layer(dst: nn.Module, src: nn.Module) -> None:
-    """Load a pretrained layer; EAGLE-3's widened q/k/v get the pretrained weights on the hidden half."""
+    """Load a pretrained layer; a fused first layer's widened q/k/v get the pretrained weights on the hidden half
+    and both its input norms the pretrained input norm."""
     sd = dict(src.state_dict())
     own = dst.state_dict()
     for key, value in list(sd.items()):
         if key.startswith("input_layernorm.") and not any(k.startswith("input_layernorm.") for k in own):
-            sd.pop(key)  # EAGLE-1/2 layer 0 has no input norm
+            sd.pop(key)  # a first layer without input norm (nn.Identity)
         elif key.startswith("input_layernorm.") and "input_layernorm.hidden_norm.weight" in own:
             sd.pop(key)
             sd["input_layernorm.hidden_norm.weight"] = value
@@ -232,7 +104,7 @@ def _copy_layer(dst: nn.Module, src: nn.Module) -> None:
     dst.load_state_dict(sd, strict=True)
 
 
-def add_lora(draft: DraftModel, rank: int) -> None:
+def add_lora(draft, rank: int) -> None:
     """LoRA (peft) on the copied layers; their original weights are frozen."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -267,3 +139,16 @@ def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = 
         else:
             out[name] = t.detach().clone()
     return out
+
+
+_MOVED = ("build_draft", "draft_config", "warm_start_draft", "cached_token_strings", "load_tokenizer", "draft_rope")
+
+
+def __getattr__(name: str):
+    """Deprecated re-exports of what moved to algorithms/build.py, for callers outside models/ that still
+    import them from here. Looked up on use only: importing this module never imports algorithms/."""
+    if name in _MOVED:
+        from specforge_het.algorithms import build  # deprecated shim (see tests/test_layering.py)
+
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

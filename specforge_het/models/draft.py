@@ -1,5 +1,6 @@
-"""Draft model: decoder layers of any registered HF family, its own rotary embedding,
-width adapters to and from the base, and a vocabulary adapter onto base ids.
+"""The draft's saved schema (`DraftConfig`, the config.json of a draft folder) and `DraftModel`, the
+parts every draft has. Each algorithm's own class (algorithms/<name>/model.py) subclasses it; this
+module knows no algorithm.
 
 The draft never owns base weights: when it uses the base's embedding or LM head it reads
 them from the attached base (`attach`), and they are not saved with the draft.
@@ -13,11 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from specforge_het.algorithms import get_algorithm
 from specforge_het.models.adapters import VocabAdapter
 from specforge_het.models.families import family_config, get_family
-from specforge_het.models.hf_compat import cache_kwarg
-from specforge_het.models.lean import KVCache, layer_forward, supports_lean
+from specforge_het.models.lean import KVCache
+from specforge_het.models.parts import make_layers, run_layers, stack_supports_lean, width_adapter
 
 
 @dataclass
@@ -59,31 +59,20 @@ class DraftConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class FusedInputNorm(nn.Module):
-    """EAGLE-3 layer-0 input: cat(embed_norm(token embedding), hidden_norm(hidden)) -> 2 x width.
+class DraftModel(nn.Module):
+    """What every draft has: decoder layers of a registered HF family with their own rotary embedding and
+    final norm, an embedding of base ids (the base's, projected, or a foreign table), an optional own LM
+    head over a draft vocabulary and the vocabulary adapter onto base ids.
 
-    Stands in for the layer's `input_layernorm`; the draft sets `embeds` right before the call.
+    One subclass per algorithm (`algorithms/<name>/model.py`) adds its adapters and defines how the draft
+    reads base features and its own outputs (`input_from_base`, `input_from_self`) and its `logits`.
+    The draft never owns base weights: it reads the base's embedding or head from the attached base.
     """
 
-    def __init__(self, norm_cls: type, width: int, eps: float):
-        super().__init__()
-        self.embed_norm = norm_cls(width, eps=eps)
-        self.hidden_norm = norm_cls(width, eps=eps)
-        self.embeds: torch.Tensor | None = None
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.embeds is None:
-            raise RuntimeError("FusedInputNorm called without token embeddings (draft.forward sets them).")
-        return torch.cat([self.embed_norm(self.embeds), self.hidden_norm(hidden)], dim=-1)
-
-
-class DraftModel(nn.Module):
     def __init__(self, cfg: DraftConfig, vocab: VocabAdapter | None = None):
         super().__init__()
         self.cfg = cfg
-        self.algorithm = get_algorithm(cfg.algorithm)
-        fam = get_family(cfg.family)
-        self.family = fam
+        self.family = get_family(cfg.family)
         self.hf_config = family_config(
             cfg.family, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
             num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size,
@@ -94,25 +83,37 @@ class DraftModel(nn.Module):
         hb, hd = cfg.base["hidden_size"], cfg.hidden_size
         self._base: list = []  # the attached BaseModel (not a submodule: never saved)
         self.embed_tokens = nn.Embedding(cfg.embed_vocab_size, hd) if cfg.embed == "foreign" else None
-        self.embed_proj = nn.Linear(hb, hd, bias=False) if cfg.embed == "base_proj" else None
+        self.embed_proj = width_adapter(hb, hd) if cfg.embed == "base_proj" else None
         self.vocab = vocab
-        self.fc = nn.Linear(self.algorithm.fc_in_features(self), hd, bias=self.algorithm.fc_bias)
-        self.layers = nn.ModuleList(fam.layer_cls(self.hf_config, i) for i in range(cfg.num_layers))
-        self.rotary = fam.rotary_cls(self.hf_config)
-        self.norm = fam.norm_cls(hd, eps=cfg.rms_norm_eps)
-        self.to_base = nn.Linear(hd, hb, bias=False) if (hd != hb and cfg.algorithm == "eagle_v2") else None
+        self.add_input_adapters()
+        self.layers = make_layers(self.family, self.hf_config, cfg.num_layers)
+        self.rotary = self.family.rotary_cls(self.hf_config)
+        self.norm = self.family.norm_cls(hd, eps=cfg.rms_norm_eps)
+        self.add_output_adapters()
         self.lm_head = nn.Linear(hd, cfg.draft_vocab_size, bias=False) if cfg.draft_vocab_size else None
-        if self.algorithm.fused_first_layer:
-            self._fuse_first_layer()
-        elif not cfg.first_input_norm:
-            self.layers[0].input_layernorm = nn.Identity()  # EAGLE-1/2: no norm between fc and layer 0
+        self.adapt_layers()
 
-    def _fuse_first_layer(self) -> None:
-        layer, hd = self.layers[0], self.cfg.hidden_size
-        layer.input_layernorm = FusedInputNorm(self.family.norm_cls, hd, self.cfg.rms_norm_eps)
-        for name in ("q_proj", "k_proj", "v_proj"):
-            old: nn.Linear = getattr(layer.self_attn, name)
-            setattr(layer.self_attn, name, nn.Linear(2 * hd, old.out_features, bias=old.bias is not None))
+    # ------------------------------------------------------------ what an algorithm's class adds
+    def add_input_adapters(self) -> None:
+        """Modules between the inputs and the layers (registered before the layers)."""
+
+    def add_output_adapters(self) -> None:
+        """Modules after the layers, besides the final norm and the own head."""
+
+    def adapt_layers(self) -> None:
+        """Change the layer stack (e.g. a fused first layer) once it is built."""
+
+    def input_from_base(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Layer input [B, S, Hd] from the next tokens [B, S] and base features [B, S, F*Hb]."""
+        raise NotImplementedError
+
+    def input_from_self(self, input_ids: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
+        """Layer input for a later draft step, from the draft's own previous output [B, S, Hd]."""
+        raise NotImplementedError
+
+    def logits(self, hidden_out: torch.Tensor) -> torch.Tensor:
+        """Logits over the draft vocabulary (or over the base vocabulary when the draft has no own head)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ base attachment
     def attach(self, base) -> DraftModel:
@@ -139,33 +140,25 @@ class DraftModel(nn.Module):
         emb = self.base.embed(input_ids)
         return self.embed_proj(emb) if self.embed_proj is not None else emb
 
-    def predicted_feature(self, hidden_out: torch.Tensor) -> torch.Tensor:
-        return self.to_base(hidden_out) if self.to_base is not None else hidden_out
-
-    def base_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.base.head(hidden)
-
-    def input_from_base(self, input_ids, features):
-        return self.algorithm.input_from_base(self, input_ids, features)
-
-    def input_from_self(self, input_ids, hidden_out):
-        return self.algorithm.input_from_self(self, input_ids, hidden_out)
-
-    def logits(self, hidden_out: torch.Tensor) -> torch.Tensor:
-        return self.algorithm.logits(self, hidden_out)
-
     def to_base_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Draft vocabulary rows -> base ids (identity when the base head is used)."""
         return draft_ids if self.vocab is None else self.vocab.to_base(draft_ids)
 
+    @property
+    def fused_input(self) -> bool:
+        """True when the first layer reads the token embeddings besides the hidden stream."""
+        return len(self.layers) > 0 and getattr(self.layers[0], "takes_embeds", False)
+
     # ------------------------------------------------------------ forward
+    def lean(self) -> bool:
+        """The layers run through the lean forward (models/lean.py) with a preallocated KVCache."""
+        return stack_supports_lean(self.layers, self.hf_config)
+
     def new_cache(self, capacity: int = 0):
         """Draft KV cache for inference: a preallocated KVCache (lean forward) where the layers allow it."""
         from transformers import DynamicCache
 
-        if supports_lean(self.layers, self.hf_config):
-            return KVCache(len(self.layers), capacity or 256)
-        return DynamicCache()
+        return KVCache(len(self.layers), capacity or 256) if self.lean() else DynamicCache()
 
     def forward(self, input_ids, hidden_in, position_ids, attention_mask=None, cache=None) -> torch.Tensor:
         """Run the draft layers. input_ids [B, S] base ids, hidden_in [B, S, Hd] -> hidden_out [B, S, Hd].
@@ -173,24 +166,9 @@ class DraftModel(nn.Module):
         attention_mask: 4-D [B, 1, S, past+S] (additive, or bool with True = attend) or None for plain
         causal (no cache). With a `KVCache` (batch size 1) the layers run through the lean forward.
         """
-        fused = self.layers[0].input_layernorm if self.algorithm.fused_first_layer else None
-        if fused is not None:
-            fused.embeds = self.embed(input_ids)
-        h = hidden_in
-        pos_emb = self.family.rotary_call(self.rotary, h, position_ids)
-        try:
-            if isinstance(cache, KVCache):
-                for i, layer in enumerate(self.layers):
-                    h = layer_forward(layer, h, *pos_emb, attention_mask, cache, i)
-                cache.advance(h.shape[1])
-                return h
-            for layer in self.layers:
-                h = layer(h, attention_mask=attention_mask, position_ids=position_ids, use_cache=cache is not None,
-                          position_embeddings=pos_emb, **{cache_kwarg(layer): cache})
-        finally:
-            if fused is not None:
-                fused.embeds = None
-        return h
+        embeds = self.embed(input_ids) if self.fused_input else None
+        pos_emb = self.family.rotary_call(self.rotary, hidden_in, position_ids)
+        return run_layers(self.layers, hidden_in, embeds, pos_emb, position_ids, attention_mask, cache)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything the draft owns (weights and vocabulary buffers), LoRA merged."""

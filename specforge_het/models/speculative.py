@@ -1,112 +1,18 @@
-"""Draft folders: save and load, and the base + draft pair used by inference and training.
+"""Deprecated: draft folders are saved and loaded by specforge_het.algorithms.io (the one draft loader).
 
-A draft folder holds:
-  config.json       DraftConfig: everything needed to rebuild the draft, incl. which base it belongs to
-  model.safetensors the draft's own weights and vocabulary buffers (never base weights)
-  tokenizer files   the draft tokenizer, when the vocabulary is foreign
-  provenance.json   git sha, argv, package versions, time
-Loading resolves classes through registries (families, algorithms); no remote code is run.
+This module only re-exports its names, on use, for callers outside models/ that still import them from
+here; importing it never imports algorithms/. Import from specforge_het.algorithms.io instead.
 """
 
 from __future__ import annotations
 
-import json
-import platform
-import subprocess
-import sys
-import time
-from importlib import metadata
-from pathlib import Path
-from typing import Any
-
-from safetensors.torch import load_file, save_file
-
-from specforge_het.assets import resolve_draft_path
-from specforge_het.models.adapters import VocabAdapter
-from specforge_het.models.draft import DraftConfig, DraftModel, check_base_matches
-
-FORMAT = "specforge_het.draft"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
+_MOVED = ("FORMAT", "FORMAT_VERSION", "WEIGHTS", "git_sha", "provenance", "save_draft", "read_draft_config",
+          "load_draft", "draft_parameter_counts")
 
 
-def git_sha() -> str:
-    try:
-        # S607: `git` from PATH on purpose (provenance only); fixed argv, no shell, no user input.
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,  # noqa: S607
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def __getattr__(name: str):
+    if name in _MOVED:
+        from specforge_het.algorithms import io  # deprecated shim (see tests/test_layering.py)
 
-
-def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    versions = {}
-    for pkg in ("specforge_het", "torch", "transformers", "peft", "safetensors", "datasets"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "git_sha": git_sha(), "argv": sys.argv, "versions": versions, "python": platform.python_version(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}),
-    }
-
-
-def save_draft(draft: DraftModel, folder: str | Path, extra_provenance: dict[str, Any] | None = None,
-               state: dict[str, Any] | None = None) -> Path:
-    """Write a draft folder. `state`: the weights to write (LoRA merged) instead of the draft's own
-    (a trainer under FSDP / DeepSpeed passes the gathered full state while the module holds shards)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in (draft.trainable_state_dict() if state is None else state).items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT})
-    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **draft.cfg.to_dict()}
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    tok = getattr(draft, "draft_tokenizer", None)
-    if tok is not None:
-        tok.save_pretrained(folder)
-    (folder / "provenance.json").write_text(json.dumps(provenance(extra_provenance), indent=2) + "\n")
-    return folder
-
-
-def read_draft_config(folder: str | Path) -> DraftConfig:
-    path = resolve_draft_path(str(folder)) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"'{folder}' is not a draft folder: {path.name} is missing.")
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"'{folder}' holds format {data.get('format')!r}, not a {FORMAT} draft folder.")
-    if data.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"'{folder}' was written by a newer specforge_het (format {data['format_version']}).")
-    return DraftConfig.from_dict(data)
-
-
-def load_draft(folder: str | Path, base) -> DraftModel:
-    """Load a draft folder onto `base`; fails naming both shapes when the base does not match."""
-    folder = resolve_draft_path(str(folder))
-    cfg = read_draft_config(folder)
-    check_base_matches(cfg, base.describe())
-    state = load_file(str(folder / WEIGHTS))
-    vocab = None
-    if "vocab.d2t" in state:
-        vocab = VocabAdapter(state["vocab.d2t"], cfg.base["vocab_size"], state.get("vocab.input_map"),
-                             state.get("vocab.draft_token_ids"))
-    draft = DraftModel(cfg, vocab)
-    missing, unexpected = draft.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"'{folder}/{WEIGHTS}' does not match its config.json: missing {missing}, unexpected {unexpected}.")
-    if cfg.embed == "foreign":
-        from transformers import AutoTokenizer
-
-        draft.draft_tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return draft.attach(base).to(device=base.device, dtype=base.dtype)
-
-
-def draft_parameter_counts(draft: DraftModel) -> dict[str, int]:
-    """Parameters the draft owns, by top-level part."""
-    counts: dict[str, int] = {}
-    for name, p in draft.named_parameters():
-        counts[name.split(".")[0]] = counts.get(name.split(".")[0], 0) + p.numel()
-    return counts
-
+        return getattr(io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ from the shipped training prompts (user turn = one prompt, assistant turn = othe
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import sys
@@ -59,7 +60,7 @@ def synthetic_rows(tokenizer, n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def legacy_loss(draft, base, batch, feats, tcfg):
+def legacy_loss(draft, base, batch, feats, options):
     """The previous EagleV3 formulation (kept here only to measure against): full base logits, all
     unroll keys under an additive mask, [B, S, V] draft logits and shifted target copies per step."""
     from specforge_het.algorithms.common import draft_targets, shift_left, soft_cross_entropy, ttt_mask
@@ -72,17 +73,18 @@ def legacy_loss(draft, base, batch, feats, tcfg):
     mask = (lm[:, 1:] * key_valid).bool() & valid
     hidden = draft.input_from_base(x, feats[0][:, :-1])
     cache, total = DynamicCache(), 0.0
-    for j in range(tcfg.ttt_steps):
+    for j in range(options.ttt_steps):
         pos = (torch.arange(s) + j)[None].expand(b, s)
         hidden = draft(shift_left(x, j, 0), hidden, pos, ttt_mask(s, j, key_valid, hidden.dtype), cache)
         ce = soft_cross_entropy(draft.logits(hidden), shift_left(probs, j, 0.0), shift_left(mask, j, False))
-        total = total + tcfg.ttt_decay ** j * ce
+        total = total + options.ttt_decay ** j * ce
     return total
 
 
 class _Run:
     def __init__(self, name: str, cfg: Config, base, rows, batches):
-        from specforge_het.models.build import build_draft
+        from specforge_het.algorithms.build import build_draft
+        from specforge_het.algorithms.registry import options_of
         from specforge_het.training.data import token_counts
         from specforge_het.training.trainer import DraftTrainingModule
 
@@ -94,15 +96,16 @@ class _Run:
         self.name, self.path, self.mode, self.bf16 = name, parts[0], parts[1], parts[2] == "bf16"
         self.tcfg = type(cfg.training)(**vars(cfg.training))
         modeling = type(cfg.modeling)(**vars(cfg.modeling))
+        self.options = copy.deepcopy(options_of(cfg, modeling.algorithm))
         for p in extra:
             if p.startswith("ttt"):
-                self.tcfg.ttt_steps = int(p[3:])
+                self.options.ttt_steps = int(p[3:])
             else:
                 modeling.draft_vocab_size = int(p[1:])
         self.draft = build_draft(modeling, base, token_counts(rows, base.vocab_size), seed=0)
         self.draft.train(True)
         stored = list(self.draft.cfg.feature_layers) + [-1] if self.mode == "offline" else None
-        self.module = DraftTrainingModule(self.draft, base, self.tcfg, stored)
+        self.module = DraftTrainingModule(self.draft, base, self.tcfg, stored, self.options)
         self.opt = torch.optim.AdamW([p for p in self.draft.parameters() if p.requires_grad], lr=1e-5)
         self.base, self.batches = base, batches
         self.feats: dict[int, tuple] = {}
@@ -125,11 +128,11 @@ class _Run:
         start = time.perf_counter()
         with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
             if self.path == "legacy":
-                loss = legacy_loss(self.draft, self.base, batch, self._features(i, batch), self.tcfg)
+                loss = legacy_loss(self.draft, self.base, batch, self._features(i, batch), self.options)
             else:
                 stored = torch.cat(self._features(i, batch), -1) if self.mode == "offline" else None
                 b = self.module.make_batch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], stored)
-                total, count, _ = self.draft.algorithm.loss(self.draft, b, self.tcfg)
+                total, count, _ = self.module.algorithm.loss(self.draft, b, self.tcfg, self.module.options)
                 loss = total / count
         loss.backward()
         self.opt.step()
@@ -168,10 +171,10 @@ def bench(cfg: Config, presets: list[str], configs: str = "new-online-fp32,new-o
         table.add_column(col, no_wrap=True)
     results = []
     for r in runs:
-        res = {"configuration": r.name, "ttt_steps": r.tcfg.ttt_steps, "draft_vocab": r.draft.cfg.draft_vocab_size, "tokens_per_s": round(r.tokens / r.seconds, 1),
+        res = {"configuration": r.name, "ttt_steps": getattr(r.options, "ttt_steps", None), "draft_vocab": r.draft.cfg.draft_vocab_size, "tokens_per_s": round(r.tokens / r.seconds, 1),
                "loss_tokens_per_s": round(r.loss_tokens / r.seconds, 1), "tokens": r.tokens, "seconds": round(r.seconds, 2)}
         results.append(res)
-        table.add_row(r.name, str(r.tcfg.ttt_steps), str(r.draft.cfg.draft_vocab_size), f"{res['tokens_per_s']:.1f}", f"{res['loss_tokens_per_s']:.1f}",
+        table.add_row(r.name, str(getattr(r.options, "ttt_steps", "")), str(r.draft.cfg.draft_vocab_size), f"{res['tokens_per_s']:.1f}", f"{res['loss_tokens_per_s']:.1f}",
                       f"{r.tokens:.0f}", f"{r.seconds:.1f}")
     Console().print(table)
     payload = {"command": "python -m specforge_het.training.bench " + " ".join(sys.argv[1:]),

@@ -13,10 +13,12 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from specforge_het.algorithms.common import TrainBatch, finalize_metrics, target_mask
+from specforge_het.algorithms.io import save_draft
+from specforge_het.algorithms.registry import algorithm_of
 from specforge_het.algorithms.targets import base_targets
 from specforge_het.config import ConfigError
 from specforge_het.models.base import LAST
-from specforge_het.models.speculative import save_draft
+from specforge_het.models.build import merged_state_dict
 
 RAW_STATE = "training_state.safetensors"
 
@@ -26,10 +28,14 @@ class DraftTrainingModule(nn.Module):
 
     accepts_loss_kwargs = True  # HF passes num_items_in_batch (the loss is a per-token mean over accumulation)
 
-    def __init__(self, draft, base, tcfg, stored_layers: list[int] | None = None):
+    def __init__(self, draft, base, tcfg, stored_layers: list[int] | None = None, options=None):
+        """tcfg: the `training` section; options: the draft algorithm's own knobs (its `Config`;
+        None = its defaults, overridden by same-named fields of tcfg, the legacy flat keys)."""
         super().__init__()
         self.draft = draft
         self._base = [base]
+        self.algorithm = algorithm_of(draft)
+        self.options = options if options is not None else options_from(self.algorithm, tcfg)
         # FSDP's transformer auto-wrap (accelerate reads `_no_split_modules` of the module it wraps) and
         # DeepSpeed/accelerate device maps: a decoder layer is never split across units
         self._no_split_modules = draft._no_split_modules = layer_class_names(draft)
@@ -75,9 +81,20 @@ class DraftTrainingModule(nn.Module):
             input_ids, attention_mask, loss_mask = input_ids.to(here), attention_mask.to(here), loss_mask.to(here)
             features = None if features is None else features.to(here)
         batch = self.make_batch(input_ids, attention_mask, loss_mask, features)
-        loss, count, counters = self.draft.algorithm.loss(self.draft, batch, self.tcfg)
+        loss, count, counters = self.algorithm.loss(self.draft, batch, self.tcfg, self.options)
         counters["seq_tokens"] = float(attention_mask.sum())
         return {"loss": loss, "count": count, "counters": counters}
+
+
+def options_from(algorithm, source):
+    """The algorithm's `Config` with the fields `source` also has taken from it (defaults for the rest)."""
+    import dataclasses
+
+    opts = algorithm.Config()
+    for f in dataclasses.fields(opts):
+        if hasattr(source, f.name):
+            setattr(opts, f.name, getattr(source, f.name))
+    return opts
 
 
 def layer_class_names(draft) -> list[str]:
@@ -187,8 +204,6 @@ class DraftTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        from specforge_het.models.build import merged_state_dict
-
         draft = self.draft
         raw = self.draft_state(state_dict)
         extra = {**self.provenance_extra, "global_step": self.state.global_step}

@@ -1,0 +1,119 @@
+"""The registry of draft algorithms and the interface each one implements.
+
+An algorithm is one folder `algorithms/<name>/` (config.py, model.py, loss.py, __init__.py) whose
+`__init__.py` registers a `DraftAlgorithm` subclass with `@register("<name>")`. Everything else finds
+it by the name a config or a draft folder's config.json carries: `get_algorithm(name)`.
+No algorithm name is compared anywhere else; code asks the algorithm instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from specforge_het.config import add_choice, register_section
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class NoOptions:
+    """An algorithm without training knobs of its own."""
+
+
+class DraftAlgorithm:
+    """One draft algorithm: its draft class, how a new draft is laid out, its training knobs and loss.
+
+    Class attributes a subclass sets:
+      name           filled by @register
+      draft_cls      the draft model class (a models.draft.DraftModel subclass) built from a DraftConfig;
+                     a property importing model.py on use keeps registration free of torch
+      Config         dataclass of the algorithm's own training knobs: the config section `<name>.*`
+      config_moved_from  the section those keys sat in before (old keys stay accepted as aliases)
+      own_head_for_base_vocab  False: with vocab = base the draft reads the base's LM head (no own head)
+      embeds_at_draft_width    True: the draft consumes token embeddings at its own width (a narrower
+                               draft than the base gets a projection of the base's embedding)
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoOptions
+    config_moved_from: ClassVar[str] = ""
+    own_head_for_base_vocab: ClassVar[bool] = True
+    embeds_at_draft_width: ClassVar[bool] = False
+
+    @property
+    def draft_cls(self) -> type:
+        """The draft model class (imported on use in the algorithm's __init__.py)."""
+        raise NotImplementedError
+
+    def default_feature_layers(self, num_base_layers: int) -> list[int]:
+        """The base layers (HF hidden_states index, -1 = final normed) the draft reads by default."""
+        raise NotImplementedError
+
+    def build(self, cfg, vocab=None):
+        """A new draft (fresh weights) of this algorithm for a DraftConfig and vocabulary adapter."""
+        return self.draft_cls(cfg, vocab)
+
+    def check(self, options) -> None:
+        """Refuse contradictory knobs (raise config.ConfigError naming the key)."""
+
+    def training_warnings(self, tcfg) -> list[str]:
+        """Notes for the user about how shared training settings affect this algorithm."""
+        return []
+
+    def loss(self, draft, batch, tcfg, options) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(loss summed over positions, positions N, metric counters) of one TrainBatch.
+
+        tcfg: the shared training settings (loss kind, loss_chunk, top_k_accuracy, ...);
+        options: this algorithm's `Config`. The trainer divides by N (or by num_items_in_batch).
+        """
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[DraftAlgorithm]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a DraftAlgorithm subclass known by `name`; its `Config` becomes section `name`."""
+
+    def deco(cls: type[DraftAlgorithm]) -> type[DraftAlgorithm]:
+        if name in _REGISTRY:
+            raise ValueError(f"algorithm '{name}' registered twice")
+        if dataclasses.fields(cls.Config):
+            register_section(name, cls.Config, cls.config_moved_from)
+        add_choice("modeling.algorithm", name)
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_algorithm(name: str) -> DraftAlgorithm:
+    if name not in _REGISTRY:
+        near = difflib.get_close_matches(name, list(_REGISTRY), n=2)
+        hint = f" Did you mean {near[0]}?" if near else ""
+        raise ValueError(f"Unknown draft algorithm '{name}'. Registered: {sorted(_REGISTRY)}.{hint}")
+    return _REGISTRY[name]()
+
+
+def algorithm_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def algorithm_of(draft) -> DraftAlgorithm:
+    """The algorithm of a draft model (from its config)."""
+    return get_algorithm(draft.cfg.algorithm)
+
+
+def default_options(name: str) -> Any:
+    """A fresh `Config` (default knobs) of algorithm `name`."""
+    return get_algorithm(name).Config()
+
+
+def options_of(cfg, name: str) -> Any:
+    """Algorithm `name`'s knobs in a resolved config (its section), or its defaults when it has none."""
+    return getattr(cfg, name) if name in cfg.section_names() else default_options(name)
