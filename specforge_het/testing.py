@@ -99,53 +99,59 @@ def save_tiny_base(path: str | Path, family: str, tokenizer, **kw) -> str:
 
 class OracleProposer:
     """A 'draft' built from the base itself: it proposes what the base would, with near one-hot
-    log-probs, through the same tree builders as a real draft. Speculative decoding with it must
-    reach accept length = tree depth + 1 (on trees whose rank-0 path is the greedy path)."""
+    log-probs, through the same tree builders as DraftProposer (`build_dynamic_tree`,
+    `grow_fixed_tree`). Speculative decoding with it must reach accept length = tree depth + 1
+    (on trees whose rank-0 path is the greedy path). A plain Proposer (inference/protocol.py):
+    no base features, deterministic candidates."""
 
-    def __new__(cls, base, tree, sharpness: float = 1000.0):
+    feature_layers: tuple[int, ...] = ()
+
+    def __init__(self, base, tree, sharpness: float = 1000.0):
         from specforge_het.inference.fast_paths import FastPaths
-        from specforge_het.inference.proposer import DraftProposer
 
-        class _Oracle(DraftProposer):
-            def __init__(self):
-                self.base, self.sharpness, self.draft = base, sharpness, None
-                self.tree, self.feature_layers = tree, ()
-                self.use_fast_paths(FastPaths.resolve("auto", base.device))
-                if tree.kind == "static":
-                    from specforge_het.inference.tree import static_parents, static_tree_spec
+        self.base, self.tree, self.sharpness = base, tree, sharpness
+        self.shape = None if tree.kind == "dynamic" else tree.fixed_shape()  # (parents, ranks)
+        self.seq: list[int] = []
+        self.use_fast_paths(FastPaths.resolve("auto", base.device))
 
-                    self._static = static_parents(static_tree_spec(tree.static_tree))
-                self.reset()
+    def use_fast_paths(self, fast) -> None:
+        self.on_device = fast.on_device  # the device variants of the tree builders (same trees)
 
-            def start(self, prompt_ids, root, features):
-                self.reset()
-                self.seq = prompt_ids.tolist() + [root]
-                self.root_ids = torch.tensor([root], device=self.base.device)
+    def depth(self) -> int:
+        return self.tree.depth()
 
-            def update(self, next_tokens, features):
-                self.seq += next_tokens.tolist()
-                self.root_ids = next_tokens[-1:]
+    def start(self, prompt_ids: torch.Tensor, root: int, features) -> None:
+        self.seq = prompt_ids.tolist() + [int(root)]
 
-            def to_base_ids(self, draft_ids):
-                return draft_ids
+    def update(self, next_tokens: torch.Tensor, features) -> None:
+        self.seq += next_tokens.tolist()
 
-            def _next_logprobs(self, tokens: list[int]) -> torch.Tensor:
-                ids = torch.tensor([tokens], device=self.base.device)
-                logits = self.base.features(ids, ()).logits[0, -1].float()
-                return torch.log_softmax(logits * self.sharpness, dim=-1)
+    def _logprobs(self, path: list[int]) -> torch.Tensor:
+        ids = torch.tensor([self.seq + path], device=self.base.device)
+        logits = self.base.features(ids, ()).logits[0, -1].float()
+        return torch.log_softmax(logits * self.sharpness, dim=-1)
 
-            def _new_rows(self):
-                self._paths: list[list[int]] = []
+    @torch.no_grad()
+    def propose(self):
+        from specforge_het.inference.proposer import grow_fixed_tree
+        from specforge_het.inference.protocol import Proposal
+        from specforge_het.inference.tree import build_dynamic_tree, stable_topk, stable_topk_on_device
 
-            def _root_logprobs(self):
-                return self._next_logprobs(self.seq)
+        paths: list[list[int]] = []  # tokens below the root of every fed node, in feeding order
 
-            def _step(self, draft_ids, parent_rows):
-                out = []
-                for tok, p in zip(draft_ids.tolist(), parent_rows.tolist()):
-                    path = ([] if p < 0 else self._paths[p]) + [tok]
-                    self._paths.append(path)
-                    out.append(self._next_logprobs(self.seq + path))
-                return torch.stack(out)
+        def step(ids: torch.Tensor, parent_rows: torch.Tensor) -> torch.Tensor:
+            for tok, p in zip(ids.tolist(), parent_rows.tolist()):
+                paths.append(([] if p < 0 else paths[p]) + [tok])
+            return torch.stack([self._logprobs(path) for path in paths[len(paths) - ids.shape[0]:]])
 
-        return _Oracle()
+        root_logp = self._logprobs([])
+        if self.shape is None:
+            t = self.tree
+            ids, parents, _ = build_dynamic_tree(step, root_logp, t.top_k, t.max_depth, t.total_tokens,
+                                                 on_device=self.on_device)
+            ids = ids[1:]
+        else:
+            topk = stable_topk_on_device if self.on_device else stable_topk
+            ids, parents = grow_fixed_tree(step, root_logp, *self.shape, topk), self.shape[0]
+        root = torch.tensor([self.seq[-1]], device=self.base.device)
+        return Proposal(torch.cat([root, ids.to(root.device)]), parents.to(root.device))

@@ -237,7 +237,7 @@ def test_truth_ranks_equal_proposer_and_unrolled_draft(llama_base, sharp_draft, 
     feats = base.features(prompt, layers).features[0]
     proposer = DraftProposer(draft, TreeSpec("chain", depth))
     proposer.start(prompt[0], 7, feats)
-    chain = proposer.propose()[0].tolist()  # [root 7, the draft's own top-1 chain]
+    chain = proposer.propose().tokens.tolist()  # [root 7, the draft's own top-1 chain]
     answer = chain + [5, 9, 11]
     ranks, valid = calibrate.truth_ranks(base, draft, prompt, answer, depth=depth, max_rank=R)
     assert ranks.shape == valid.shape == (len(answer) - 1, depth)

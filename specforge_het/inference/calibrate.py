@@ -3,7 +3,8 @@
 Everything runs on the actual device, dtype and thread count, through the same pieces the
 decoder uses (BaseModel forward with a tree mask and a KV cache rolled back after each verify,
 DraftProposer.propose/update), with the decoder's fast paths (--inference.fast_paths) on while
-timing. Results are cached per (device, dtype, threads, base, draft, fast paths) in
+timing. The draft is only reached through DraftProposer (its protocol methods, its optional
+fast-path hooks, and `true_path_ranks` for the acceptance measurement). Results are cached per (device, dtype, threads, base, draft, fast paths) in
 $SPECFORGE_HET_CACHE/cost_model/ (default ~/.cache/specforge_het/cost_model/).
 """
 
@@ -14,14 +15,13 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import DynamicCache
 
 from specforge_het.inference.cost_model import Acceptance, Costs, acceptance_from_ranks
 from specforge_het.inference.decoder import Decoder
-from specforge_het.inference.fast_paths import FastPaths
+from specforge_het.inference.fast_paths import FastPaths, proposer_modules, tell_proposer
 from specforge_het.inference.prompts import render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
-from specforge_het.inference.tree import layout_from_parents, layout_on_device, stable_topk
+from specforge_het.inference.tree import layout_from_parents, layout_on_device
 from specforge_het.models.base import keep_cache_entries
 
 VERIFY_SIZES = (1, 2, 4, 8, 16, 32, 64)  # tree tokens per verify, root included
@@ -129,18 +129,17 @@ def measure_draft(base, draft, ctx: torch.Tensor, repeats: int, fast: FastPaths 
     """Proposal seconds at depth 1 and per extra step, per top_k; update seconds per committed count.
     `fast`: the decoder's strategy the proposals run with (default: `auto` on the base's device)."""
     fast = fast or FastPaths.resolve("auto", base.device)
-    layers = tuple(draft.cfg.feature_layers)
-    feats = base(ctx, base.new_cache(), feature_layers=layers, logits="none").features[0]  # [L, F*H]
+    updater = DraftProposer(draft, TreeSpec("chain", 1))
+    feats = base(ctx, base.new_cache(), feature_layers=updater.feature_layers, logits="none").features[0]  # [L, F*H]
     root = int(ctx[0, -1])
     jobs: list[Job] = []
     for k in DRAFT_TOP_KS:
         for depth in (1, DEEP):
             kind = "chain" if k == 1 else "dynamic"
             proposer = DraftProposer(draft, TreeSpec(kind, depth, k, min(16, 1 + k + (depth - 1) * k * k)))
-            proposer.use_fast_paths(fast)
+            tell_proposer(proposer, fast)
             proposer.start(ctx[0, :-1], root, feats[:-1])
             jobs.append((proposer.propose, None))  # propose() leaves the draft cache as it found it
-    updater = DraftProposer(draft, TreeSpec("chain", 1))
     updater.start(ctx[0, :-1], root, feats[:-1])  # each update grows its context a little: harmless
     jobs += [(lambda m=m: updater.update(ctx[0, :m], feats[:m]), None) for m in UPDATE_SIZES]
     times = interleaved_medians(jobs, repeats, base.device)
@@ -155,8 +154,9 @@ def measure_costs(base, draft, repeats: int = 5, fast_paths: str = "auto") -> Co
     decoder's fast paths `fast_paths` applied to the base and the draft while timing."""
     ctx = context_ids(base, cost_context(base))
     fast = FastPaths.resolve(fast_paths, base.device)
-    with fast.scope(base.model, draft):
-        verify, head, base_step = measure_verify(base, tuple(draft.cfg.feature_layers), ctx, repeats,
+    probe = DraftProposer(draft, TreeSpec("chain", 1))
+    with fast.scope(base.model, *proposer_modules(probe)):
+        verify, head, base_step = measure_verify(base, probe.feature_layers, ctx, repeats,
                                                  full_head=not fast.per_row_head)
         fixed, per_step, update = measure_draft(base, draft, ctx, repeats, fast)
     return Costs(tuple(verify), tuple(head), tuple(fixed), tuple(per_step), tuple(update), base_step)
@@ -165,56 +165,19 @@ def measure_costs(base, draft, repeats: int = 5, fast_paths: str = "auto") -> Co
 # ---------------------------------------------------------------- acceptance
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """bool [S, K] -> additive mask [1, 1, S, K]."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min)[None, None]
-
-
-def _ranks(draft, hidden_out: torch.Tensor, truth: torch.Tensor, max_rank: int) -> torch.Tensor:
-    """Rank of `truth` [J] (base ids) among the draft's top max_rank candidates from hidden_out [J, Hd]
-    (max_rank = not among them). -> [J]"""
-    logp = torch.log_softmax(draft.logits(hidden_out).float(), dim=-1)
-    _, rows = stable_topk(logp, max_rank)  # [J, R], the proposer's order
-    match = draft.to_base_ids(rows) == truth[:, None]
-    return torch.where(match.any(-1), match.int().argmax(-1), torch.full_like(truth, max_rank))
-
-
 @torch.no_grad()
 def truth_ranks(base, draft, prompt_ids: torch.Tensor, answer: list[int], depth: int = MAX_DEPTH,
                 max_rank: int = MAX_RANK) -> tuple[torch.Tensor, torch.Tensor]:
     """For every answer token as root, the ranks of the next `depth` true tokens, the draft fed the true path.
 
-    Equivalent to the proposer's tree steps along the true path at every start, batched: one
-    draft forward per depth over all starts, each start attending its own committed prefix and chain.
-    Returns (ranks [J, depth], valid [J, depth]) with J = len(answer) - 1 starts.
+    Equivalent to the proposer's tree steps along the true path at every start, batched
+    (`DraftProposer.true_path_ranks`). Returns (ranks [J, depth], valid [J, depth]) with
+    J = len(answer) - 1 starts.
     """
-    d, device = draft, base.device
-    z = torch.cat([prompt_ids[0].to(device), torch.tensor(answer, device=device)])  # [S]
-    s, n = z.shape[0], prompt_ids.shape[1]
-    feats = base(z[None], base.new_cache(), feature_layers=tuple(d.cfg.feature_layers), logits="none").features[0]
-    m, dtype = s - 1, d.fc.weight.dtype  # committed pairs (z[i+1], feats[i])
-    cache = DynamicCache()
-    hidden_in = d.input_from_base(z[None, 1:], feats[None, :m].to(dtype))
-    causal = torch.ones(m, m, dtype=torch.bool, device=device).tril()
-    h = d(z[None, 1:], hidden_in, torch.arange(m, device=device)[None], _additive(causal, dtype), cache)[0]
-    roots = torch.arange(n, s - 1, device=device)  # root z[p] has pairs 0..p-1 committed
-    j = roots.shape[0]
-    ranks = torch.full((j, depth), max_rank, dtype=torch.long, device=device)
-    valid = (roots[:, None] + torch.arange(1, depth + 1, device=device)[None]) <= s - 1  # [J, D]
-    truth = lambda k: z[(roots + k).clamp_max(s - 1)]  # noqa: E731  true token at depth k
-    ranks[:, 0] = _ranks(d, h[roots - 1], truth(1), max_rank)
-    parent = h[roots - 1]
-    committed = torch.arange(m, device=device)[None] < roots[:, None]  # [J, m]
-    own = torch.eye(j, dtype=torch.bool, device=device)
-    for k in range(1, depth):  # feed depth-k nodes, read depth-(k+1) ranks
-        allowed = torch.cat([committed] + [own] * k, dim=1)  # [J, m + J*k]
-        feed = truth(k)
-        hidden_in = d.input_from_self(feed[None], parent[None])
-        out = d(feed[None], hidden_in, (roots + k - 1)[None], _additive(allowed, dtype), cache)[0]  # [J, Hd]
-        ranks[:, k] = _ranks(d, out, truth(k + 1), max_rank)
-        parent = out
-    return ranks.cpu(), valid.cpu()
+    proposer = DraftProposer(draft, TreeSpec("chain", 1))
+    z = torch.cat([prompt_ids[0].to(base.device), torch.tensor(answer, device=base.device)])  # [S]
+    feats = base(z[None], base.new_cache(), feature_layers=proposer.feature_layers, logits="none").features[0]
+    return proposer.true_path_ranks(z, feats, prompt_ids.shape[1], depth, max_rank)
 
 
 def measure_acceptance(base, draft, prompts: list[str], inf, answer_tokens: int = ANSWER_TOKENS) -> Acceptance:

@@ -8,6 +8,10 @@ CPU fast paths (packed linears, the per-row LM head) are a strategy the caller p
 The device strategy (`off`, or `auto` on an accelerator) keeps a speculative step on the device:
 tree, layout and greedy acceptance there, one host read of the step's outcome
 (inference/syncs.py counts the reads per step).
+
+The proposer is anything implementing the Proposer protocol (inference/protocol.py); its
+`Proposal` may carry draft probabilities q, which sampling uses (SpecInfer's rule with q, on the
+host, with either LM-head strategy); greedy decoding ignores them.
 """
 
 from __future__ import annotations
@@ -160,7 +164,9 @@ class Decoder:
         return [self._choose(out.logits[0, -1])]
 
     def _spec_step(self, cache, result: GenerationResult) -> list[int]:
-        tokens, parents = self.proposer.propose()  # [N] base ids, tokens[0] = root (last committed)
+        proposal = self.proposer.propose()
+        tokens, parents = proposal.tokens, proposal.parents  # [N] base ids, tokens[0] = root (last committed)
+        q = None if self.sampling.greedy else self._draft_probs(proposal)
         on_device = self.fast.on_device
         layout = layout_on_device(parents) if on_device else layout_from_parents(parents)
         past = cache.get_seq_length()
@@ -170,7 +176,7 @@ class Decoder:
         if on_device and self.sampling.greedy:
             path, path_ids, new, new_ids = self._accept_on_device(tokens, layout, out.hidden[0])
         else:
-            path, path_ids, new, new_ids = self._accept_on_host(tokens, parents, out.hidden[0])
+            path, path_ids, new, new_ids = self._accept_on_host(tokens, parents, out.hidden[0], q)
         self._root_accept_rate += 0.25 * (float(len(path_ids) > 1) - self._root_accept_rate)
         _keep_path(cache, past, path, path_ids)
         self.proposer.update(new, None if out.features is None else out.features[0, path])
@@ -191,13 +197,27 @@ class Decoder:
         new = torch.cat([tokens[path[1:]], bonus[None]])
         return path, host[2 + n: 2 + n + tau], new, host[2 + 2 * n + 1: 2 + 2 * n + tau] + [host[1]]
 
-    def _accept_on_host(self, tokens: torch.Tensor, parents: torch.Tensor, hidden: torch.Tensor):
-        """Acceptance walked on the host (CPU strategy, and sampling): same return as `_accept_on_device`."""
+    def _draft_probs(self, proposal) -> torch.Tensor | None:
+        """The proposal's q [N, V_base] where the base's vocabulary is V_base, on the tokens' device; None
+        when the proposal has none (its tokens are deterministic candidates)."""
+        q = proposal.draft_probs
+        if q is None:
+            return None
+        want = (proposal.size, self.base.vocab_size)
+        if tuple(q.shape) != want:
+            raise ValueError(f"Proposal.draft_probs must have shape [N, V_base] = {list(want)} (one row per tree node, "
+                             f"over the base vocabulary), got {list(q.shape)}")
+        return q.to(proposal.tokens.device)
+
+    def _accept_on_host(self, tokens: torch.Tensor, parents: torch.Tensor, hidden: torch.Tensor,
+                        draft_probs: torch.Tensor | None = None):
+        """Acceptance walked on the host (CPU strategy, and sampling): same return as `_accept_on_device`.
+        Sampling with `draft_probs` (q [N, V]) takes SpecInfer's rule with q instead of the deterministic-candidate one."""
         rows = self._rows(hidden, parents)
         if self.sampling.greedy:
             path, bonus = greedy_accept(tokens, parents, rows)
         else:
-            path, bonus = tree_rejection_sample(tokens, parents, rows, self.generator)
+            path, bonus = tree_rejection_sample(tokens, parents, rows, self.generator, draft_probs=draft_probs)
         path = path.to(tokens.device)
         new = torch.cat([tokens[path[1:]], torch.tensor([bonus], device=tokens.device)])
         return path, path.tolist(), new, new.tolist()

@@ -75,13 +75,14 @@ class FastPaths:
 
 
 def proposer_modules(proposer) -> tuple[nn.Module, ...]:
-    """The modules a proposer runs (its `fast_path_modules()`), for the decoder's fast-path scope."""
+    """The modules a proposer runs (its optional `fast_path_modules()` hook, inference/protocol.py), for
+    the decoder's fast-path scope; () without the hook."""
     get = getattr(proposer, "fast_path_modules", None)
     return tuple(get()) if get is not None else ()
 
 
 def tell_proposer(proposer, fast: FastPaths) -> None:
-    """Hand the decoder's strategy to a proposer that takes one (its `use_fast_paths(fast)`)."""
+    """Hand the decoder's strategy to a proposer that takes one (its optional `use_fast_paths(fast)` hook)."""
     use = getattr(proposer, "use_fast_paths", None)
     if use is not None:
         use(fast)

@@ -4,7 +4,8 @@ After the latest earlier occurrence of the context's last n tokens (n = max_ngra
 the tokens that followed it are proposed as one more root path of the tree (``merge_chain``).
 Repetitive text (code, quoting the prompt, a base model looping) is accepted in long runs
 there, where a small draft is unsure. The branch is a set of deterministic candidates, so
-greedy output and the sampled distribution are unchanged (accept.py handles both).
+greedy output and the sampled distribution are unchanged (accept.py handles both; see
+`LookupProposer` for an inner proposal's draft probabilities).
 Without an inner proposer this is plain prompt-lookup decoding in our decoder.
 """
 
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 import torch
 
 from specforge_het.config import ConfigError
-from specforge_het.inference.fast_paths import proposer_modules
+from specforge_het.inference.fast_paths import proposer_modules, tell_proposer
+from specforge_het.inference.protocol import Proposal
 from specforge_het.inference.tree import merge_chain
 
 
@@ -44,7 +46,14 @@ def lookup_continuation(context: Sequence[int], max_ngram: int, num_tokens: int)
 
 
 class LookupProposer:
-    """Wraps a proposer (or none) and adds the prompt-lookup branch to every tree it proposes."""
+    """Wraps a proposer (or none) and adds the prompt-lookup branch to every tree it proposes.
+
+    Draft probabilities: an inner proposal's `draft_probs` promise that every node's children were
+    drawn from its row q (inference/protocol.py). Lookup children are not, so when the branch adds
+    nodes the merged proposal carries no `draft_probs` (acceptance then takes the deterministic-
+    candidate rule, exact for any candidate list); when the branch only follows drafted nodes (or
+    found nothing) the inner proposal is returned unchanged, q included.
+    """
 
     def __init__(self, inner, num_tokens: int, max_ngram: int = 3, device: torch.device | str = "cpu"):
         if num_tokens < 1 or max_ngram < 1:
@@ -59,6 +68,10 @@ class LookupProposer:
         """The inner proposer's modules (the lookup branch itself runs none)."""
         return proposer_modules(self.inner)
 
+    def use_fast_paths(self, fast) -> None:
+        """Hand the decoder's strategy on to the inner proposer."""
+        tell_proposer(self.inner, fast)
+
     def depth(self) -> int:
         return max(self.num_tokens, 0 if self.inner is None else self.inner.depth())
 
@@ -72,14 +85,15 @@ class LookupProposer:
         if self.inner is not None:
             self.inner.update(next_tokens, features)
 
-    def propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self) -> Proposal:
         if self.inner is None:
-            tokens = torch.tensor([self.context[-1]], device=self.device)
-            parents = torch.tensor([-1], device=self.device)
+            inner = Proposal(torch.tensor([self.context[-1]], device=self.device), torch.tensor([-1], device=self.device))
         else:
-            tokens, parents = self.inner.propose()
+            inner = self.inner.propose()
         chain = lookup_continuation(self.context, self.max_ngram, self.num_tokens)
-        n = tokens.numel()
-        tokens, parents = merge_chain(tokens, parents, chain)
-        self.branch_nodes += tokens.numel() - n
-        return tokens, parents
+        tokens, parents = merge_chain(inner.tokens, inner.parents, chain)
+        added = tokens.shape[0] - inner.size
+        if not added:
+            return inner
+        self.branch_nodes += added
+        return Proposal(tokens, parents)  # lookup children were not drawn from q: no draft_probs
