@@ -6,6 +6,8 @@ that still share many token strings, like real model pairs do.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -155,3 +157,82 @@ class OracleProposer:
             ids, parents = grow_fixed_tree(step, root_logp, *self.shape, topk), self.shape[0]
         root = torch.tensor([self.seq[-1]], device=self.base.device)
         return Proposal(torch.cat([root, ids.to(root.device)]), parents.to(root.device))
+
+
+QFn = Callable[[list[int]], torch.Tensor]  # a context (base ids) -> a distribution over the base vocabulary [V]
+
+
+def model_q(model, temperature: float = 1.0) -> QFn:
+    """A draft distribution from a (tiny) causal LM with the base's vocabulary (a BaseModel):
+    softmax(logits / temperature) after the context (memoised: many sampled runs share contexts)."""
+
+    @functools.lru_cache(maxsize=1 << 14)
+    def cached(context: tuple[int, ...]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model.features(torch.tensor([context], device=model.device), ()).logits[0, -1].float()
+        return torch.softmax(logits / temperature, dim=-1)
+
+    return lambda context: cached(tuple(context))
+
+
+class QSampleProposer:
+    """Draft tokens SAMPLED from a draft distribution q, handed over with q (`Proposal.draft_probs`).
+
+    In a fixed tree shape (`parents` [N], e.g. `TreeSpec.fixed_shape()[0]`), every node draws its
+    children without replacement from q(context + its path), one after the other in node-index
+    order: the contract of SpecInfer's rule (inference/protocol.py). `declare=False` hands over no
+    draft_probs (the deterministic-candidate rule on the same candidates). `declared`: report
+    another q than the one the children were drawn from, a broken contract (negative controls only).
+    """
+
+    feature_layers: tuple[int, ...] = ()
+
+    def __init__(self, q: QFn, parents: torch.Tensor, generator: torch.Generator, declare: bool = True,
+                 declared: QFn | None = None):
+        from specforge_het.inference.tree import check_parents
+
+        self.q, self.declared, self.declare, self.generator = q, declared, declare, generator
+        self.par = check_parents(parents)
+        self.children: list[list[int]] = [[] for _ in self.par]
+        self.depths = [0] * len(self.par)
+        for i in range(1, len(self.par)):
+            self.children[self.par[i]].append(i)
+            self.depths[i] = self.depths[self.par[i]] + 1
+        self.seq: list[int] = []
+
+    def depth(self) -> int:
+        return max(self.depths)
+
+    def start(self, prompt_ids: torch.Tensor, root: int, features) -> None:
+        self.seq = prompt_ids.tolist() + [int(root)]
+
+    def update(self, next_tokens: torch.Tensor, features) -> None:
+        self.seq += next_tokens.tolist()
+
+    def _draw(self, q: torch.Tensor, k: int) -> list[int]:
+        """k tokens from q without replacement, in the order drawn."""
+        rest, out = q.clone(), []
+        for _ in range(k):
+            out.append(int(torch.multinomial(rest, 1, generator=self.generator)))
+            rest[out[-1]] = 0.0
+        return out
+
+    @torch.no_grad()
+    def propose(self):
+        from specforge_het.inference.protocol import Proposal
+
+        tokens, paths, rows = [self.seq[-1]], [[]], {}
+        for i in range(1, len(self.par)):
+            tokens.append(-1)
+            paths.append(paths[self.par[i]] + [i])
+        for i, kids in enumerate(self.children):  # topological order: a node's token is drawn before it is read
+            if kids or i == 0:
+                context = self.seq + [tokens[j] for j in paths[i]]
+                q = self.q(context)
+                rows[i] = q if self.declared is None else self.declared(context)
+                for c, t in zip(kids, self._draw(q, len(kids))):
+                    tokens[c] = t
+        uniform = torch.full_like(rows[0], 1.0 / rows[0].shape[0])  # leaves' rows are never read
+        probs = torch.stack([rows.get(i, uniform) for i in range(len(self.par))]) if self.declare else None
+        device = rows[0].device
+        return Proposal(torch.tensor(tokens, device=device), torch.tensor(self.par, device=device), probs)

@@ -119,16 +119,20 @@ def test_chi2_pvalue_helper():
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def sharp_base(base_dirs, tok_a):
+def sharpened_base(path: str, tokenizer) -> BaseModel:
     """The tiny Llama base with its (tied) LM head scaled by SHARPNESS into an untied head: an
     informative distribution (neither near uniform nor near one-hot) at temperature ~1."""
-    model = AutoModelForCausalLM.from_pretrained(base_dirs["llama"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
     head.weight = nn.Parameter(model.get_output_embeddings().weight.detach().clone() * SHARPNESS)
     model.lm_head = head
     model.config.tie_word_embeddings = False
-    return BaseModel(model, tok_a, name="llama-sharp")
+    return BaseModel(model, tokenizer, name="llama-sharp")
+
+
+@pytest.fixture(scope="module")
+def sharp_base(base_dirs, tok_a):
+    return sharpened_base(base_dirs["llama"], tok_a)
 
 
 @pytest.fixture(scope="module")
