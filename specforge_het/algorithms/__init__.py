@@ -8,7 +8,7 @@ new drafts from the `modeling` config. Everything else calls `get_algorithm(name
 from __future__ import annotations
 
 # Fill the registry: importing an algorithm's folder registers it.
-from specforge_het.algorithms import eagle_v2, eagle_v3  # noqa: F401
+from specforge_het.algorithms import eagle_v2, eagle_v3, standalone  # noqa: F401
 from specforge_het.algorithms.registry import (
     DraftAlgorithm,
     algorithm_names,

@@ -36,6 +36,8 @@ class DraftAlgorithm:
       own_head_for_base_vocab  False: with vocab = base the draft reads the base's LM head (no own head)
       embeds_at_draft_width    True: the draft consumes token embeddings at its own width (a narrower
                                draft than the base gets a projection of the base's embedding)
+      uses_draft_folder        False: the draft is no draft folder; `proposer()` builds the decoder's
+                               proposer from the algorithm's own config section (standalone)
     """
 
     name: ClassVar[str] = ""
@@ -43,6 +45,7 @@ class DraftAlgorithm:
     config_moved_from: ClassVar[str] = ""
     own_head_for_base_vocab: ClassVar[bool] = True
     embeds_at_draft_width: ClassVar[bool] = False
+    uses_draft_folder: ClassVar[bool] = True
 
     @property
     def draft_cls(self) -> type:
@@ -63,6 +66,11 @@ class DraftAlgorithm:
     def training_warnings(self, tcfg) -> list[str]:
         """Notes for the user about how shared training settings affect this algorithm."""
         return []
+
+    def proposer(self, base, options, tree, temperature: float = 0.0, generator=None):
+        """The decoder's proposer for an algorithm without a draft folder (uses_draft_folder = False), built
+        from `options` (its Config); tree a TreeSpec, temperature/generator for sampled drafts."""
+        raise NotImplementedError(f"{self.name} drafts are draft folders: load one with algorithms.io.load_draft")
 
     def loss(self, draft, batch, tcfg, options) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """(loss summed over positions, positions N, metric counters) of one TrainBatch.

@@ -2,14 +2,18 @@
 
     python -m specforge_het.inference --@smollm2 --@eagle_v3 --modeling.draft_path DRAFT \\
         --inference.compare --mtbench mtbench:3
+    python -m specforge_het.inference --@gemma3_smollm2_standalone --inference.compare --mtbench mtbench:1
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
+from specforge_het.algorithms import get_algorithm
+from specforge_het.algorithms.registry import options_of
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, save_json_config
 from specforge_het.inference.fast_paths import FastPaths
@@ -44,6 +48,20 @@ def load_pair(cfg: Config, need_draft: bool):
     return base, draft
 
 
+def make_proposer(cfg: Config, base, draft, spec: TreeSpec):
+    """The draft folder's DraftProposer, or the algorithm's own proposer when it has no draft folder
+    (standalone: the draft LM named in its config section; it samples from q at the decoder's temperature)."""
+    if draft is not None:
+        return DraftProposer(draft, spec)
+    inf, algo = cfg.inference, get_algorithm(cfg.modeling.algorithm)
+    if spec.kind == "auto":
+        raise SystemExit(f"--inference.tree auto sizes trees of draft folders; a {algo.name} draft takes chain or dynamic")
+    generator = None
+    if inf.temperature > 0:
+        generator = torch.Generator(device=base.device).manual_seed(inf.seed + 1)  # the draft's own draws
+    return algo.proposer(base, options_of(cfg, algo.name), spec, inf.temperature, generator)
+
+
 def gather_prompts(prompt: str | None, mtbench: str | None, prompts: str | None) -> list[Conversation]:
     given = [x for x in (prompt, mtbench, prompts) if x]
     if len(given) != 1:
@@ -69,7 +87,7 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
     if inf.compare and inf.target_model_only:
         raise SystemExit("--inference.compare and --inference.target_model_only exclude each other")
     modes = [BASE, SPEC] if inf.compare else [BASE] if inf.target_model_only else [SPEC]
-    base, draft = load_pair(cfg, SPEC in modes)
+    base, draft = load_pair(cfg, SPEC in modes and get_algorithm(cfg.modeling.algorithm).uses_draft_folder)
     fast = FastPaths.resolve(inf.fast_paths, base.device)
     console.print(f"fast paths: {fast.describe()} (--inference.fast_paths auto|off)")
     tree = "auto" if inf.tree == "auto" else f"{inf.tree} (depth {inf.max_depth}, top_k {inf.top_k}, tokens {inf.total_tokens})"
@@ -80,7 +98,7 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
         decision = choose_tree(base, draft, inf, cfg.modeling.draft_path, Console())
         tree = f"auto → {decision.chosen.shape.describe()}"
     spec = decision.tree_spec if decision is not None else TreeSpec.from_config(inf)
-    proposer = DraftProposer(draft, spec) if draft is not None else None
+    proposer = make_proposer(cfg, base, draft, spec) if SPEC in modes else None
     if proposer is not None and inf.lookup_tokens > 0:  # prompt-lookup branch (inference/lookup.py)
         proposer = LookupProposer(proposer, inf.lookup_tokens, inf.lookup_ngram, base.device)
         tree += f" + lookup {inf.lookup_tokens} (n-gram ≤ {inf.lookup_ngram})"

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specforge_het.models.adapters import foreign_vocab_map, token_strings
+from specforge_het.algorithms.build import cached_token_strings
+from specforge_het.models.adapters import foreign_vocab_map
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class SharedVocab:
             n = min(len(base_tokenizer), base_vocab_size, draft_vocab_size)
             ids = torch.arange(n)
             return cls(ids, ids.clone(), base_vocab_size, True)
-        rows, d2t, _ = foreign_vocab_map(token_strings(base_tokenizer), token_strings(draft_tokenizer), draft_tokenizer)
+        rows, d2t, _ = foreign_vocab_map(cached_token_strings(base_tokenizer), cached_token_strings(draft_tokenizer),
+                                        draft_tokenizer)
         specials = _shared_specials(base_tokenizer, draft_tokenizer)
         draft_ids = torch.cat([rows, torch.tensor([d for d, _ in specials], dtype=torch.long)])
         base_ids = torch.cat([d2t, torch.tensor([b for _, b in specials], dtype=torch.long)])

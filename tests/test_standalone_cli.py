@@ -1,0 +1,64 @@
+"""The `standalone` algorithm end to end: registered (its own config section, training refused clearly) and
+`python -m specforge_het.inference` with a foreign-tokenizer draft LM (a local folder) giving the
+base-only output, in compare mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import draft_modeling
+
+from specforge_het.algorithms import get_algorithm
+from specforge_het.algorithms.build import build_draft
+from specforge_het.cli import run_cli
+from specforge_het.config import ConfigError
+from specforge_het.inference.__main__ import main
+from specforge_het.inference.runner import BASE, SPEC
+from specforge_het.testing import CORPUS_B, make_tokenizer, save_tiny_base
+
+ROWS = [{"question_id": 1, "turns": ["Write a short poem about the sea.", "Now make it rhyme."]},
+        {"question_id": 2, "turns": ["What is the capital of France?"]}]
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tmp_path_factory):
+    """A tiny Gemma-3 LM with its own tokenizer (another corpus, 400 tokens): a foreign draft."""
+    path = tmp_path_factory.mktemp("standalone") / "draft_lm"
+    return save_tiny_base(path, "gemma3", make_tokenizer(CORPUS_B, 400), hidden=32, layers=2, seed=3)
+
+
+def test_registered_with_its_section_and_training_refused(llama_base):
+    algo = get_algorithm("standalone")
+    assert not algo.uses_draft_folder and algo.Config().draft_model == ""
+    assert get_algorithm("eagle_v3").uses_draft_folder
+    with pytest.raises(ConfigError, match="not implemented yet"):
+        algo.loss(None, None, None, algo.Config())
+    with pytest.raises(ConfigError, match="not implemented yet"):
+        build_draft(draft_modeling(algorithm="standalone", vocab="base"), llama_base)
+
+
+def test_missing_draft_model_is_a_config_error(llama_base):
+    algo = get_algorithm("standalone")
+    with pytest.raises(ConfigError, match="standalone.draft_model"):
+        algo.proposer(llama_base, algo.Config(), None)
+
+
+@pytest.mark.parametrize("tree", [["--inference.tree", "dynamic", "--inference.max_depth", "4", "--inference.top_k",
+                                   "3", "--inference.total_tokens", "10"], ["--inference.tree", "chain"]])
+def test_cli_standalone_foreign_draft_equals_base_only(base_dirs, draft_dir, tmp_path, tree):
+    prompts = tmp_path / "q.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "out.jsonl"
+    run_cli(main, "specforge_het.inference", argv=[
+        "--modeling.base_model", base_dirs["llama"], "--modeling.algorithm", "standalone",
+        "--standalone.draft_model", draft_dir, *tree, "--inference.compare", "--inference.max_new_tokens", "16",
+        "--prompts", str(prompts), "--outfile", str(out)])
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["config"]["standalone"]["draft_model"] == draft_dir
+    assert line["summary"]["identical"] == line["summary"]["compared"] == 3
+    turns = {(t["conversation"], t["turn"], t["mode"]): t for t in line["turns"]}
+    for (conv, k, mode), t in turns.items():
+        if mode == SPEC:
+            assert t["text"] == turns[(conv, k, BASE)]["text"]
+    assert line["summary"][SPEC]["tau"] >= 1.0
