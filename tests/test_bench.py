@@ -194,6 +194,17 @@ def test_forward_counts_and_tau(bench_run):
     assert all(v["peak_mb"] is not None and v["peak_mb"] > 0 for v in s.values())
 
 
+def test_ours_standalone_uses_the_uag_assistant_and_records_tau(bench_run):
+    """ours-standalone: our decoder with hf-uag's (foreign-tokenizer) assistant as a standalone draft LM;
+    greedy output identical to HF generate, τ recorded per turn."""
+    data, _, _ = bench_run
+    s = data["summary"]["ours-standalone"]
+    assert s["identical"] == s["compared"] == 3 and s["tau"] >= 1.0
+    assert data["methods"]["ours-standalone"].startswith("ours standalone tree d")
+    recs = [r for r in data["records"] if r["method"] == "ours-standalone"]
+    assert len(recs) == 3 and all(r["forwards"] == r["steps"] + 1 and r["tau"] >= 1.0 for r in recs)
+
+
 def test_json_schema_and_plot(bench_run):
     data, out, _ = bench_run
     assert set(data) == {"header", "methods", "skipped", "summary", "records", "config"}

@@ -42,12 +42,13 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
 
     Args:
         prompts: mtbench[:N] (shipped MT-Bench, both turns) | gsm8k:PATH[:N] (GSM8K test JSONL) | PATH.jsonl[:N].
-        methods: comma-separated subset of hf, ours-base, hf-pld, hf-assisted, hf-uag, ours-chain, ours-tree,
-            ours-auto, ours-lookup, ours-auto-lookup (default: all; hf, the reference, always runs); and the
+        methods: comma-separated subset of hf, ours-base, hf-pld, hf-assisted, hf-uag, ours-standalone (our
+            decoder with hf-uag's assistant as a standalone draft LM), ours-chain, ours-tree, ours-auto,
+            ours-lookup, ours-auto-lookup (default: all; hf, the reference, always runs); and the
             diagnostic hf-packed (HF generate with our packed linears on; only when named).
         assistant: same-tokenizer assistant for HF assisted generation (embedded name or folder).
-        universal_assistant: another-tokenizer assistant for HF universal assisted generation
-            (default for gemma3-270m: smollm2-135m-instruct).
+        universal_assistant: another-tokenizer assistant for HF universal assisted generation and
+            ours-standalone (default for gemma3-270m: smollm2-135m-instruct).
         pld_tokens: prompt_lookup_num_tokens of HF prompt lookup decoding, and the lookup branch of ours
             (ours-lookup, ours-auto-lookup) unless --inference.lookup_tokens is set.
         outfile: JSON path (default runs/bench/<base>.json); the plot goes beside it as .png.
@@ -72,8 +73,8 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
     draft, draft_name = None, ""
     if any(w in OURS_DRAFTED for w in wanted):
         draft, draft_name = load_draft_for(m, base)
-    helpers = load_assistants(base, m.base_model, "hf-assisted" in wanted, "hf-uag" in wanted, assistant,
-                              universal_assistant)
+    helpers = load_assistants(base, m.base_model, "hf-assisted" in wanted,
+                              "hf-uag" in wanted or "ours-standalone" in wanted, assistant, universal_assistant)
     runnable, skipped = build_methods(base, draft, inf, wanted, helpers, pld_tokens, draft_name)
     labels = {**METHODS, **{x.name: x.label for x in runnable}}
     memory = PeakMemory(base.device)

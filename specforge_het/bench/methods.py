@@ -33,6 +33,7 @@ METHODS: dict[str, str] = {
     "hf-pld": "HF prompt lookup",
     "hf-assisted": "HF assisted",
     "hf-uag": "HF universal assisted",
+    "ours-standalone": "ours standalone",
     "ours-chain": "ours chain",
     "ours-tree": "ours tree",
     "ours-auto": "ours auto",
@@ -184,6 +185,20 @@ def _hf_with_assistant(name: str, base, assistants: Assistants) -> Method | str:
     return hf_method(name, base, assistant_model=model, tokenizer=base.tokenizer, assistant_tokenizer=tok)
 
 
+def _ours_standalone(name: str, base, inf, assistants: Assistants) -> Method | str:
+    """Our decoder with hf-uag's assistant as a standalone draft LM (algorithms/standalone), on the same tree
+    as ours-tree. The assistant stays one plain HF instance: our fast paths touch it only while ours runs."""
+    if assistants.other is None:
+        return assistants.other_reason
+    from specforge_het.algorithms.standalone import StandaloneProposer
+    from specforge_het.models.base import BaseModel
+
+    model, tok = assistants.other
+    spec = tree_specs(inf)["ours-tree"]
+    proposer = StandaloneProposer.for_base(base, BaseModel(model, tok), spec)
+    return ours_method(name, base, proposer, tree_label("ours standalone", spec), inf.fast_paths)
+
+
 def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_tokens: int) -> Method | str:
     if name == "ours-lookup":  # draft-free: the prompt-lookup branch alone, in our decoder
         lookup = LookupProposer(None, lookup_tokens, inf.lookup_ngram, base.device)
@@ -223,6 +238,8 @@ def build_methods(base, draft, inf, wanted: list[str], assistants: Assistants, p
             made = hf_method(name, base, {"prompt_lookup_num_tokens": pld_tokens})
         elif name in ("hf-assisted", "hf-uag"):
             made = _hf_with_assistant(name, base, assistants)
+        elif name == "ours-standalone":
+            made = _ours_standalone(name, base, inf, assistants)
         else:
             made = _ours_speculative(name, base, draft, inf, draft_path, inf.lookup_tokens or pld_tokens)
         if isinstance(made, str):
