@@ -14,6 +14,7 @@ from specforge_het.algorithms.build import build_draft
 from specforge_het.cli import run_cli
 from specforge_het.config import ConfigError
 from specforge_het.inference.__main__ import main
+from specforge_het.inference.proposer import TreeSpec
 from specforge_het.inference.runner import BASE, SPEC
 from specforge_het.testing import CORPUS_B, make_tokenizer, save_tiny_base
 
@@ -38,10 +39,12 @@ def test_registered_with_its_section_and_training_refused(llama_base):
         build_draft(draft_modeling(algorithm="standalone", vocab="base"), llama_base)
 
 
-def test_missing_draft_model_is_a_config_error(llama_base):
+def test_missing_draft_model_and_other_trees_are_config_errors(llama_base):
     algo = get_algorithm("standalone")
     with pytest.raises(ConfigError, match="standalone.draft_model"):
         algo.proposer(llama_base, algo.Config(), None)
+    with pytest.raises(ConfigError, match="chain or dynamic trees"):
+        algo.proposer(llama_base, algo.Config(draft_model="x"), TreeSpec("auto"))
 
 
 @pytest.mark.parametrize("tree", [["--inference.tree", "dynamic", "--inference.max_depth", "4", "--inference.top_k",
@@ -62,3 +65,17 @@ def test_cli_standalone_foreign_draft_equals_base_only(base_dirs, draft_dir, tmp
         if mode == SPEC:
             assert t["text"] == turns[(conv, k, BASE)]["text"]
     assert line["summary"][SPEC]["tau"] >= 1.0
+
+
+def test_cli_standalone_sampling_runs(base_dirs, draft_dir, tmp_path):
+    """Sampling: the draft draws from q with its own generator; SpecInfer's rule verifies (lossless, tested
+    in test_standalone_sampling.py); here the CLI path only."""
+    prompts = tmp_path / "q.jsonl"
+    prompts.write_text(json.dumps(ROWS[1]) + "\n")
+    out = tmp_path / "out.jsonl"
+    run_cli(main, "specforge_het.inference", argv=[
+        "--modeling.base_model", base_dirs["llama"], "--modeling.algorithm", "standalone",
+        "--standalone.draft_model", draft_dir, "--inference.tree", "dynamic", "--inference.temperature", "0.8",
+        "--inference.max_new_tokens", "12", "--prompts", str(prompts), "--outfile", str(out)])
+    summary = json.loads(out.read_text().splitlines()[0])["summary"]
+    assert summary[SPEC]["new_tokens"] > 0 and summary[SPEC]["tau"] >= 1.0

@@ -54,8 +54,6 @@ def make_proposer(cfg: Config, base, draft, spec: TreeSpec):
     if draft is not None:
         return DraftProposer(draft, spec)
     inf, algo = cfg.inference, get_algorithm(cfg.modeling.algorithm)
-    if spec.kind == "auto":
-        raise SystemExit(f"--inference.tree auto sizes trees of draft folders; a {algo.name} draft takes chain or dynamic")
     generator = None
     if inf.temperature > 0:
         generator = torch.Generator(device=base.device).manual_seed(inf.seed + 1)  # the draft's own draws

@@ -45,6 +45,8 @@ class Standalone(DraftAlgorithm):
         from specforge_het.algorithms.standalone.model import load_draft_lm
         from specforge_het.algorithms.standalone.proposer import StandaloneProposer
 
+        if tree is not None and tree.kind not in ("chain", "dynamic"):
+            raise ConfigError(f"a standalone draft grows chain or dynamic trees (--inference.tree), not '{tree.kind}'.")
         return StandaloneProposer.for_base(base, load_draft_lm(options, base), tree, temperature, generator)
 
 
