@@ -1,4 +1,4 @@
-"""Typed config sections, presets from `configs/*.toml`, and safe command-line overrides.
+"""Typed config sections, presets (`--@name`: specforge_het/presets, $SPECFORGE_HET_PRESETS), safe overrides.
 
 Resolution order (later wins): defaults in code -> `--use_saved_json_config PATH` ->
 `--@preset` flags in command-line order -> `--section.key value` overrides.
@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from specforge_het.config_values import FALSE, TRUE, ConfigError, coerce, nearest
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from specforge_het.presets import load_presets
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -240,30 +235,6 @@ def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
 
 
 # ---------------------------------------------------------------- presets
-
-def configs_dir() -> Path:
-    """`configs/` at the repository root, or $SPECFORGE_HET_CONFIGS."""
-    env = os.environ.get("SPECFORGE_HET_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
-
-
-def load_presets(directory: Path | None = None) -> dict[str, dict[str, Any]]:
-    """All presets: every top-level table of every `configs/*.toml` file is one preset."""
-    directory = directory or configs_dir()
-    presets: dict[str, dict[str, Any]] = {}
-    origin: dict[str, str] = {}
-    for path in sorted(directory.glob("*.toml")):
-        with path.open("rb") as fh:
-            try:
-                data = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{path}: invalid TOML: {e}") from None
-        for name, body in data.items():
-            if name in presets:
-                raise ConfigError(f"Preset '{name}' is defined twice: {origin[name]} and {path.name}.")
-            presets[name], origin[name] = body, path.name
-    return presets
-
 
 def apply_preset(cfg: Config, name: str, presets: dict[str, dict[str, Any]]) -> None:
     if name not in presets:

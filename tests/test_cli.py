@@ -32,7 +32,7 @@ def presets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "configs"
     d.mkdir()
     (d / "p.toml").write_text(PRESETS)
-    monkeypatch.setenv("SPECFORGE_HET_CONFIGS", str(d))
+    monkeypatch.setenv("SPECFORGE_HET_PRESETS", str(d))
     monkeypatch.setenv("COLUMNS", "250")  # rich: no folding of long values in the table
     return d
 
@@ -143,7 +143,7 @@ def test_unknown_preset_exits_2(capsys: pytest.CaptureFixture) -> None:
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "SPECFORGE_HET_CONFIGS"}
+    env = {k: v for k, v in os.environ.items() if k != "SPECFORGE_HET_PRESETS"}
     env.update(COLUMNS="250", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "specforge_het.inference", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=120)

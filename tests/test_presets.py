@@ -64,11 +64,11 @@ from pathlib import Path
 
 import specforge_het
 from specforge_het.config import resolve
-from specforge_het.presets import load_presets, preset_files
+from specforge_het.presets import preset_files
 
 assert Path(specforge_het.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), specforge_het.__file__
 print(" ".join(p.name for p in preset_files()))
-cfg, names, _ = resolve(["--@smollm2", "--@eagle_v3"], presets=load_presets())
+cfg, names, _ = resolve(["--@smollm2", "--@eagle_v3"])  # config.py reads the package presets
 print(cfg.modeling.base_model, cfg.modeling.algorithm)
 """
 
