@@ -8,10 +8,12 @@ import sys
 import pytest
 import torch
 
+from specforge_het.algorithms import get_algorithm
 from specforge_het.algorithms.build import build_draft
 from specforge_het.algorithms.io import load_draft, read_draft_config, save_draft
 from specforge_het.assets import shipped_drafts
 from specforge_het.config import Config, apply_preset, load_presets, resolve
+from specforge_het.inference.__main__ import make_proposer
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
@@ -83,10 +85,12 @@ def test_every_preset_instantiates(preset):
     for name in _instantiable(preset, presets[preset]):
         apply_preset(cfg, name, presets)
     base = base_for(cfg.modeling.base_model)
-    draft = build_draft(cfg.modeling, base)
     tree = TreeSpec.from_config(cfg.inference)
+    algo = get_algorithm(cfg.modeling.algorithm)
+    # a trained-draft algorithm builds a fresh draft; one without a draft folder (standalone) its own proposer
+    draft = build_draft(cfg.modeling, base) if algo.uses_draft_folder else None
     ids = base.tokenizer("Hello", return_tensors="pt").input_ids
-    spec = Decoder(base, DraftProposer(draft, tree)).generate(ids, 6)
+    spec = Decoder(base, make_proposer(cfg, base, draft, tree)).generate(ids, 6)
     assert spec.tokens == Decoder(base).generate(ids, 6).tokens
 
 
