@@ -134,26 +134,30 @@ features-smollm2-big: $(BIG)/meta.json
 	$(BIN)/python -m specforge_het.data_gen add_features $(BIG) --@smollm2 --@eagle_v3
 
 # The SmolLM2 EagleV3 draft on the breadth data: a fresh draft (layer 29 of the base, rope θ
-# inherited from it, 8192-row vocabulary), the full 7-step unroll, offline, one epoch.
+# inherited from it, 8192-row vocabulary), the full 7-step unroll, offline, one epoch, 2 conversations
+# per step. A checkpoint every 24 steps (48 conversations) feeds the scaling study; a killed run resumes.
+BIG_RUN := runs/smollm2_eagle3_big
 TRAIN_BIG := $(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --training.mode offline --dataset.path $(BIG) \
 	--modeling.init_from smollm2-135m-instruct --modeling.init_layers 29 --modeling.draft_vocab_size 8192 \
-	--training.ttt_steps 7 --training.per_device_batch_size 4 --training.learning_rate 1e-3 \
+	--training.ttt_steps 7 --training.per_device_batch_size 2 --training.learning_rate 1e-3 \
 	--training.warmup_ratio 0.02 --training.num_epochs 1 --dataset.max_length 2048 --dataset.eval_fraction 0.02 \
-	--training.logging_steps 10
-draft-smollm2-eagle3-big: features-smollm2-big
-	$(TRAIN_BIG) --training.eval_steps 50 --training.save_steps 50 --training.output_dir runs/smollm2_eagle3_big
+	--training.logging_steps 12
+draft-smollm2-eagle3-big: $(BIG_RUN)/model.safetensors
+$(BIG_RUN)/model.safetensors: | features-smollm2-big
+	$(TRAIN_BIG) --training.eval_steps 96 --training.save_steps 24 --training.save_total_limit 1000 \
+	  --training.output_dir $(BIG_RUN) $(if $(wildcard $(BIG_RUN)/checkpoint-*),--training.resume_from_checkpoint last)
 
-# Scaling study: the same recipe on the first 4 x S conversations of the shuffled data (S optimizer
-# steps, the learning-rate schedule fitted to S), each draft's τ on MT-Bench (10 questions x 2 turns,
-# 128 tokens, the tree_cpu tree, no lookup); then the table, JSON and plot in docs/results/.
-# A finished point (train.log with its throughput line, bench.json) is not redone.
-SCALING_STEPS ?= 24 48 96 189
-scaling-smollm2: features-smollm2-big
-	for s in $(SCALING_STEPS); do d=runs/scaling/smollm2/s$$s; mkdir -p $$d; \
-	  grep -qs "throughput:" $$d/train.log || $(TRAIN_BIG) --training.max_steps $$s --training.save_steps 100000 \
-	    --training.output_dir $$d/draft > $$d/train.log 2>&1 || exit 1; \
+# Scaling study: τ on MT-Bench (10 questions x 2 turns, 128 tokens, the tree_cpu tree, no lookup) of
+# the run's checkpoints after SCALING_STEPS steps (2 conversations each) and of its final draft, each
+# point's tokens read from the checkpoint's log; then the table, JSON and plot in docs/results/.
+# The checkpoints share one learning-rate schedule (linear decay over the epoch), so an early point has
+# seen its tokens at a higher learning rate than a run of that length would end with.
+SCALING_STEPS ?= 24 48 96 192
+scaling-smollm2: $(BIG_RUN)/model.safetensors
+	for s in $(SCALING_STEPS) final; do d=runs/scaling/smollm2/s$$s; mkdir -p $$d; \
+	  src=$(BIG_RUN)/checkpoint-$$s; [ $$s = final ] && src=$(BIG_RUN); \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
-	    --modeling.draft_path $$d/draft --prompts mtbench:10 --inference.max_new_tokens 128 --methods ours-tree \
+	    --modeling.draft_path $$src --prompts mtbench:10 --inference.max_new_tokens 128 --methods ours-tree \
 	    --outfile $$d/bench.json || exit 1; \
 	done
 	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2 --outfile docs/results/scaling_smollm2.json \

@@ -207,6 +207,13 @@ def test_resume_equals_uninterrupted(base_dirs, conv_file, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
     assert _losses(full)[-3:] == pytest.approx(_losses(resumed)[-3:], rel=1e-5)
 
+    def totals(t):  # running token totals in the log history carry across the resume
+        return [(h["step"], h["train_seq_tokens_total"], h["train_loss_tokens_total"]) for h in t.state.log_history
+                if "train_seq_tokens_total" in h]
+
+    assert totals(full)[-1][1] > totals(full)[-1][2] > 0
+    assert totals(resumed)[-1] == totals(full)[-1]
+
 
 def test_cli_writes_loadable_draft_and_config(bases, base_dirs, conv_file, tmp_path):
     cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "cli", algorithm="eagle_v3", vocab="reduced", draft_vocab_size=150)

@@ -120,6 +120,7 @@ class DraftTrainer(Trainer):
         self.run_config = run_config or {}
         self.provenance_extra = provenance_extra or {}
         self.throughput = {"seq_tokens": 0.0, "loss_tokens": 0.0, "seconds": 0.0}
+        self.totals: dict[str, float] = {}  # tokens trained on since step 0, across resumes
 
     @property
     def draft(self):
@@ -159,6 +160,13 @@ class DraftTrainer(Trainer):
                 logs["train_loss_tokens_per_s"] = round(lt / secs, 1) if secs > 0 else 0.0
             for k, v in (("seq_tokens", seq), ("loss_tokens", lt), ("seconds", secs)):
                 self.throughput[k] += v
+            if "loss" in logs:  # running totals, so a checkpoint's log history says how much it was trained on
+                if not self.totals:  # a resumed run carries on from its checkpoint's totals
+                    last = [h for h in self.state.log_history if "train_seq_tokens_total" in h]
+                    self.totals = {k: last[-1][f"train_{k}_total"] if last else 0.0 for k in ("seq_tokens", "loss_tokens")}
+                for k, v in (("seq_tokens", seq), ("loss_tokens", lt)):
+                    self.totals[k] += v
+                    logs[f"train_{k}_total"] = self.totals[k]
             self._sums.clear()
             self._since = time.perf_counter()
         super().log(logs, start_time)
