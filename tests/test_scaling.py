@@ -1,4 +1,4 @@
-"""bench.scaling: τ against training tokens from point folders (train.log + bench.json)."""
+"""bench.scaling: τ against training tokens from point folders (bench.json + the draft's log, or a train.log)."""
 
 from __future__ import annotations
 
@@ -30,12 +30,42 @@ def test_points_sorted_by_tokens_with_their_tau(tmp_path) -> None:
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+def _checkpoint_point(root: Path, name: str, draft: Path, totals: tuple[float, float] | None, tau: float,
+                      log_name: str = "trainer_state.json") -> None:
+    (root / name).mkdir(parents=True)
+    draft.mkdir(parents=True)
+    history = [{"step": 12, "loss": 3.0}]
+    if totals:
+        history.append({"step": 24, "loss": 2.0, "train_loss_tokens_total": totals[0], "train_seq_tokens_total": totals[1]})
+    history.append({"step": 24, "eval_loss": 2.5})
+    (draft / log_name).write_text(json.dumps({"log_history": history} if log_name == "trainer_state.json" else history))
+    summary = {"hf": {"tau": 1.0}, "ours-tree": {"tau": tau, "speedup_median": 1.2, "identical": 20, "compared": 20}}
+    (root / name / "bench.json").write_text(json.dumps({"header": {"draft": str(draft)}, "summary": summary}))
+
+
+def test_points_from_checkpoints_read_the_running_totals(tmp_path) -> None:
+    pts = tmp_path / "pts"
+    _checkpoint_point(pts, "s24", tmp_path / "run" / "checkpoint-24", (30_000.4, 40_000.0), 1.4)
+    _checkpoint_point(pts, "sfinal", tmp_path / "run2", (90_000.0, 120_000.0), 1.8, log_name="training_log.json")
+    _point(pts, "fitted", 100.0, 500, 1.3)  # a separate run's train.log beside them
+    out = tmp_path / "scaling.json"
+    scaling.main(str(pts), str(out))
+    got = [(p["name"], p["answer_tokens"], p["seq_tokens"], p["tau"]) for p in json.loads(out.read_text())["points"]]
+    assert got == [("s24", 30_000, 40_000, 1.4), ("fitted", 50_000, 100_000, 1.3), ("sfinal", 90_000, 120_000, 1.8)]
+
+
+def test_checkpoint_without_totals_is_named(tmp_path) -> None:
+    _checkpoint_point(tmp_path / "pts", "s1", tmp_path / "old", None, 1.2)
+    with pytest.raises(ValueError, match="no running token totals"):
+        scaling.main(str(tmp_path / "pts"), str(tmp_path / "x.json"))
+
+
 def test_unfinished_or_missing_points_are_named(tmp_path) -> None:
     _point(tmp_path / "a", "s1", 100.0, 10, 1.2, log_line=False)
     with pytest.raises(ValueError, match="did not finish"):
         scaling.main(str(tmp_path / "a"), str(tmp_path / "x.json"))
     (tmp_path / "b" / "s2").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no train.log"):
+    with pytest.raises(FileNotFoundError, match="no bench.json"):
         scaling.main(str(tmp_path / "b"), str(tmp_path / "x.json"))
     with pytest.raises(SystemExit, match="no scaling points"):
         scaling.main(str(tmp_path / "none"), str(tmp_path / "x.json"))

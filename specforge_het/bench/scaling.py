@@ -1,9 +1,12 @@
 """`python -m specforge_het.bench.scaling DIR`: τ against training tokens, from the points of a scaling study.
 
 Each point is a folder `DIR/<name>/` holding what `make scaling-smollm2` writes there:
-  train.log    the training command's output; its `throughput:` line gives the loss (answer) tokens
-               trained on (loss tokens/s x seconds) and the trained tokens (every sequence token)
-  bench.json   `python -m specforge_het.bench --methods ours-tree` on the draft of that point
+  bench.json   `python -m specforge_het.bench --methods ours-tree` on the draft of that point; its header
+               names the draft folder (a training checkpoint or a finished draft), whose log history
+               gives the tokens trained on so far (`train_loss_tokens_total`: answer tokens that carry
+               a loss; `train_seq_tokens_total`: every sequence token)
+  train.log    optional: a separate training run's output; its `throughput:` line gives the same two
+               counts (tokens/s x seconds) and takes precedence
 The summary (one row per point, sorted by tokens) is printed, written as JSON, and plotted (PNG
 beside the JSON, log-scaled token axis).
 """
@@ -21,23 +24,45 @@ from rich.table import Table
 console = Console()
 _THROUGHPUT = re.compile(r"throughput: ([\d.]+) trained tokens/s \(([\d.]+) loss tokens/s\) over (\d+) s")
 METHOD = "ours-tree"
+_LOGS = ("trainer_state.json", "training_log.json")  # a checkpoint's, a finished draft folder's
 
 
-def read_point(folder: Path) -> dict:
-    """{name, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
-    log, bench = folder / "train.log", folder / "bench.json"
-    for f in (log, bench):
-        if not f.is_file():
-            raise FileNotFoundError(f"scaling point '{folder}' has no {f.name}; rerun its training and bench.")
+def _tokens_from_log(log: Path) -> tuple[int, int]:
     found = _THROUGHPUT.findall(log.read_text(errors="replace"))
     if not found:
         raise ValueError(f"{log}: no 'throughput:' line (the training did not finish); rerun that point.")
     seq_rate, loss_rate, secs = (float(x) for x in found[-1])
-    summary = json.loads(bench.read_text())["summary"]
+    return round(loss_rate * secs), round(seq_rate * secs)
+
+
+def _tokens_from_draft(draft: Path) -> tuple[int, int]:
+    for name in _LOGS:
+        if (draft / name).is_file():
+            history = json.loads((draft / name).read_text())
+            history = history["log_history"] if isinstance(history, dict) else history
+            totals = [h for h in history if "train_loss_tokens_total" in h]
+            if not totals:
+                raise ValueError(f"{draft / name}: no running token totals (train_loss_tokens_total); the draft "
+                                 "was trained before they were logged, so give its point a train.log.")
+            return round(totals[-1]["train_loss_tokens_total"]), round(totals[-1]["train_seq_tokens_total"])
+    raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from.")
+
+
+def read_point(folder: Path) -> dict:
+    """{name, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
+    bench = folder / "bench.json"
+    if not bench.is_file():
+        raise FileNotFoundError(f"scaling point '{folder}' has no bench.json; rerun its bench.")
+    data = json.loads(bench.read_text())
+    if (folder / "train.log").is_file():
+        answer, seq = _tokens_from_log(folder / "train.log")
+    else:
+        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")))
+    summary = data["summary"]
     if METHOD not in summary:
         raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
     s = summary[METHOD]
-    return {"name": folder.name, "answer_tokens": round(loss_rate * secs), "seq_tokens": round(seq_rate * secs),
+    return {"name": folder.name, "answer_tokens": answer, "seq_tokens": seq,
             "tau": s["tau"], "speedup_median": s["speedup_median"], "identical": s["identical"],
             "compared": s["compared"]}
 
@@ -55,7 +80,7 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
         ax.annotate(f"{p['tau']:.2f}", (p["answer_tokens"], p["tau"]), textcoords="offset points", xytext=(0, 6),
                     ha="center", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("answer tokens trained on (1 epoch each)")
+    ax.set_xlabel("answer tokens trained on")
     ax.set_ylabel(f"τ, {METHOD} (tokens per base step)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
