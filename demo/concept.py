@@ -12,11 +12,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import draft_parameter_counts, load_draft, save_draft
 from specforge_het.cli import run_cli
 from specforge_het.config import Config
 from specforge_het.models.base import BaseModel
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import draft_parameter_counts, load_draft, save_draft
 from specforge_het.testing import CORPUS_A, CORPUS_B, make_tokenizer, save_tiny_base
 
 SAMPLE = "Speculative decoding lets a small draft model propose tokens that the base model verifies at once."

@@ -36,7 +36,7 @@ from specforge_het.inference.prompts import SHIPPED_MTBENCH, Conversation, load_
 INSTALL = "pip install 'specforge_het[sglang]'"
 ALGORITHMS = ("EAGLE", "EAGLE3")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
-OUR_DRAFT_FORMAT = "specforge_het.draft"  # models/speculative.py FORMAT
+OUR_DRAFT_FORMAT = "specforge_het.draft"  # algorithms/io.py FORMAT
 EXPORT_FORMAT = {"eagle_v3": "sglang-eagle3", "eagle_v2": "sglang-eagle"}
 BENCH_SCRIPT = "benchmark/mtbench/bench_sglang_eagle.py"  # in the sglang source repository, not in the wheel
 console = Console(stderr=True)

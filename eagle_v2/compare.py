@@ -48,10 +48,10 @@ class PathsProposer(DraftProposer):
 # ------------------------------------------------------------------ our side
 def load_our_draft(spec: str, base, seed: int = 0):
     """'untrained' (a fresh EAGLE-1-layout EagleV2 draft), one of our draft folders, or an original EAGLE folder."""
+    from specforge_het.algorithms.build import build_draft
+    from specforge_het.algorithms.io import load_draft
     from specforge_het.assets import resolve_draft_path
     from specforge_het.config import ModelingConfig
-    from specforge_het.models.build import build_draft
-    from specforge_het.models.speculative import load_draft
 
     if spec == "untrained":
         m = ModelingConfig(base_model=base.name, algorithm="eagle_v2", vocab="base", draft_first_input_norm=False)

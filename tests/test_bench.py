@@ -16,6 +16,8 @@ from rich.console import Console
 
 import specforge_het.assets as assets
 import specforge_het.bench.methods as bench_methods
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import save_draft
 from specforge_het.bench.__main__ import cli
 from specforge_het.bench.integrity import plain_violations
 from specforge_het.bench.loading import find_shipped_draft
@@ -34,9 +36,7 @@ from specforge_het.bench.suite import PeakMemory, Record, load_prompts, measure,
 from specforge_het.bench.summary import mismatches, overall_tps, speedups, summarise
 from specforge_het.config import InferenceConfig
 from specforge_het.inference.decoder import Decoder
-from specforge_het.models.build import build_draft
 from specforge_het.models.lean import is_packed, packed_linears, packing_available
-from specforge_het.models.speculative import save_draft
 from specforge_het.testing import save_tiny_base
 
 ROWS = [

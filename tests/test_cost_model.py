@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import draft_modeling
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import save_draft
 from specforge_het.cli import run_cli
 from specforge_het.inference import calibrate
 from specforge_het.inference.__main__ import main
@@ -32,8 +34,6 @@ from specforge_het.inference.cost_model import (
 )
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import build_dynamic_tree
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import save_draft
 
 
 def acc_of(*rows, source="synthetic") -> Acceptance:

@@ -9,11 +9,11 @@ from conftest import DRAFT_KINDS, draft_modeling
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import ContextTooLongError, Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.protocol import Proposal, Proposer
 from specforge_het.models.base import BaseModel
-from specforge_het.models.build import build_draft
 from specforge_het.testing import OracleProposer
 
 FAMILIES = ("llama", "qwen3", "gemma3")

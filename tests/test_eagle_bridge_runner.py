@@ -23,10 +23,10 @@ from eagle_v2.compare import PathsProposer
 from eagle_v2.parts import compare_logits, compare_static_tree, compare_weights, truncate_output
 from eagle_v2.protocol import MARKER, WORKER, ReferenceUnavailable, Request, check_ref_python, parse_response
 from eagle_v2.report import merge_runs, notes_lines, parts_table, run_record, runs_table, summarise
+from specforge_het.algorithms.build import build_draft
 from specforge_het.config import ModelingConfig
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.tree import static_parents
-from specforge_het.models.build import build_draft
 
 REF_PYTHON = os.environ.get("EAGLE_REF_PYTHON", "/work/venv_eagle/bin/python")
 

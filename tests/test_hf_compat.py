@@ -20,7 +20,7 @@ from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
 from transformers.models.qwen3 import modeling_qwen3 as q3
 
-from specforge_het.models.build import build_draft
+from specforge_het.algorithms.build import build_draft
 from specforge_het.models.hf_compat import cache_kwarg
 
 FAMILIES = ("llama", "qwen3", "gemma3")

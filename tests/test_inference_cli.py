@@ -14,6 +14,8 @@ import pytest
 import torch
 from conftest import DRAFT_KINDS, draft_modeling
 
+from specforge_het.algorithms.build import build_draft
+from specforge_het.algorithms.io import save_draft
 from specforge_het.cli import run_cli
 from specforge_het.config import RUN_CONFIG
 from specforge_het.inference.__main__ import main
@@ -21,8 +23,6 @@ from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.prompts import SHIPPED_MTBENCH, load_conversations, render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.runner import BASE, SPEC
-from specforge_het.models.build import build_draft
-from specforge_het.models.speculative import save_draft
 
 ROWS = [
     {"question_id": 101, "category": "writing", "turns": ["Write a short poem about the sea.", "Now make it rhyme."]},

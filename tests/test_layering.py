@@ -37,11 +37,6 @@ MODELS_MAY_USE_FROM_CONFIG = {"ConfigError"}
 # Violations that exist today, as "importer -> imported". The list may only shrink: a violation that
 # is gone must be deleted here (test_known_violations_still_exist), and a new one fails at once.
 KNOWN_VIOLATIONS: set[str] = {
-    # deprecated re-exports of what moved to algorithms/build.py and algorithms/io.py (lazy, inside a module
-    # __getattr__) for callers still importing them from models/: inference/__main__.py, bench/loading.py,
-    # drafts/__main__.py and several tests; removed once those import from specforge_het.algorithms
-    "specforge_het.models.build -> specforge_het.algorithms.build",
-    "specforge_het.models.speculative -> specforge_het.algorithms.io",
     # inference renders chats through data/formats.py; removed when inference/prompts.py uses specforge_het.chat
     "specforge_het.inference.prompts -> specforge_het.data.formats",
 }

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import DRAFT_KINDS, draft_modeling
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.lookup import LookupProposer, lookup_continuation
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import check_parents, merge_chain
-from specforge_het.models.build import build_draft
 
 FAMILIES = ("llama", "qwen3", "gemma3")
 PROMPT = "The quick brown fox jumps over the lazy dog. The quick brown fox"

@@ -21,6 +21,7 @@ from conftest import draft_modeling
 from torch import nn
 from transformers import DynamicCache
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.bench.integrity import plain_violations
 from specforge_het.inference.accept import greedy_accept, tree_rejection_sample
 from specforge_het.inference.decoder import Decoder, Sampling
@@ -29,7 +30,6 @@ from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models import lean
 from specforge_het.models.base import BaseModel, keep_cache_entries
-from specforge_het.models.build import build_draft
 from specforge_het.models.lean import (
     KVCache,
     attend_mask,

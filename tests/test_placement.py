@@ -14,13 +14,13 @@ import torch
 from conftest import draft_modeling
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.config import ConfigError, ModelingConfig, resolve
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models import base as base_module
 from specforge_het.models.base import BaseModel, keep_cache_entries
-from specforge_het.models.build import build_draft
 from specforge_het.models.lean import supports_lean
 from specforge_het.models.placement import is_sharded, parse_max_memory, placement_kwargs
 

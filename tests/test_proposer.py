@@ -11,9 +11,9 @@ from conftest import DRAFT_KINDS, draft_modeling
 from test_decoder import LONG_PROMPT, PROMPT, TREES, untied_head_base
 from transformers import DynamicCache
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
-from specforge_het.models.build import build_draft
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,11 @@ from test_sampling import (
     sharpened_base,
 )
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder, Sampling
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.protocol import Proposal, Proposer
-from specforge_het.models.build import build_draft
 from specforge_het.testing import OracleProposer, QSampleProposer, model_q
 
 Q_TEMPERATURE = 1.5  # the draft: the sharp base blurred (its top token less likely than the base's)

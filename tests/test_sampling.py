@@ -16,11 +16,11 @@ from conftest import DRAFT_KINDS, draft_modeling
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder, Sampling
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.base import BaseModel
-from specforge_het.models.build import build_draft
 from specforge_het.testing import OracleProposer
 
 PROMPT = "Hello"

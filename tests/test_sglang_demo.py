@@ -103,8 +103,8 @@ def test_non_draft_folders_are_refused(tmp_path):
 @pytest.fixture(scope="module")
 def our_draft(llama_base, tmp_path_factory):
     """A real specforge_het training-format draft folder (untrained EagleV3, width 48)."""
-    from specforge_het.models.build import build_draft
-    from specforge_het.models.speculative import save_draft
+    from specforge_het.algorithms.build import build_draft
+    from specforge_het.algorithms.io import save_draft
 
     folder = tmp_path_factory.mktemp("our_draft") / "draft"
     save_draft(build_draft(draft_modeling(), llama_base), folder)
@@ -121,8 +121,8 @@ def test_our_draft_folder_must_be_exported_first(our_draft):
 
 def test_a_folder_from_our_exporter_is_recognised(llama_base, tmp_path):
     """The exporter's sglang-eagle3 output (Llama draft layer, 3 feature layers) is what the demo accepts."""
+    from specforge_het.algorithms.build import build_draft
     from specforge_het.export import export_draft
-    from specforge_het.models.build import build_draft
 
     draft = build_draft(draft_modeling(family="llama", feature_layers=[1, 2, 3]), llama_base)
     out = str(export_draft(draft, tmp_path / "serve", "sglang-eagle3"))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import DRAFT_KINDS, draft_modeling
 
+from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.syncs import count_host_syncs, step_syncs
-from specforge_het.models.build import build_draft
 
 MAX_READS = 6  # issue 14: at most 6 host-device syncs per step on a GPU
 DYNAMIC = TreeSpec("dynamic", max_depth=5, top_k=4, total_tokens=16)

@@ -17,7 +17,7 @@ NO_DRAFT = ("no draft for base '{base}' ({algorithm}, vocab {vocab}) and none is
 
 def find_shipped_draft(base_desc: dict, algorithm: str, vocab: str) -> str | None:
     """The first shipped draft made for this base (by name, else by shape) with this algorithm and vocabulary."""
-    from specforge_het.models.speculative import read_draft_config
+    from specforge_het.algorithms.io import read_draft_config
 
     shape = ("model_type", "hidden_size", "vocab_size", "num_layers")
     by_name, by_shape = [], []
@@ -38,7 +38,7 @@ def find_shipped_draft(base_desc: dict, algorithm: str, vocab: str) -> str | Non
 
 def load_draft_for(m, base):
     """(draft, its name or path) from --modeling.draft_path, else a matching shipped draft; ConfigError if none."""
-    from specforge_het.models.speculative import load_draft
+    from specforge_het.algorithms.io import load_draft
 
     name = m.draft_path or find_shipped_draft(base.describe(), m.algorithm, m.vocab)
     if not name:

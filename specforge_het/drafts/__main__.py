@@ -11,8 +11,8 @@ import fire
 import torch
 from safetensors.torch import load_file, save_file
 
+from specforge_het.algorithms.io import FORMAT, WEIGHTS, read_draft_config
 from specforge_het.assets import SHIPPED_DRAFTS, shipped_drafts
-from specforge_het.models.speculative import FORMAT, WEIGHTS, read_draft_config
 
 KEEP = ("provenance.json", "training_log.json", "run_config.json")  # config.json is written (it may be compacted)
 

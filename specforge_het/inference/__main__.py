@@ -28,9 +28,9 @@ console = Console(stderr=True)
 
 def load_pair(cfg: Config, need_draft: bool):
     """Base (frozen) and, when needed, the draft: a trained folder, or an untrained one from the config."""
+    from specforge_het.algorithms.build import build_draft
+    from specforge_het.algorithms.io import load_draft
     from specforge_het.models.base import BaseModel
-    from specforge_het.models.build import build_draft
-    from specforge_het.models.speculative import load_draft
 
     m = cfg.modeling
     if not m.base_model:

@@ -1,9 +1,6 @@
 """Layer-level parts of building a draft: the rope of an HF config, weight initialisation, copying
 pretrained layers into a draft (`init_from`), LoRA, and LoRA-merged state dicts. Nothing here reads
 the config schema or knows an algorithm; algorithms/build.py turns the `modeling` section into a draft.
-
-`build_draft`, `draft_config` and `warm_start_draft` are re-exported from algorithms/build.py for callers
-that still import them from here (deprecated: import them from specforge_het.algorithms.build).
 """
 
 from __future__ import annotations
@@ -140,15 +137,3 @@ def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = 
             out[name] = t.detach().clone()
     return out
 
-
-_MOVED = ("build_draft", "draft_config", "warm_start_draft", "cached_token_strings", "load_tokenizer", "draft_rope")
-
-
-def __getattr__(name: str):
-    """Deprecated re-exports of what moved to algorithms/build.py, for callers outside models/ that still
-    import them from here. Looked up on use only: importing this module never imports algorithms/."""
-    if name in _MOVED:
-        from specforge_het.algorithms import build  # deprecated shim (see tests/test_layering.py)
-
-        return getattr(build, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
