@@ -316,14 +316,26 @@ def test_cli_tree_auto_keeps_outputs_identical(base_dirs, cache_home, tmp_path, 
     assert "measured in" in capsys.readouterr().out and len(list(cache_home.glob("*.json"))) == 1
 
 
+def test_training_log_acceptance_raises_config_error(tmp_path):
+    """Library code raises ConfigError (the command line reports it); it never exits the process itself."""
+    from specforge_het.errors import ConfigError
+    from specforge_het.inference.auto_tree import training_log_acceptance
+
+    with pytest.raises(ConfigError, match="--modeling.draft_path"):
+        training_log_acceptance("")
+    with pytest.raises(ConfigError, match="auto_acceptance measure"):
+        training_log_acceptance(str(tmp_path))
+
+
 def test_cli_tree_auto_from_training_log(bases, base_dirs, cache_home, tmp_path, capsys):
     draft = build_draft(draft_modeling(), bases["llama"], seed=5).eval()
     folder = save_draft(draft, tmp_path / "draft")
     args = ["--modeling.base_model", base_dirs["llama"], "--modeling.draft_path", str(folder),
             "--inference.tree", "auto", "--inference.auto_acceptance", "training_log", "--inference.compare",
             "--inference.max_new_tokens", "8", "--inference.warmup", "false", "--prompt", "Hello there"]
-    with pytest.raises(SystemExit, match="training_log.json not found"):
+    with pytest.raises(SystemExit) as err:  # auto_tree raises ConfigError; the command line turns it into exit status 2
         run_main(args)
+    assert err.value.code == 2 and "training_log.json not found" in capsys.readouterr().err
     log = [{"eval_top1_acc_0": 0.9, "eval_topk_acc_0": 0.95, "eval_top1_acc_1": 0.9, "eval_topk_acc_1": 0.95}]
     (folder / "training_log.json").write_text(json.dumps(log))
     run_main(args)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from specforge_het.assets import cache_dir, resolve_draft_path
+from specforge_het.errors import ConfigError
 from specforge_het.inference import calibrate
 from specforge_het.inference.cost_model import (
     Acceptance,
@@ -100,11 +101,11 @@ def cache_path(key: dict) -> Path:
 
 def training_log_acceptance(draft_path: str) -> Acceptance:
     if not draft_path:
-        raise SystemExit("--inference.auto_acceptance training_log needs a trained draft: give --modeling.draft_path")
+        raise ConfigError("--inference.auto_acceptance training_log needs a trained draft: give --modeling.draft_path")
     folder = resolve_draft_path(draft_path)
     log = folder / "training_log.json"
     if not log.is_file():
-        raise SystemExit(f"{log} not found: use --inference.auto_acceptance measure for this draft")
+        raise ConfigError(f"{log} not found: use --inference.auto_acceptance measure for this draft")
     top_k = 4
     run_config = folder / "run_config.json"
     if run_config.is_file():
