@@ -6,6 +6,7 @@ import torch
 
 from specforge_het.chat import end_ids, eos_ids, plain_text, render, render_text, with_system
 from specforge_het.data.formats import tokenize_conversation
+from specforge_het.inference import prompts
 
 USER = [{"role": "user", "content": "Hi there"}]
 MULTI = [*USER, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "More?"}]
@@ -33,6 +34,21 @@ def test_plain_layout_without_a_template(tok_a):
     assert render(no_template, MULTI, system_prompt="S").tolist() == render(tok_a, MULTI, False, "S").tolist()
     assert plain_text(MULTI, False) == "User: Hi there\nAssistant: Hello!\nUser: More?\n"
     assert render_text(tok_a, MULTI, True, template=False) == plain_text(MULTI, True)
+
+
+def test_decoder_prompts_are_the_ids_it_always_rendered(tok_a):
+    """inference/prompts.py renders through this module, with the ids of its former own renderer: the chat
+    template with a generation prompt, or the plain layout with the tokenizer's usual specials."""
+    no_template = copy.deepcopy(tok_a)
+    no_template.chat_template = None
+    for system_prompt in ("", "Be brief."):
+        messages = with_system(MULTI, system_prompt)
+        want = tok_a.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert prompts.render(tok_a, MULTI, system_prompt=system_prompt)[0].tolist() == want["input_ids"]
+        plain = tok_a(plain_text(messages, True)).input_ids
+        assert prompts.render(tok_a, MULTI, False, system_prompt)[0].tolist() == plain
+        assert prompts.render(no_template, MULTI, system_prompt=system_prompt)[0].tolist() == plain
+        assert prompts.render(tok_a, MULTI, system_prompt=system_prompt).dtype == torch.long
 
 
 def test_prompt_ids_are_a_prefix_of_the_training_row(tok_a):

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from specforge_het.chat import plain_text
 from specforge_het.data import formats
-from specforge_het.data.formats import TooLongError, plain_text, read_conversations, tokenize_conversation
+from specforge_het.data.formats import TooLongError, read_conversations, tokenize_conversation
 from specforge_het.data.report import BadInputError, BadInputReport
 from specforge_het.inference.prompts import render
 from specforge_het.testing import CHAT_TEMPLATE, CORPUS_A, make_tokenizer

@@ -23,7 +23,6 @@ from typing import Any
 
 from specforge_het.chat import ROLES, Messages, render_text, uses_template, with_system
 from specforge_het.chat import encode as _encode
-from specforge_het.chat import plain_text as plain_text  # re-exported: inference/prompts.py imports it here
 from specforge_het.data.report import BadInputReport
 
 

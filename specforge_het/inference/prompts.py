@@ -1,4 +1,7 @@
-"""Prompt sources for the decoder (MT-Bench, prompt JSONL, a single prompt) and chat rendering."""
+"""Prompt sources for the decoder (MT-Bench, prompt JSONL, a single prompt).
+
+`render` (a conversation -> prompt ids) is specforge_het.chat's, re-exported here for the decoder and the bench.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from specforge_het.chat import render as render  # the one chat renderer, shared with the data pipeline
 
 SHIPPED_MTBENCH = Path(__file__).resolve().parent.parent / "data" / "files" / "mt_bench_questions.jsonl"
 
@@ -66,21 +69,3 @@ def load_conversations(spec: str) -> list[Conversation]:
     if not out:
         raise ValueError(f"{path}: no prompts")
     return out
-
-
-def render(tokenizer, messages: list[dict], use_template: bool = True, system_prompt: str = "") -> torch.Tensor:
-    """Token ids [1, n] of a conversation ending in a user turn, ready for the assistant's answer.
-
-    Uses the tokenizer's chat template when it has one; otherwise a plain 'User:/Assistant:' layout
-    (base models such as Gemma-3-270M have no template).
-    """
-    if system_prompt:
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    if use_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return torch.tensor([list(ids)], dtype=torch.long)
-    from specforge_het.data.formats import plain_text
-
-    return tokenizer(plain_text(messages, add_generation_prompt=True), return_tensors="pt").input_ids
