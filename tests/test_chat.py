@@ -7,6 +7,7 @@ import torch
 from specforge_het.chat import end_ids, eos_ids, plain_text, render, render_text, with_system
 from specforge_het.data.formats import tokenize_conversation
 from specforge_het.inference import prompts
+from specforge_het.inference.decoder import Decoder
 
 USER = [{"role": "user", "content": "Hi there"}]
 MULTI = [*USER, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "More?"}]
@@ -67,3 +68,4 @@ def test_eos_ids_take_every_source(llama_base):
     assert end_ids(Src(2), Src([2, 7]), Src(None), None) == {2, 7}
     want = end_ids(getattr(llama_base.model, "generation_config", None), llama_base.config, llama_base.tokenizer)
     assert eos_ids(llama_base) == want and want
+    assert Decoder(llama_base).eos == want  # the decoder stops on the same ids

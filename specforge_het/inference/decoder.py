@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specforge_het.chat import eos_ids as eos_ids  # the one end-of-sequence rule; re-exported for the bench
 from specforge_het.inference.accept import (
     greedy_accept,
     greedy_accept_on_device,
@@ -67,15 +68,6 @@ class GenerationResult:
     @property
     def tokens_per_s(self) -> float:
         return len(self.tokens) / self.decode_s if self.decode_s > 0 else float("nan")
-
-
-def eos_ids(base) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(base.model, "generation_config", None), base.config, base.tokenizer):
-        value = getattr(src, "eos_token_id", None) if src is not None else None
-        if value is not None:
-            ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return ids
 
 
 def _sync(device: torch.device) -> None:
