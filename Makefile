@@ -147,6 +147,17 @@ $(BIG_RUN)/model.safetensors: | features-smollm2-big
 	$(TRAIN_BIG) --training.eval_steps 96 --training.save_steps 24 --training.save_total_limit 1000 \
 	  --training.output_dir $(BIG_RUN) $(if $(wildcard $(BIG_RUN)/checkpoint-*),--training.resume_from_checkpoint last)
 
+# Stage 2: 240 more steps (480 conversations: the same shuffled order again, 64 % of it) from the
+# stage-1 draft, the learning-rate schedule restarted.
+BIG_RUN2 := runs/smollm2_eagle3_big2
+$(BIG_RUN2)/model.safetensors: $(BIG_RUN)/model.safetensors
+	$(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --training.mode offline --dataset.path $(BIG) \
+	  --modeling.init_draft $(BIG_RUN) --training.ttt_steps 7 --training.per_device_batch_size 2 --training.learning_rate 1e-3 \
+	  --training.warmup_ratio 0.02 --training.num_epochs 1 --training.max_steps 240 --dataset.max_length 2048 \
+	  --dataset.eval_fraction 0.02 --training.logging_steps 12 --training.eval_steps 120 --training.save_steps 120 \
+	  --training.save_total_limit 1000 --training.output_dir $(BIG_RUN2) \
+	  $(if $(wildcard $(BIG_RUN2)/checkpoint-*),--training.resume_from_checkpoint last)
+
 # Scaling study: τ on MT-Bench (10 questions x 2 turns, 128 tokens, the tree_cpu tree, no lookup) of
 # the run's checkpoints after SCALING_STEPS steps (2 conversations each) and of its final draft, each
 # point's tokens read from the checkpoint's log; then the table, JSON and plot in docs/results/.

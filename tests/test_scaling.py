@@ -54,6 +54,20 @@ def test_points_from_checkpoints_read_the_running_totals(tmp_path) -> None:
     assert got == [("s24", 30_000, 40_000, 1.4), ("fitted", 50_000, 100_000, 1.3), ("sfinal", 90_000, 120_000, 1.8)]
 
 
+def test_a_later_stage_adds_the_tokens_of_the_draft_it_started_from(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # init_draft is relative to where training ran
+    pts = tmp_path / "pts"
+    _checkpoint_point(pts, "stage1", Path("run1"), (30_000.0, 40_000.0), 1.4, log_name="training_log.json")
+    _checkpoint_point(pts, "stage2", Path("run2"), (10_000.0, 12_000.0), 1.6, log_name="training_log.json")
+    (Path("run2") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "run1"}}))
+    scaling.main(str(pts), str(tmp_path / "x.json"))
+    got = [(p["name"], p["answer_tokens"], p["seq_tokens"]) for p in json.loads((tmp_path / "x.json").read_text())["points"]]
+    assert got == [("stage1", 30_000, 40_000), ("stage2", 40_000, 52_000)]
+    (Path("run2") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "gone"}}))
+    with pytest.raises(FileNotFoundError, match="'gone', which is not here"):
+        scaling.main(str(pts), str(tmp_path / "x.json"))
+
+
 def test_checkpoint_without_totals_is_named(tmp_path) -> None:
     _checkpoint_point(tmp_path / "pts", "s1", tmp_path / "old", None, 1.2)
     with pytest.raises(ValueError, match="no running token totals"):

@@ -5,6 +5,7 @@ Each point is a folder `DIR/<name>/` holding what `make scaling-smollm2` writes 
                names the draft folder (a training checkpoint or a finished draft), whose log history
                gives the tokens trained on so far (`train_loss_tokens_total`: answer tokens that carry
                a loss; `train_seq_tokens_total`: every sequence token)
+               (a draft trained on from another, `--modeling.init_draft`, adds that draft's tokens)
   train.log    optional: a separate training run's output; its `throughput:` line gives the same two
                counts (tokens/s x seconds) and takes precedence
 The summary (one row per point, sorted by tokens) is printed, written as JSON, and plotted (PNG
@@ -44,8 +45,26 @@ def _tokens_from_draft(draft: Path) -> tuple[int, int]:
             if not totals:
                 raise ValueError(f"{draft / name}: no running token totals (train_loss_tokens_total); the draft "
                                  "was trained before they were logged, so give its point a train.log.")
-            return round(totals[-1]["train_loss_tokens_total"]), round(totals[-1]["train_seq_tokens_total"])
+            answer, seq = totals[-1]["train_loss_tokens_total"], totals[-1]["train_seq_tokens_total"]
+            before = _init_draft(draft)  # a later stage (--modeling.init_draft) adds its predecessor's tokens
+            if before is not None:
+                prev = _tokens_from_draft(before)
+                answer, seq = answer + prev[0], seq + prev[1]
+            return round(answer), round(seq)
     raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from.")
+
+
+def _init_draft(draft: Path) -> Path | None:
+    """The draft folder this one was trained on from (`modeling.init_draft` in its run_config.json), if any.
+    A relative path is taken from the current folder, as training took it."""
+    cfg = draft / "run_config.json"
+    init = json.loads(cfg.read_text()).get("modeling", {}).get("init_draft", "") if cfg.is_file() else ""
+    if not init:
+        return None
+    if not Path(init).is_dir():
+        raise FileNotFoundError(f"{cfg}: it was trained on from '{init}', which is not here to count its tokens; "
+                                "run from the folder training ran in.")
+    return Path(init)
 
 
 def read_point(folder: Path) -> dict:
@@ -80,7 +99,7 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
         ax.annotate(f"{p['tau']:.2f}", (p["answer_tokens"], p["tau"]), textcoords="offset points", xytext=(0, 6),
                     ha="center", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("answer tokens trained on")
+    ax.set_xlabel("answer tokens trained on (repeats counted)")
     ax.set_ylabel(f"τ, {METHOD} (tokens per base step)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
