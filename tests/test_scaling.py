@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from specforge_het.bench import scaling
+from specforge_het.errors import ConfigError
 
 
 def _point(root: Path, name: str, loss_rate: float, secs: int, tau: float, log_line: bool = True) -> None:
@@ -81,5 +82,5 @@ def test_unfinished_or_missing_points_are_named(tmp_path) -> None:
     (tmp_path / "b" / "s2").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no bench.json"):
         scaling.main(str(tmp_path / "b"), str(tmp_path / "x.json"))
-    with pytest.raises(SystemExit, match="no scaling points"):
+    with pytest.raises(ConfigError, match="no scaling points"):
         scaling.main(str(tmp_path / "none"), str(tmp_path / "x.json"))

@@ -22,6 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from specforge_het.errors import ConfigError
+
 console = Console()
 _THROUGHPUT = re.compile(r"throughput: ([\d.]+) trained tokens/s \(([\d.]+) loss tokens/s\) over (\d+) s")
 METHOD = "ours-tree"
@@ -114,7 +116,7 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
     root = Path(folder)
     dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not dirs:
-        raise SystemExit(f"no scaling points under '{folder}': run `make scaling-smollm2` first.")
+        raise ConfigError(f"no scaling points under '{folder}': run `make scaling-smollm2` first.")
     points = sorted((read_point(d) for d in dirs), key=lambda p: p["answer_tokens"])
     table = Table(title=f"τ against training tokens · {folder}")
     for col in ("point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):
@@ -133,4 +135,8 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(main)
+    try:
+        fire.Fire(main)
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # a point to rerun: say which, no traceback
+        console.print(f"[bold red]error:[/] {e}")
+        raise SystemExit(2) from None
