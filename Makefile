@@ -159,14 +159,14 @@ $(BIG_RUN2)/model.safetensors: $(BIG_RUN)/model.safetensors
 	  $(if $(wildcard $(BIG_RUN2)/checkpoint-*),--training.resume_from_checkpoint last)
 
 # Scaling study: τ on MT-Bench (10 questions x 2 turns, 128 tokens, the tree_cpu tree, no lookup) of
-# the run's checkpoints after SCALING_STEPS steps (2 conversations each) and of its final draft, each
-# point's tokens read from the checkpoint's log; then the table, JSON and plot in docs/results/.
+# the run's checkpoints after SCALING_STEPS steps (2 conversations each; every 24 steps are kept) and
+# of the stage-1 and stage-2 drafts, each point's tokens read from its training log; then the table, JSON and plot in docs/results/.
 # The checkpoints share one learning-rate schedule (linear decay over the epoch), so an early point has
 # seen its tokens at a higher learning rate than a run of that length would end with.
-SCALING_STEPS ?= 24 48 96 192
-scaling-smollm2: $(BIG_RUN)/model.safetensors
-	for s in $(SCALING_STEPS) final; do d=runs/scaling/smollm2/s$$s; mkdir -p $$d; \
-	  src=$(BIG_RUN)/checkpoint-$$s; [ $$s = final ] && src=$(BIG_RUN); \
+SCALING_STEPS ?= 24 96
+scaling-smollm2: $(BIG_RUN2)/model.safetensors
+	for p in $(SCALING_STEPS:%=s%) stage1 stage2; do d=runs/scaling/smollm2/$$p; mkdir -p $$d; \
+	  case $$p in stage1) src=$(BIG_RUN);; stage2) src=$(BIG_RUN2);; *) src=$(BIG_RUN)/checkpoint-$${p#s};; esac; \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
 	    --modeling.draft_path $$src --prompts mtbench:10 --inference.max_new_tokens 128 --methods ours-tree \
 	    --outfile $$d/bench.json || exit 1; \
