@@ -142,7 +142,7 @@ TRAIN_BIG := $(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --train
 	--training.ttt_steps 7 --training.per_device_batch_size 2 --training.learning_rate 1e-3 \
 	--training.warmup_ratio 0.02 --training.num_epochs 1 --dataset.max_length 2048 --dataset.eval_fraction 0.02 \
 	--training.logging_steps 12
-draft-smollm2-eagle3-big: $(BIG_RUN)/model.safetensors
+draft-smollm2-eagle3-big: $(BIG_RUN2)/model.safetensors
 $(BIG_RUN)/model.safetensors: | features-smollm2-big
 	$(TRAIN_BIG) --training.eval_steps 96 --training.save_steps 24 --training.save_total_limit 1000 \
 	  --training.output_dir $(BIG_RUN) $(if $(wildcard $(BIG_RUN)/checkpoint-*),--training.resume_from_checkpoint last)
