@@ -6,20 +6,21 @@ which is plain: the one `from_pretrained` gives, with no instance-level forward 
 ours (the suite checks it before every HF call: `integrity.py`). Ours call the built-in `Decoder`
 with its fast paths (`--inference.fast_paths`), which it applies only while it generates. Each
 method reports its base forwards: ours from the decoder, HF's by a stopping criterion that counts
-generate's steps (one per base forward). Timing and memory are done by the suite, the same way
-for every method.
+generate's steps (one per base forward). Methods, generations, timing and records are the
+evaluation harness's (inference/harness.py), the same for every method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from specforge_het.bench.integrity import check_plain
 from specforge_het.inference.decoder import Decoder, eos_ids
+from specforge_het.inference.harness import Generation, Method, decoder_method
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.lean import packed_linears
@@ -42,22 +43,6 @@ METHODS: dict[str, str] = {
 }
 OURS_DRAFTED = ("ours-chain", "ours-tree", "ours-auto", "ours-auto-lookup")  # these need a draft
 DIAGNOSTIC = ("hf-packed",)  # run only when named: what HF generate cost when our fast paths leaked into it
-
-
-@dataclass
-class Generation:
-    tokens: list[int]  # new tokens, EOS included when it stopped there
-    forwards: int  # base forwards: ours = prefill + decode steps; HF = generate's steps (CountForwards)
-    accept_lengths: list[int] | None = None  # ours: tokens committed per decode step (prefill not counted)
-
-
-@dataclass
-class Method:
-    name: str
-    label: str
-    run: Callable[[torch.Tensor, int], Generation]
-    info: dict | None = None  # extra facts for the JSON (e.g. the auto tree's decision)
-    plain: tuple[nn.Module, ...] = ()  # models that must be unmodified HF while it runs (checked by the suite)
 
 
 class CountForwards(StoppingCriteria):
@@ -111,17 +96,13 @@ def hf_method(name: str, base, config_extra: dict | None = None, packed: bool = 
 
     assistant = generate_kwargs.get("assistant_model")
     plain = () if packed else tuple(m for m in (base.model, assistant) if m is not None)
-    return Method(name, METHODS[name], run, plain=plain)
+    # untimed, before every call: the models it runs on must be unmodified HF (bench/integrity.py)
+    return Method(name, METHODS[name], run, before=partial(check_plain, METHODS[name], plain) if plain else None)
 
 
 def ours_method(name: str, base, proposer, label: str | None = None, fast_paths: str = "auto") -> Method:
-    decoder = Decoder(base, proposer, fast_paths=fast_paths)
-
-    def run(input_ids: torch.Tensor, max_new_tokens: int) -> Generation:
-        res = decoder.generate(input_ids, max_new_tokens)
-        return Generation(res.tokens, forwards=1 + res.steps, accept_lengths=res.accept_lengths)
-
-    return Method(name, label or METHODS[name], run)
+    """Our decoder, timed for the whole call like the HF peers (prefill included)."""
+    return decoder_method(name, Decoder(base, proposer, fast_paths=fast_paths), label or METHODS[name])
 
 
 def same_vocabulary(tok_a, tok_b) -> bool:
