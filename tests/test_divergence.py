@@ -25,8 +25,9 @@ from specforge_het.inference.divergence import (
     first_difference,
     tolerance,
 )
+from specforge_het.inference.harness import Record
 from specforge_het.inference.report import print_report
-from specforge_het.inference.runner import BASE, SPEC, TurnRecord
+from specforge_het.inference.runner import BASE, SPEC
 from specforge_het.inference.runner import explain_differences as explain_turns
 from specforge_het.inference.runner import summarise as summarise_turns
 
@@ -104,8 +105,9 @@ def test_explain_divergence_reads_the_base_at_the_first_difference(llama_base, p
     assert explain_divergence(llama_base, prompt[0].tolist(), out, list(out)) is None
 
 
-def _turn(mode: str, tokens: list[int], prompt_ids: list[int], turn: int = 0) -> TurnRecord:
-    return TurnRecord("c1", turn, mode, len(prompt_ids), len(tokens), 0.1, [1] * len(tokens), "", tokens, prompt_ids)
+def _turn(mode: str, tokens: list[int], prompt_ids: list[int], turn: int = 0) -> Record:
+    gen = Generation(tokens, forwards=len(tokens) + 1, accept_lengths=[1] * len(tokens))
+    return Record.of(mode, "c1", turn, prompt_ids, gen, 0.1)
 
 
 def test_compare_mode_reports_dtype_position_margin_and_verdict(llama_base, prompt) -> None:

@@ -20,6 +20,7 @@ from specforge_het.cli import run_cli
 from specforge_het.config import RUN_CONFIG
 from specforge_het.inference.__main__ import main
 from specforge_het.inference.decoder import Decoder
+from specforge_het.inference.harness import Record, summarise
 from specforge_het.inference.prompts import SHIPPED_MTBENCH, load_conversations, render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.runner import BASE, SPEC
@@ -96,6 +97,9 @@ def test_cli_compare_end_to_end(compare_run, base_dirs):
 
     turns = line["turns"]
     assert len(turns) == 8
+    one = Record("m", "c", 0, 1, 1, 1.0, 1, 1)  # the evaluation harness's JSON shape, + the older names
+    assert all(set(t) == set(one.to_json()) | {"mode", "decode_s"} and t["method"] == t["mode"] for t in turns)
+    assert set(summary[BASE]) == set(summarise([one])["m"]) | {"turns", "decode_s"}
     assert Counter(t["mode"] for t in turns) == {BASE: 4, SPEC: 4}
     by_key = {(t["conversation"], t["turn"], t["mode"]): t for t in turns}
     assert set(by_key) == {(c, k, m) for c in ("101", "102") for k in (0, 1) for m in (BASE, SPEC)}

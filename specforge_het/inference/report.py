@@ -10,7 +10,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from specforge_het.inference.runner import BASE, SPEC, TurnRecord
+from specforge_het.inference.harness import Record
+from specforge_het.inference.runner import BASE, SPEC, turn_json
 
 
 def device_info(device: torch.device, dtype: torch.dtype) -> dict:
@@ -26,21 +27,21 @@ def _short(text: str, n: int = 48) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def turn_table(records: list[TurnRecord], prompts: dict[tuple[str, int], str]) -> Table:
+def turn_table(records: list[Record], prompts: dict[tuple[str, int], str]) -> Table:
     table = Table(title="per turn")
     for col in ("conv", "turn", "prompt", "mode", "new tok", "tok/s", "τ", "identical"):
         table.add_column(col, justify="right" if col in ("new tok", "tok/s", "τ") else "left")
-    base = {(r.conversation, r.turn): r for r in records if r.mode == BASE}
+    base = {r.key: r for r in records if r.method == BASE}
     for r in records:
         same = ""
-        if r.mode == SPEC and (r.conversation, r.turn) in base:
-            same = _same_cell(r, base[(r.conversation, r.turn)])
-        table.add_row(r.conversation, str(r.turn), _short(prompts.get((r.conversation, r.turn), "")), r.mode,
+        if r.method == SPEC and r.key in base:
+            same = _same_cell(r, base[r.key])
+        table.add_row(r.conversation, str(r.turn), _short(prompts.get(r.key, "")), r.method,
                       str(r.new_tokens), f"{r.tokens_per_s:.2f}", f"{r.tau:.2f}", same)
     return table
 
 
-def _same_cell(spec: TurnRecord, base: TurnRecord) -> str:
+def _same_cell(spec: Record, base: Record) -> str:
     """The 'identical' cell of a speculative turn: yes, a near-tie flip or a real mismatch (at token p)."""
     if base.token_ids == spec.token_ids:
         return "[green]yes[/]"
@@ -52,7 +53,7 @@ def _same_cell(spec: TurnRecord, base: TurnRecord) -> str:
     return f"[yellow]near-tie @{d.position}[/]" if d.near_tie else f"[red]NO @{d.position}[/]"
 
 
-def difference_lines(records: list[TurnRecord], summary: dict, dtype: str) -> list[str]:
+def difference_lines(records: list[Record], summary: dict, dtype: str) -> list[str]:
     """The identical-outputs line (dtype stated), then one line per differing speculative turn."""
     ties, bad, later = (summary.get(k, 0) for k in ("near_tie", "mismatch", "prompt_differs"))
     unexplained = summary["compared"] - summary["identical"] - ties - bad - later
@@ -63,7 +64,7 @@ def difference_lines(records: list[TurnRecord], summary: dict, dtype: str) -> li
     colour = "green" if not counts else "red" if bad or unexplained else "yellow"
     lines = [f"[bold {colour}]identical outputs: {summary['identical']}/{summary['compared']} ({dtype})[/]{counts}"]
     for r in records:
-        if r.mode == SPEC and r.divergence is not None:
+        if r.method == SPEC and r.divergence is not None:
             lines.append(f"  conversation {r.conversation} turn {r.turn}: {r.divergence.describe()}")
     if summary.get("near_tie", 0):
         lines.append("  [dim]near-tie flip: the base's two best tokens are closer than low-precision rounding can tell "
@@ -81,7 +82,7 @@ def summary_table(summary: dict, info: dict, tree: str, fast_paths: str = "") ->
         if mode in summary:
             s = summary[mode]
             hist = " ".join(f"{k}:{v}" for k, v in s["accept_length_histogram"].items())
-            table.add_row(mode, str(s["turns"]), str(s["new_tokens"]), f"{s['decode_s']:.2f}",
+            table.add_row(mode, str(s["prompts"]), str(s["new_tokens"]), f"{s['seconds']:.2f}",
                           f"{s['tokens_per_s']:.2f}", f"{s['tau']:.2f}", hist)
     return table
 
@@ -100,7 +101,7 @@ def print_report(records, summary, info, prompts, tree: str, fast_paths: str = "
 
 def append_json(outfile: str | Path, config: dict, presets: list[str], records, summary, info) -> None:
     line = {"config": config, "presets": presets, "device": info, "summary": summary,
-            "turns": [r.to_json() for r in records]}
+            "turns": [turn_json(r) for r in records]}
     path = Path(outfile)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
