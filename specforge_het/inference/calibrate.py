@@ -11,7 +11,6 @@ $SPECFORGE_HET_CACHE/cost_model/ (default ~/.cache/specforge_het/cost_model/).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -19,7 +18,8 @@ import torch
 from specforge_het.inference.cost_model import Acceptance, Costs, acceptance_from_ranks
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.fast_paths import FastPaths, proposer_modules, tell_proposer
-from specforge_het.inference.prompts import render
+from specforge_het.inference.harness import decoder_method, records, timed
+from specforge_het.inference.prompts import Conversation, render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents, layout_on_device
 from specforge_het.models.base import keep_cache_entries
@@ -41,11 +41,6 @@ CALIBRATION_PROMPTS = (
 )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 Job = tuple[Callable[[], object], Callable[[], object] | None]  # (timed call, untimed reset after it)
 
 
@@ -58,12 +53,9 @@ def interleaved_medians(jobs: list[Job], repeats: int, device: torch.device) -> 
     times: list[list[float]] = [[] for _ in jobs]
     for round_ in range(repeats + 1):
         for i, (fn, reset) in enumerate(jobs):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
+            _, seconds = timed(fn, device)  # the evaluation harness's clock (inference/harness.py)
             if round_:
-                times[i].append(time.perf_counter() - t0)
+                times[i].append(seconds)
             if reset is not None:
                 reset()
     return [statistics.median(t) for t in times]
@@ -181,14 +173,19 @@ def truth_ranks(base, draft, prompt_ids: torch.Tensor, answer: list[int], depth:
 
 
 def measure_acceptance(base, draft, prompts: list[str], inf, answer_tokens: int = ANSWER_TOKENS) -> Acceptance:
-    """Decode a short base answer per prompt (greedy), then rank the true tokens under the draft."""
+    """Decode a short base answer per prompt (greedy, through the evaluation harness, untimed use), then rank
+    the true tokens under the draft."""
+    method = decoder_method("base-only", Decoder(base, fast_paths=inf.fast_paths))
+    convs = [Conversation(str(i), [text]) for i, text in enumerate(prompts)]
+
+    def render_chat(messages: list[dict]) -> torch.Tensor:
+        return render(base.tokenizer, messages, inf.chat_template, inf.system_prompt)
+
     all_ranks, all_valid = [], []
-    for text in prompts:
-        ids = render(base.tokenizer, [{"role": "user", "content": text}], inf.chat_template, inf.system_prompt)
-        answer = Decoder(base, fast_paths=inf.fast_paths).generate(ids, answer_tokens).tokens
-        if len(answer) < 2:
+    for rec in records([method], convs, render_chat, None, answer_tokens, base.device, warmup_tokens=0):
+        if len(rec.token_ids) < 2:
             continue
-        ranks, valid = truth_ranks(base, draft, ids, answer)
+        ranks, valid = truth_ranks(base, draft, torch.tensor([rec.prompt_ids]), rec.token_ids)
         all_ranks.append(ranks)
         all_valid.append(valid)
     if not all_ranks:
