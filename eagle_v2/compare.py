@@ -24,8 +24,10 @@ from safetensors.torch import load_file, save_file
 from eagle_v2.parts import compare_hidden, compare_logits, compare_static_tree, compare_weights
 from eagle_v2.protocol import DEFAULT_REF_PYTHON, TASKS, ReferenceUnavailable, Request, run_worker
 from eagle_v2.report import BASE, OURS, SPEC, merge_runs, notes_lines, parts_table, run_record, runs_table, summarise
+from specforge_het.inference import harness
 from specforge_het.inference.decoder import Decoder, eos_ids
-from specforge_het.inference.prompts import load_conversations, render
+from specforge_het.inference.harness import decoder_method
+from specforge_het.inference.prompts import Conversation, load_conversations, render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import static_parents
 from specforge_het.models.base import LAST, BaseModel
@@ -101,17 +103,17 @@ def our_tree(draft, paths, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return prop.propose()
 
 
-def our_generation(base, draft, paths, prompts: list[torch.Tensor], max_new: int, warmup: bool) -> list[dict]:
-    decoders = {BASE: Decoder(base), SPEC: Decoder(base, PathsProposer(draft, paths))}
-    if warmup and prompts:
-        for dec in decoders.values():
-            dec.generate(prompts[0], 4)
-    runs = []
-    for i, ids in enumerate(prompts):
-        for mode, dec in decoders.items():
-            res = dec.generate(ids, max_new)
-            runs.append(run_record(OURS, mode, i, res.tokens, res.accept_lengths, res.prefill_s + res.decode_s))
-    return runs
+def our_generation(base, draft, paths, convs: list[Conversation], max_new: int, warmup: bool) -> list[dict]:
+    """Base-only and speculative decoding of each conversation's first turn through the evaluation harness
+    (inference/harness.py: whole calls timed, prefill included, as the reference times them), as run records."""
+    methods = [decoder_method(BASE, Decoder(base)), decoder_method(SPEC, Decoder(base, PathsProposer(draft, paths)))]
+    firsts = [Conversation(str(i), c.turns[:1]) for i, c in enumerate(convs)]
+
+    def render_chat(messages: list[dict]) -> torch.Tensor:
+        return render(base.tokenizer, messages)
+
+    recs = harness.records(methods, firsts, render_chat, None, max_new, base.device, warmup_tokens=4 if warmup else 0)
+    return [run_record(OURS, r.method, int(r.conversation), r.token_ids, r.accept_lengths, r.seconds) for r in recs]
 
 
 # ------------------------------------------------------------------ parts
@@ -184,7 +186,7 @@ def main(base: str = "smollm2-135m-instruct", draft: str = "", prompts: str = "m
         resp = {"errors": {"load": str(exc)}, "results": {}}
     ref_s = time.perf_counter() - t0
     paths = ((resp.get("env") or {}).get("tree_choices")) or [[0], [1], [0, 0], [0, 0, 0]]
-    ours = our_generation(bm, d, paths, ids, max_new_tokens, warmup) if "generate" in task_list else []
+    ours = our_generation(bm, d, paths, convs, max_new_tokens, warmup) if "generate" in task_list else []
     runs = merge_runs(ours, resp)
     summary = summarise(runs, eos_ids(bm), max_new_tokens)
     parts = compare_parts(resp, work, d, x, paths)

@@ -1,4 +1,5 @@
-"""Merge our runs and the reference's into one summary, and render it as rich tables (pure)."""
+"""Merge our runs and the reference's into one summary (the evaluation harness's records and summary,
+inference/harness.py), and render it as rich tables (pure)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from eagle_v2.parts import truncate_output
+from specforge_het.inference import harness
+from specforge_het.inference.harness import Generation, Record, identical_count
 
 OURS, REF = "ours", "reference"
 BASE, SPEC = "base-only", "speculative"
@@ -30,30 +33,31 @@ def merge_runs(ours: Sequence[dict], ref_response: dict | None) -> list[dict]:
     return runs
 
 
+def to_records(runs: Sequence[dict], eos: set[int], max_new_tokens: int) -> list[Record]:
+    """Run records (both sides) as the evaluation harness's records, method '<side> <mode>', their outputs
+    cut to max_new_tokens and at the first EOS (the reference may run past either)."""
+    out = []
+    for r in runs:
+        tokens = truncate_output(r["tokens"], eos, max_new_tokens)
+        gen = Generation(tokens, accept_lengths=list(r["accept_lengths"]))
+        out.append(Record.of(f"{r['side']} {r['mode']}", str(r["prompt"]), 0, [], gen, r["seconds"]))
+    return out
+
+
 def summarise(runs: Sequence[dict], eos: set[int], max_new_tokens: int) -> dict:
-    """Per (side, mode): τ, tokens/s, and on how many prompts the output equals every other row's."""
-    outs = {(r["side"], r["mode"], r["prompt"]): truncate_output(r["tokens"], eos, max_new_tokens) for r in runs}
-    prompts = sorted({r["prompt"] for r in runs})
+    """Per (side, mode), from the harness's summary: τ, tokens/s, and on how many prompts the output equals
+    every other row's."""
+    records = to_records(runs, eos, max_new_tokens)
+    names = [f"{side} {mode}" for side, mode in ROWS]
+    figures = harness.summarise(records, order=names)
+    by_key = {name: {r.key: r for r in records if r.method == name} for name in figures}
     rows = {}
-    for side, mode in ROWS:
-        mine = [r for r in runs if (r["side"], r["mode"]) == (side, mode)]
-        if not mine:
-            continue
-        lengths = [a for r in mine for a in r["accept_lengths"]]
-        toks = sum(len(outs[(side, mode, r["prompt"])]) for r in mine)
-        secs = sum(r["seconds"] for r in mine)
-        equal = {}
-        for other in ROWS:
-            if other == (side, mode) or not any((r["side"], r["mode"]) == other for r in runs):
-                continue
-            both = [p for p in prompts if (side, mode, p) in outs and (*other, p) in outs]
-            equal[f"{other[0]} {other[1]}"] = [sum(outs[(side, mode, p)] == outs[(*other, p)] for p in both), len(both)]
-        rows[f"{side} {mode}"] = {
-            "prompts": len(mine), "new_tokens": toks, "seconds": round(secs, 3),
-            "tokens_per_s": round(toks / secs, 3) if secs > 0 else None,
-            "tau": round(sum(lengths) / len(lengths), 3) if lengths else None, "steps": len(lengths),
-            "identical_to": equal,
-        }
+    for name, f in figures.items():
+        mine = [r for r in records if r.method == name]
+        equal = {other: list(identical_count(mine, by_key[other])) for other in figures if other != name}
+        rows[name] = {"prompts": f["prompts"], "new_tokens": f["new_tokens"], "seconds": f["seconds"],
+                      "tokens_per_s": f["tokens_per_s"], "tau": f["tau"], "steps": sum(r.steps for r in mine),
+                      "identical_to": equal}
     return rows
 
 

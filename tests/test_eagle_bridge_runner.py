@@ -19,13 +19,14 @@ import torch
 from conftest import _base_folder
 
 from eagle_v2 import reference_worker
-from eagle_v2.compare import PathsProposer
+from eagle_v2.compare import PathsProposer, our_generation
 from eagle_v2.parts import compare_logits, compare_static_tree, compare_weights, truncate_output
 from eagle_v2.protocol import MARKER, WORKER, ReferenceUnavailable, Request, check_ref_python, parse_response
 from eagle_v2.report import merge_runs, notes_lines, parts_table, run_record, runs_table, summarise
 from specforge_het.algorithms.build import build_draft
 from specforge_het.config import ModelingConfig
-from specforge_het.inference.decoder import Decoder
+from specforge_het.inference.decoder import Decoder, eos_ids
+from specforge_het.inference.prompts import Conversation
 from specforge_het.inference.tree import static_parents
 
 REF_PYTHON = os.environ.get("EAGLE_REF_PYTHON", "/work/venv_eagle/bin/python")
@@ -203,6 +204,20 @@ def test_paths_proposer_is_lossless_on_the_reference_tree(llama_base):
     assert spec.tokens == base.tokens and len(spec.tokens) == 12
     tokens, parents = prop.propose()
     assert tokens.shape[0] == len(paths) + 1 and parents.tolist() == [-1, 0, 0, 0, 1, 1, 2, 4]
+
+
+def test_our_generation_runs_through_the_harness(llama_base):
+    """Our side of the comparison: first turns only, base-only and speculative per prompt, as run records
+    whose summary comes from the evaluation harness."""
+    m = ModelingConfig(algorithm="eagle_v2", vocab="base", draft_first_input_norm=False)
+    draft = build_draft(m, llama_base, seed=0).train(False)
+    convs = [Conversation("q7", ["Write a short poem about the sea.", "not asked"]), Conversation("q9", ["Hi."])]
+    runs = our_generation(llama_base, draft, [[0], [1], [0, 0]], convs, 6, warmup=True)
+    assert [(r["side"], r["mode"], r["prompt"]) for r in runs] == [
+        ("ours", "base-only", 0), ("ours", "speculative", 0), ("ours", "base-only", 1), ("ours", "speculative", 1)]
+    assert all(r["seconds"] > 0 and 1 <= len(r["tokens"]) <= 6 for r in runs)
+    s = summarise(runs, eos_ids(llama_base), 6)
+    assert s["ours speculative"]["identical_to"] == {"ours base-only": [2, 2]} and s["ours base-only"]["tau"] == 1.0
 
 
 # ------------------------------------------------------------------ integration with the real reference
