@@ -31,6 +31,7 @@ from rich.table import Table
 
 from specforge_het.assets import cache_dir, is_embedded, resolve_model_path
 from specforge_het.chat import render_text, uses_template, with_system
+from specforge_het.inference.harness import Record, summarise
 from specforge_het.inference.prompts import SHIPPED_MTBENCH, Conversation, load_conversations
 
 INSTALL = "pip install 'specforge_het[sglang]'"
@@ -220,31 +221,30 @@ def request_metrics(meta: dict) -> dict[str, Any]:
             "finish_reason": meta.get("finish_reason")}
 
 
-def summarise(records: list[dict], wall_s: float, speculative: bool) -> dict[str, Any]:
-    """Throughput = completion tokens / s; accept length = completion tokens / verify steps (1 for base-only)."""
-    tokens = sum(r["completion_tokens"] for r in records)
-    verify = sum(r["spec_verify_ct"] for r in records)
-    if speculative:
-        accept = tokens / verify if verify else None  # None: SGLang reported no verify step at all
-    else:
-        accept = 1.0
-    return {"requests": len(records), "completion_tokens": tokens, "verify_steps": verify, "wall_s": wall_s,
-            "throughput": tokens / wall_s if wall_s > 0 else 0.0, "accept_length": accept}
+def request_record(method: str, question_id: str, turn: int, prompt_tokens: int, out: dict, seconds: float,
+                   speculative: bool) -> Record:
+    """One SGLang answer as the evaluation harness's record (inference/harness.py). τ = completion tokens /
+    verify steps; base-only: one step per token (τ 1); speculative without any verify step reported: None."""
+    m = request_metrics(out["meta_info"])
+    tokens = m["completion_tokens"]
+    steps = m["spec_verify_ct"] if speculative else tokens
+    return Record(method, str(question_id), turn, prompt_tokens, tokens, seconds, committed=tokens, steps=steps,
+                  text=out["text"])
 
 
 # ---------------------------------------------------------------- running (engine duck-typed: a fake one in tests)
 
 
 def run_engine(engine, tokenizer, conversations: list[Conversation], sampling: dict, batch_size: int = 1,
-               system_prompt: str = "") -> tuple[list[dict], float]:
+               system_prompt: str = "", method: str = "sglang", speculative: bool = True) -> list[Record]:
     """Every turn of every conversation; turn k is asked after the model's own answer to turn k-1.
 
-    `batch_size` conversations go to the engine at once (0 = all). Returns per-request records and
-    the wall time of the generate calls only (tokenisation excluded).
+    `batch_size` conversations go to the engine at once (0 = all). A record's seconds are its share of its
+    generate call's wall time (tokenisation excluded): its own with batch_size 1; all records' seconds sum
+    to the wall time of the generate calls, so overall tokens/s is the engine's throughput.
     """
     size = batch_size if batch_size > 0 else len(conversations)
-    records: list[dict] = []
-    wall = 0.0
+    records: list[Record] = []
     for start in range(0, len(conversations), size):
         group = conversations[start:start + size]
         history: list[list[dict]] = [[] for _ in group]
@@ -255,29 +255,29 @@ def run_engine(engine, tokenizer, conversations: list[Conversation], sampling: d
             ids = [chat_input_ids(tokenizer, history[i], system_prompt) for i in live]
             tic = time.perf_counter()
             outs = engine.generate(input_ids=ids, sampling_params=sampling)
-            wall += time.perf_counter() - tic
+            share = (time.perf_counter() - tic) / len(live)
             if len(outs) != len(live):
                 raise RuntimeError(f"the engine answered {len(outs)} of {len(live)} requests")
-            for i, out in zip(live, outs):
+            for j, (i, out) in enumerate(zip(live, outs)):
                 history[i].append({"role": "assistant", "content": out["text"]})
-                records.append({"question_id": group[i].id, "turn": turn, "prompt_tokens": len(ids[live.index(i)]),
-                                **request_metrics(out["meta_info"]), "text": out["text"]})
-    return records, wall
+                records.append(request_record(method, group[i].id, turn, len(ids[j]), out, share, speculative))
+    return records
 
 
-def report_table(records: list[dict], summary: dict, title: str) -> Table:
+def report_table(records: list[Record], summary: dict, title: str) -> Table:
+    """Per turn and overall: requests, completion tokens, steps and accept length (the harness's τ)."""
     table = Table(title=title)
-    for col in ("turn", "requests", "completion tokens", "verify steps", "accept length"):
+    for col in ("turn", "requests", "completion tokens", "steps", "accept length"):
         table.add_column(col, justify="right")
-    for turn in sorted({r["turn"] for r in records}):
-        rows = [r for r in records if r["turn"] == turn]
-        tok, ver = sum(r["completion_tokens"] for r in rows), sum(r["spec_verify_ct"] for r in rows)
-        table.add_row(str(turn + 1), str(len(rows)), str(tok), str(ver), f"{tok / ver:.2f}" if ver else "-")
-    acc = summary["accept_length"]
-    table.add_row("all", str(summary["requests"]), str(summary["completion_tokens"]), str(summary["verify_steps"]),
+    for turn in sorted({r.turn for r in records}):
+        rows = [r for r in records if r.turn == turn]
+        tok, steps = sum(r.new_tokens for r in rows), sum(r.steps for r in rows)
+        table.add_row(str(turn + 1), str(len(rows)), str(tok), str(steps), f"{tok / steps:.2f}" if steps else "-")
+    acc = summary["tau"]
+    table.add_row("all", str(summary["prompts"]), str(summary["new_tokens"]), str(sum(r.steps for r in records)),
                   f"{acc:.2f}" if acc is not None else "-", style="bold")
-    table.caption = (f"throughput {summary['throughput']:.1f} tok/s over {summary['wall_s']:.2f} s; "
-                     "accept length = completion tokens / verify steps")
+    table.caption = (f"throughput {summary['tokens_per_s'] or 0.0:.1f} tok/s over {summary['seconds'] or 0.0:.2f} s; "
+                     "accept length = completion tokens / verify steps (base-only: 1 per token)")
     return table
 
 
@@ -360,20 +360,22 @@ def _run_engine_mode(model, kwargs, conversations, sampling, batch_size, system_
     kwargs["model_path"] = model_path(model, convert=True)
     tokenizer = AutoTokenizer.from_pretrained(kwargs["model_path"])
     engine = sglang.Engine(**kwargs)
+    name = kwargs.get("speculative_algorithm", "base only")
     try:
-        records, wall = run_engine(engine, tokenizer, conversations, sampling, batch_size, system_prompt)
+        records = run_engine(engine, tokenizer, conversations, sampling, batch_size, system_prompt,
+                             method=f"sglang {name}", speculative="speculative_algorithm" in kwargs)
     finally:
         engine.shutdown()
-    summary = summarise(records, wall, speculative="speculative_algorithm" in kwargs)
+    summary = summarise(records)[f"sglang {name}"]  # the evaluation harness's summary row (no reference here)
     import torch
 
     device = {"gpu": torch.cuda.get_device_name(0), "sglang": sglang.__version__, "torch": torch.__version__,
               "python": platform.python_version()}
-    name = kwargs.get("speculative_algorithm", "base only")
     Console().print(report_table(records, summary, f"SGLang engine · {name} · {device['gpu']}"))
     if outfile:
         append_json(outfile, {"mode": "engine", "engine_kwargs": kwargs, "sampling_params": sampling,
-                              "batch_size": batch_size, "device": device, "summary": summary, "requests": records})
+                              "batch_size": batch_size, "device": device, "summary": summary,
+                              "records": [r.to_json() for r in records]})
         console.print(f"appended results to {outfile}")
     return summary
 

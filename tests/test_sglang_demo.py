@@ -209,15 +209,22 @@ def test_request_metrics_from_sglang_meta_info():
         demo.request_metrics({"prompt_tokens": 3})
 
 
+def _answer(tokens: int, verify: int | None = None) -> dict:
+    meta = {"completion_tokens": tokens} if verify is None else {"completion_tokens": tokens, "spec_verify_ct": verify}
+    return {"text": "x", "meta_info": meta}
+
+
 def test_summary_pools_tokens_over_verify_steps():
-    records = [demo.request_metrics({"completion_tokens": 30, "spec_verify_ct": 10}),
-               demo.request_metrics({"completion_tokens": 10, "spec_verify_ct": 10})]
-    s = demo.summarise(records, wall_s=2.0, speculative=True)
-    assert s["accept_length"] == pytest.approx(40 / 20)  # pooled, not the mean of 3.0 and 1.0
-    assert s["throughput"] == pytest.approx(20.0) and s["verify_steps"] == 20
-    base = demo.summarise([demo.request_metrics({"completion_tokens": 8})], 4.0, speculative=False)
-    assert base["accept_length"] == 1.0 and base["throughput"] == pytest.approx(2.0)
-    assert demo.summarise([demo.request_metrics({"completion_tokens": 8})], 4.0, speculative=True)["accept_length"] is None
+    """SGLang answers become the harness's records; its summary pools tokens over verify steps."""
+    records = [demo.request_record("s", "q1", 0, 5, _answer(30, 10), 1.5, speculative=True),
+               demo.request_record("s", "q2", 0, 5, _answer(10, 10), 0.5, speculative=True)]
+    s = demo.summarise(records)["s"]
+    assert s["tau"] == pytest.approx(40 / 20)  # pooled, not the mean of 3.0 and 1.0
+    assert s["tokens_per_s"] == pytest.approx(20.0) and sum(r.steps for r in records) == 20
+    base = demo.summarise([demo.request_record("b", "q1", 0, 5, _answer(8), 4.0, speculative=False)])["b"]
+    assert base["tau"] == 1.0 and base["tokens_per_s"] == pytest.approx(2.0)
+    none = demo.request_record("s", "q1", 0, 5, _answer(8), 4.0, speculative=True)
+    assert demo.summarise([none])["s"]["tau"] is None  # speculative, but SGLang reported no verify step
 
 
 # ---------------------------------------------------------------- engine loop on a fake engine
@@ -242,24 +249,28 @@ class FakeEngine:
 def test_second_turn_follows_the_models_own_answer(tok_a):
     questions = demo.load_questions("mtbench:2")
     engine = FakeEngine(tok_a)
-    records, wall = demo.run_engine(engine, tok_a, questions, {"max_new_tokens": 8}, batch_size=1)
-    assert len(records) == 4 and wall >= 0
-    assert [(r["question_id"], r["turn"]) for r in records] == [(questions[0].id, 0), (questions[0].id, 1),
-                                                                (questions[1].id, 0), (questions[1].id, 1)]
+    records = demo.run_engine(engine, tok_a, questions, {"max_new_tokens": 8}, batch_size=1)
+    assert len(records) == 4 and all(r.seconds >= 0 for r in records)
+    assert [(r.conversation, r.turn) for r in records] == [(questions[0].id, 0), (questions[0].id, 1),
+                                                           (questions[1].id, 0), (questions[1].id, 1)]
     first, second = engine.calls[0][0], engine.calls[1][0]
     assert questions[0].turns[0] in first and questions[0].turns[1] not in first
-    assert records[0]["text"] in second and questions[0].turns[1] in second  # turn 2 sees answer 1
-    assert all(r["accept_length"] == pytest.approx(3.0) for r in records)
+    assert records[0].text in second and questions[0].turns[1] in second  # turn 2 sees answer 1
+    assert all(r.tau == pytest.approx(3.0) for r in records)
+    assert records[1].prompt_tokens > records[0].prompt_tokens
 
 
 def test_batching_changes_calls_not_records(tok_a):
     questions = demo.load_questions("mtbench:3")
     one, all_at_once = FakeEngine(tok_a), FakeEngine(tok_a)
-    rec1, _ = demo.run_engine(one, tok_a, questions, {}, batch_size=1)
-    rec0, _ = demo.run_engine(all_at_once, tok_a, questions, {}, batch_size=0)
+    rec1 = demo.run_engine(one, tok_a, questions, {}, batch_size=1)
+    rec0 = demo.run_engine(all_at_once, tok_a, questions, {}, batch_size=0)
     assert len(one.calls) == 6 and len(all_at_once.calls) == 2 and len(all_at_once.calls[0]) == 3
-    key = lambda r: (r["question_id"], r["turn"])  # noqa: E731
-    assert sorted(rec1, key=key) == sorted(rec0, key=key)
+
+    def figures(recs):  # everything but the timing
+        return sorted((r.key, r.prompt_tokens, r.new_tokens, r.steps, r.text) for r in recs)
+
+    assert figures(rec1) == figures(rec0)
 
 
 def test_prompt_uses_the_chat_template_once(tok_a):
