@@ -220,11 +220,17 @@ def test_load_conversations_formats_and_count(tmp_path):
         json.dumps({"id": "x", "prompt": "b"}),
         json.dumps({"question": "c"}),
         json.dumps({"text": "d", "id": 9}),
+        json.dumps({"id": "g", "conversations": [{"role": "system", "content": "s"}, {"role": "user", "content": "e1"},
+                                                 {"role": "assistant", "content": "r"}, {"role": "user", "content": "e2"}]}),
     ])
     convs = load_conversations(path)
-    assert [(c.id, c.turns) for c in convs] == [("7", ["a1", "a2"]), ("x", ["b"]), ("2", ["c"]), ("9", ["d"])]
+    assert [(c.id, c.turns) for c in convs] == [("7", ["a1", "a2"]), ("x", ["b"]), ("2", ["c"]), ("9", ["d"]),
+                                                 ("g", ["e1", "e2"])]
     assert [c.id for c in load_conversations(f"{path}:2")] == ["7", "x"]
-    assert len(load_conversations(f"{path}:10")) == 4
+    assert len(load_conversations(f"{path}:10")) == 5
+    # the shipped held-out prompts (data_gen format) load as single- or multi-turn conversations
+    held = load_conversations(str(SHIPPED_MTBENCH.parent / "heldout_prompts.jsonl"))
+    assert len(held) >= 12 and all(c.turns and all(isinstance(t, str) and t for t in c.turns) for c in held)
 
 
 def test_load_conversations_errors_name_file_and_line(tmp_path):

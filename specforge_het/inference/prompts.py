@@ -46,8 +46,17 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _user_turns(messages) -> list[str]:
+    """The user messages of a data_gen-style `conversations` list ([] when it is not one)."""
+    if not isinstance(messages, list):
+        return []
+    return [m["content"] for m in messages if isinstance(m, dict) and m.get("role") == "user"
+            and isinstance(m.get("content"), str)]
+
+
 def load_conversations(spec: str) -> list[Conversation]:
-    """MT-Bench `question.jsonl` (`turns`) or any JSONL with `turns`, `prompt`, `question` or `text`.
+    """MT-Bench `question.jsonl` (`turns`) or any JSONL with `turns`, `prompt`, `question` or `text`, or a
+    data_gen prompt file (`conversations`: role/content messages; the user turns are asked in order).
 
     `spec` is 'FILE' or 'FILE:N' (the first N rows); 'mtbench' names the shipped MT-Bench file.
     """
@@ -56,12 +65,16 @@ def load_conversations(spec: str) -> list[Conversation]:
     out: list[Conversation] = []
     for lineno, row in _read_jsonl(path):
         rid = str(row.get("question_id", row.get("id", len(out))))
-        if isinstance(row.get("turns"), list) and row["turns"] and all(isinstance(t, str) for t in row["turns"]):
-            turns = row["turns"]
+        listed = row.get("turns")
+        if isinstance(listed, list) and listed and all(isinstance(t, str) for t in listed):
+            turns = listed
         else:
+            turns = _user_turns(row.get("conversations"))
+        if not turns:
             key = next((k for k in ("prompt", "question", "text") if isinstance(row.get(k), str)), None)
             if key is None:
-                raise ValueError(f"{path}:{lineno}: no prompt found; give 'turns' (list of str), 'prompt', 'question' or 'text'.")
+                raise ValueError(f"{path}:{lineno}: no prompt found; give 'turns' (list of str), "
+                                 "'conversations' (role/content messages), 'prompt', 'question' or 'text'.")
             turns = [row[key]]
         out.append(Conversation(rid, turns))
         if count is not None and len(out) >= count:
