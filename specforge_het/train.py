@@ -28,16 +28,9 @@ console = Console(stderr=True)
 
 def check_consistency(cfg: Config) -> None:
     """Refuse presets that contradict themselves, naming the keys."""
-    m, t = cfg.modeling, cfg.training
-    if m.vocab == "foreign" and not m.draft_tokenizer:
-        raise ConfigError("modeling.vocab = foreign needs modeling.draft_tokenizer (the draft's own tokenizer and embedding).")
-    if m.vocab != "foreign" and m.draft_tokenizer:
-        raise ConfigError(f"modeling.draft_tokenizer is set but modeling.vocab = {m.vocab}: set vocab = foreign or drop the tokenizer.")
-    algorithm_options(cfg)  # a known algorithm, and its own knobs consistent
-    if m.init_draft and (m.init_from or m.lora_rank):
-        raise ConfigError("modeling.init_draft continues a trained draft; drop modeling.init_from / lora_rank, which build a new one.")
-    if m.lora_rank and not m.init_from:
-        raise ConfigError("modeling.lora_rank needs modeling.init_from (LoRA adapts pretrained layers).")
+    t = cfg.training
+    algo, _ = algorithm_options(cfg)  # a known algorithm, and its own knobs consistent
+    algo.check_training(cfg)  # the modeling and training keys it reads (a new draft folder's, by default)
     if t.bf16 and t.precision == "fp32":
         raise ConfigError("training.bf16 = true contradicts training.precision = fp32: drop the legacy --training.bf16.")
     if t.loss_chunk < 1:
@@ -197,9 +190,12 @@ def build_trainer(cfg: Config, presets: list[str]):
                           "--dataset_generation.store_features, or train online.")
     if offline and rows.hidden_size and rows.hidden_size % base.hidden_size:
         raise ConfigError(f"stored features have width {rows.hidden_size}; base width is {base.hidden_size}: wrong base.")
-    draft = _new_draft(cfg, base, rows)
+    algo, options = algorithm_options(cfg)
+    if algo.uses_draft_folder:
+        module = DraftTrainingModule(_new_draft(cfg, base, rows), base, t, rows.stored_layers if offline else None, options)
+    else:  # the algorithm builds what it trains (e.g. a whole HF LM) behind the same module interface
+        module = algo.training_module(cfg, base, rows, options)
     train_rows, eval_rows = _split_rows(rows.rows, d.eval_fraction, t.seed)
-    module = DraftTrainingModule(draft, base, t, rows.stored_layers if offline else None, algorithm_options(cfg)[1])
     if base.sharded:  # HF Trainer and accelerate read this: model parallel, no DataParallel, no move to cuda:0
         module.hf_device_map = dict(base.model.hf_device_map)
     args = training_arguments(cfg, bool(eval_rows), plan)
@@ -267,7 +263,7 @@ def main(cfg: Config, presets: list[str]) -> None:
         (out / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         Console().print(report(trainer, info, time.time() - start))
         console.print(throughput_line(trainer))
-        console.print(f"draft folder: {out} (load with --modeling.draft_path {out})")
+        console.print(f"draft folder: {out} (load with {trainer.model.algorithm.load_option} {out})")
 
 
 if __name__ == "__main__":

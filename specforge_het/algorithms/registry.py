@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from specforge_het.config import add_choice, register_section
+from specforge_het.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +38,9 @@ class DraftAlgorithm:
       embeds_at_draft_width    True: the draft consumes token embeddings at its own width (a narrower
                                draft than the base gets a projection of the base's embedding)
       uses_draft_folder        False: the draft is no draft folder; `proposer()` builds the decoder's
-                               proposer from the algorithm's own config section (standalone)
+                               proposer from the algorithm's own config section, and `training_module()`
+                               what `train` optimises (standalone)
+      load_option              the command-line option that loads what `train` saves for this algorithm
     """
 
     name: ClassVar[str] = ""
@@ -46,6 +49,7 @@ class DraftAlgorithm:
     own_head_for_base_vocab: ClassVar[bool] = True
     embeds_at_draft_width: ClassVar[bool] = False
     uses_draft_folder: ClassVar[bool] = True
+    load_option: ClassVar[str] = "--modeling.draft_path"
 
     @property
     def draft_cls(self) -> type:
@@ -63,6 +67,11 @@ class DraftAlgorithm:
     def check(self, options) -> None:
         """Refuse contradictory knobs (raise config.ConfigError naming the key)."""
 
+    def check_training(self, cfg) -> None:
+        """Refuse training settings of the resolved config this algorithm cannot train with (ConfigError naming the
+        key); `train` calls it before loading anything. Default: the modeling keys of a new draft folder."""
+        check_draft_folder_keys(cfg.modeling)
+
     def training_warnings(self, tcfg) -> list[str]:
         """Notes for the user about how shared training settings affect this algorithm."""
         return []
@@ -71,6 +80,14 @@ class DraftAlgorithm:
         """The decoder's proposer for an algorithm without a draft folder (uses_draft_folder = False), built
         from `options` (its Config); tree a TreeSpec, temperature/generator for sampled drafts."""
         raise NotImplementedError(f"{self.name} drafts are draft folders: load one with algorithms.io.load_draft")
+
+    def training_module(self, cfg, base, rows, options):
+        """For an algorithm without draft folders (uses_draft_folder = False): the module `train` optimises in
+        place of training.trainer.DraftTrainingModule, with its interface: `draft` (the trained nn.Module),
+        `algorithm`, `options`, `forward(input_ids, attention_mask, loss_mask, features=None)` returning
+        {"loss", "count", "counters"}, and `save(folder, state, provenance_extra)` writing what `load_option`
+        loads. cfg: the resolved config; base: the frozen base; rows: the training rows (training.data)."""
+        raise NotImplementedError(f"{self.name} trains draft folders: train.py builds them from the modeling section")
 
     def loss(self, draft, batch, tcfg, options) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """(loss summed over positions, positions N, metric counters) of one TrainBatch.
@@ -98,6 +115,18 @@ def register(name: str):
         return cls
 
     return deco
+
+
+def check_draft_folder_keys(m) -> None:
+    """Refuse contradictory modeling keys of a new draft folder (vocabulary, initialisation, LoRA), naming them."""
+    if m.vocab == "foreign" and not m.draft_tokenizer:
+        raise ConfigError("modeling.vocab = foreign needs modeling.draft_tokenizer (the draft's own tokenizer and embedding).")
+    if m.vocab != "foreign" and m.draft_tokenizer:
+        raise ConfigError(f"modeling.draft_tokenizer is set but modeling.vocab = {m.vocab}: set vocab = foreign or drop the tokenizer.")
+    if m.init_draft and (m.init_from or m.lora_rank):
+        raise ConfigError("modeling.init_draft continues a trained draft; drop modeling.init_from / lora_rank, which build a new one.")
+    if m.lora_rank and not m.init_from:
+        raise ConfigError("modeling.lora_rank needs modeling.init_from (LoRA adapts pretrained layers).")
 
 
 def get_algorithm(name: str) -> DraftAlgorithm:

@@ -1,5 +1,6 @@
 """HF Trainer around a draft: the base stays frozen and outside the trained module; every save
-is a draft folder that `inference` loads directly (plus the raw state for exact resume)."""
+is a draft folder that `inference` loads directly (plus the raw state for exact resume). An algorithm
+without draft folders (standalone) hands over its own module with the same interface (forward, save)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ class DraftTrainingModule(nn.Module):
                                None if vocab is None else vocab.d2t, cap, getattr(self.tcfg, "loss_chunk", 1024))
         return TrainBatch(input_ids, attention_mask, loss_mask, feats.detach(), targets, last.detach(),
                           base.lm_head.weight, cap)
+
+    def save(self, folder: str, state: dict[str, torch.Tensor], provenance_extra: dict) -> None:
+        """Write the draft folder inference loads; `state`: the draft's full state (LoRA merged here)."""
+        save_draft(self.draft, folder, extra_provenance=provenance_extra, state=merged_state_dict(self.draft, state))
 
     def forward(self, input_ids, attention_mask, loss_mask, features=None, **_):
         """Returns {"loss": loss summed over positions, "count": positions, "counters": metric counters}."""
@@ -206,16 +211,16 @@ class DraftTrainer(Trainer):
             if set(state) != want:
                 raise RuntimeError(f"the state handed to _save does not hold this draft: missing {sorted(want - set(state))[:5]}, "
                                    f"unexpected {sorted(set(state) - want)[:5]}")
-        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        # copies: tensors tied in the module (an LM's embedding and head) are saved apart (safetensors refuses aliases)
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        draft = self.draft
         raw = self.draft_state(state_dict)
         extra = {**self.provenance_extra, "global_step": self.state.global_step}
-        save_draft(draft, output_dir, extra_provenance=extra, state=merged_state_dict(draft, raw))
+        self.accelerator.unwrap_model(self.model).save(output_dir, raw, extra)  # a draft folder, or the algorithm's own
         save_file(raw, str(Path(output_dir) / RAW_STATE))
         if self.run_config:
             import json
