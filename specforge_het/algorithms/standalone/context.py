@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from specforge_het.algorithms.standalone.align import draft_prefix, respell
 from specforge_het.models.base import BaseModel, keep_cache_entries
 
 
@@ -33,9 +34,7 @@ class DraftContext:
 
     def __init__(self, draft: BaseModel, base_tokenizer, identity: bool):
         self.draft, self.base_tokenizer, self.identity = draft, base_tokenizer, identity
-        tok = draft.tokenizer
-        self._prefix = [] if identity else list(tok("", add_special_tokens=True)["input_ids"])  # e.g. the draft's BOS
-        self._base_bos = getattr(base_tokenizer, "bos_token_id", None)
+        self._prefix = [] if identity else draft_prefix(draft.tokenizer)  # e.g. the draft's BOS
         self.reset([])
 
     def reset(self, base_ids: list[int]) -> None:
@@ -53,13 +52,11 @@ class DraftContext:
         return self.cache.get_seq_length()
 
     def spell(self, base_ids: list[int]) -> list[int]:
-        """Draft ids of the text of `base_ids` (a leading base BOS is the draft's own prefix instead)."""
+        """Draft ids of the text of `base_ids` (a leading base BOS is the draft's own prefix instead; align.respell,
+        which training spells its rows with too)."""
         if self.identity:
             return list(base_ids)
-        if base_ids and base_ids[0] == self._base_bos:
-            base_ids = base_ids[1:]
-        text = self.base_tokenizer.decode(base_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return self._prefix + self.draft.tokenizer.encode(text, add_special_tokens=False)
+        return respell(base_ids, self.base_tokenizer, self.draft.tokenizer, self._prefix)[2]
 
     @torch.no_grad()
     def extend(self, new_base_ids: list[int]) -> None:
