@@ -1,4 +1,4 @@
-"""The `standalone` algorithm end to end: registered (its own config section, training refused clearly) and
+"""The `standalone` algorithm end to end: registered (its own config section, no draft folder) and
 `python -m specforge_het.inference` with a foreign-tokenizer draft LM (a local folder) giving the
 base-only output, in compare mode."""
 
@@ -29,13 +29,14 @@ def draft_dir(tmp_path_factory):
     return save_tiny_base(path, "gemma3", make_tokenizer(CORPUS_B, 400), hidden=32, layers=2, seed=3)
 
 
-def test_registered_with_its_section_and_training_refused(llama_base):
+def test_registered_with_its_section_and_no_draft_folder(llama_base):
+    """Registered with its section; no draft folder is built for it (train distils into the LM itself:
+    tests/test_standalone_train.py), and what train saves loads with --standalone.draft_model."""
     algo = get_algorithm("standalone")
     assert not algo.uses_draft_folder and algo.Config().draft_model == ""
     assert get_algorithm("eagle_v3").uses_draft_folder
-    with pytest.raises(ConfigError, match="not implemented yet"):
-        algo.loss(None, None, None, algo.Config())
-    with pytest.raises(ConfigError, match="not implemented yet"):
+    assert algo.load_option == "--standalone.draft_model" and get_algorithm("eagle_v3").load_option == "--modeling.draft_path"
+    with pytest.raises(ConfigError, match="not a draft folder"):
         build_draft(draft_modeling(algorithm="standalone", vocab="base"), llama_base)
 
 
