@@ -199,6 +199,28 @@ def test_rerun_with_other_settings_is_refused(tmp_path, prompts, base_dirs) -> N
         gen_dataset(make_cfg(base_dirs["gemma3"], tmp_path, ds_range="0,2"), [], prompts)
 
 
+def test_rerun_resumes_from_a_moved_prompt_file_but_not_other_prompts(tmp_path, base_dirs) -> None:
+    rows = conversations(4)
+    (tmp_path / "a").mkdir()
+    first = write_prompts(tmp_path / "a" / "p.jsonl", rows)
+    out = tmp_path / "out"
+    gen_dataset(make_cfg(base_dirs["llama"], out, ds_range="0,2"), [], first)
+    before = rows_of(out)
+    (tmp_path / "b").mkdir()
+    moved = write_prompts(tmp_path / "b" / "copy.jsonl", rows)  # same prompts, another path: resumes (nothing to do)
+    gen_dataset(make_cfg(base_dirs["llama"], out, ds_range="0,2"), [], moved)
+    assert rows_of(out) == before and store.read_meta(out)["source"].endswith("copy.jsonl")
+    edited = [dict(r) for r in rows]
+    edited[1] = {**edited[1], "conversations": [{"role": "user", "content": "something else"}]}
+    other = write_prompts(tmp_path / "b" / "other.jsonl", edited)
+    with pytest.raises(store.DatasetDirError, match="answers other prompts than this run"):
+        gen_dataset(make_cfg(base_dirs["llama"], out, ds_range="0,2"), [], other)
+    edited_outside = [dict(r) for r in rows]
+    edited_outside[3] = edited[1]  # a change outside the range answered does not matter
+    gen_dataset(make_cfg(base_dirs["llama"], out, ds_range="0,2"), [],
+                write_prompts(tmp_path / "b" / "outside.jsonl", edited_outside))
+
+
 def test_ds_range_runs_merge_into_the_single_run(tmp_path, prompts, base_dirs) -> None:
     # ranges aligned with the parts (part_size 2): the same rows decode together, so the merge is bit-identical
     common = ["--modeling.base_model", base_dirs["llama"], "--dataset_generation.max_new_tokens", "8",

@@ -8,6 +8,7 @@ resumes where it stopped and gives the same dataset as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -82,13 +83,27 @@ RESUME_KEYS = ("source", "ds_range", "max_length", "max_new_tokens", "temperatur
                "chat_template_sha", "seed", "batch_size", "mode", "part_size", "dtype")
 
 
+def prompts_sha(convs: list) -> str:
+    """The identity of the prompts a run answers (ids, system prompts, user turns), independent of where
+    the prompt file lies: a checkout or run folder that moved still resumes."""
+    return store.text_sha(json.dumps([[c.id, c.system, c.users] for c in convs], ensure_ascii=False))
+
+
 def check_resume(out: Path, meta: dict) -> None:
-    """A rerun into an existing output dir must use the settings that made it."""
+    """A rerun into an existing output dir must use the settings that made it. The prompts are compared by
+    content (`prompts_sha`) where both runs recorded it, else by the prompt file's path."""
     if not (out / store.META).is_file():
         return
     old = store.read_meta(out)
     store.check_compatible(old, meta, ("in the output dir", "this run"))
+    by_content = bool(old.get("prompts_sha")) and bool(meta.get("prompts_sha"))
+    if by_content and old["prompts_sha"] != meta["prompts_sha"]:
+        raise store.DatasetDirError(
+            f"{out} answers other prompts than this run (prompt file {old.get('source')!r} then, {meta.get('source')!r} "
+            "now, in the range given): rerun with the same prompts to resume, or use another --dataset_generation.output_dir.")
     for key in RESUME_KEYS:
+        if key == "source" and by_content:
+            continue
         if old.get(key) != meta.get(key):
             raise store.DatasetDirError(
                 f"{out} was generated with {key}={old.get(key)!r}, this run has {key}={meta.get(key)!r}. "
@@ -163,6 +178,7 @@ def gen_dataset(cfg: Config, presets: list[str], prompts: str = "") -> Path:
     layers = feature_layers_for(cfg, engine.num_layers)
     meta = _identity(cfg, engine.tokenizer, engine.describe(), layers, len(convs),
                      (a, b) if str(g.ds_range).strip() else None, str(Path(prompts).resolve()))
+    meta["prompts_sha"] = prompts_sha(convs[a:b])
     check_resume(out, meta)
     store.write_meta(out, meta)
     save_json_config(cfg, out, presets)
