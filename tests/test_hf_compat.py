@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import draft_modeling
 from torch import nn
-from transformers import DynamicCache
 from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
 from transformers.models.qwen3 import modeling_qwen3 as q3
 
 from specforge_het.algorithms.build import build_draft
+from specforge_het.models.cache import HFCache
 from specforge_het.models.hf_compat import cache_kwarg
 
 FAMILIES = ("llama", "qwen3", "gemma3")
@@ -66,7 +66,7 @@ def test_draft_hf_layers_fill_the_cache(llama_base, family) -> None:
     ids = (torch.arange(7) * 5 + 9)[None]
     hidden_in = torch.randn(1, 7, draft.cfg.hidden_size, generator=torch.Generator().manual_seed(0))
     pos = torch.arange(7)[None]
-    cache = DynamicCache()
+    cache = HFCache()
     with torch.no_grad(), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         cached = draft(ids, hidden_in, pos, None, cache)
@@ -82,7 +82,7 @@ def test_draft_hf_layers_fill_the_cache(llama_base, family) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_base_hf_forward_fills_the_cache(bases, family) -> None:
     base = bases[family]
-    cache = DynamicCache()
+    cache = HFCache()
     ids = (torch.arange(6) * 3 + 7)[None]
     with torch.no_grad(), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -23,7 +23,7 @@ from specforge_het.models.adapters import (
     reduced_vocab,
     token_strings,
 )
-from specforge_het.models.base import BaseModel, keep_cache_entries
+from specforge_het.models.base import BaseModel
 from specforge_het.models.parts import FusedFirstLayer
 from specforge_het.testing import save_tiny_base
 
@@ -124,7 +124,7 @@ def test_base_incremental_forward_matches_full(bases, family) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("prompt_len", [5, 18])  # 18 > gemma3's sliding window 16
-def test_keep_cache_entries_after_tree_verify(bases, family, prompt_len) -> None:
+def test_cache_keep_after_tree_verify(bases, family, prompt_len) -> None:
     base = bases[family]
     prompt = _ids(prompt_len)
     branch = torch.tensor([[40, 41, 42]])  # 41 and 42 are both children of 40
@@ -137,7 +137,7 @@ def test_keep_cache_entries_after_tree_verify(bases, family, prompt_len) -> None
         base(prompt, cache, logits="none")
         verify = base(branch, cache, positions=positions, tree_mask=tree, logits="all").logits
         assert cache.get_seq_length() == prompt_len + 3
-        keep_cache_entries(cache, prompt_len, torch.tensor([0, 2]))
+        cache.keep(prompt_len, torch.tensor([0, 2]))
         assert cache.get_seq_length() == prompt_len + 2
         after = base(nxt, cache, logits="last").logits
         ref_kept = base.model(input_ids=kept).logits
@@ -149,7 +149,7 @@ def test_keep_cache_entries_after_tree_verify(bases, family, prompt_len) -> None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_keep_cache_entries_contiguous_prefix(bases, family) -> None:
+def test_cache_keep_contiguous_prefix(bases, family) -> None:
     base = bases[family]
     prompt = _ids(6)
     branch = torch.tensor([[50, 51, 52]])
@@ -157,11 +157,11 @@ def test_keep_cache_entries_contiguous_prefix(bases, family) -> None:
         cache = base.new_cache()
         base(prompt, cache, logits="none")
         base(branch, cache, logits="none")
-        keep_cache_entries(cache, 6, torch.tensor([0, 1]))
+        cache.keep(6, torch.tensor([0, 1]))
         assert cache.get_seq_length() == 8
         after = base(torch.tensor([[53]]), cache, logits="last").logits
         ref = base.model(input_ids=torch.cat([prompt, branch[:, :2], torch.tensor([[53]])], dim=1)).logits
-        keep_cache_entries(cache, 9, torch.tensor([], dtype=torch.long))
+        cache.keep(9, torch.tensor([], dtype=torch.long))
         assert cache.get_seq_length() == 9
     torch.testing.assert_close(after[0, -1], ref[0, -1], atol=1e-4, rtol=0)
 

@@ -19,7 +19,6 @@ import pytest
 import torch
 from conftest import draft_modeling
 from torch import nn
-from transformers import DynamicCache
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.bench.integrity import plain_violations
@@ -29,9 +28,9 @@ from specforge_het.inference.fast_paths import FastPaths, TreeRows
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models import lean
-from specforge_het.models.base import BaseModel, keep_cache_entries
+from specforge_het.models.base import BaseModel
+from specforge_het.models.cache import HFCache, KVCache
 from specforge_het.models.lean import (
-    KVCache,
     attend_mask,
     is_packed,
     pack_linears,
@@ -57,7 +56,7 @@ def _ids(n: int, start: int = 5) -> torch.Tensor:
 def test_lean_base_equals_hf(bases, family, prompt_len) -> None:
     base = bases[family]
     assert base.lean
-    lean, hf = base.new_cache(capacity=8), DynamicCache()  # capacity 8: the lean cache must grow
+    lean, hf = base.new_cache(capacity=8), HFCache()  # capacity 8: the lean cache must grow
     assert isinstance(lean, KVCache)
     layers = (1, 3, -1)
     layout = layout_from_parents(TREE)
@@ -68,9 +67,9 @@ def test_lean_base_equals_hf(bases, family, prompt_len) -> None:
             pre = base(_ids(prompt_len), cache, feature_layers=layers, logits="all")
             ver = base(tree_ids, cache, prompt_len + layout.position_offsets, layout.attn_mask,
                        feature_layers=layers, logits="all")
-            keep_cache_entries(cache, prompt_len, torch.tensor([0, 2]))  # not a prefix: entries move
+            cache.keep(prompt_len, torch.tensor([0, 2]))  # not a prefix: entries move
             step = base(torch.tensor([[46]]), cache, feature_layers=layers, logits="all")
-            keep_cache_entries(cache, prompt_len + 2, torch.tensor([0]))
+            cache.keep(prompt_len + 2, torch.tensor([0]))
             step2 = base(torch.tensor([[47, 48]]), cache, logits="last")
             outs[name] = (pre.logits, pre.features, ver.logits, ver.features, step.logits, step.features,
                           step2.logits, cache.get_seq_length())
@@ -88,7 +87,7 @@ def test_unsupported_attention_falls_back_to_hf(base_dirs) -> None:
     eager = BaseModel.load(base_dirs["llama"], attn_implementation="eager")
     assert not eager.lean
     cache = eager.new_cache()
-    assert isinstance(cache, DynamicCache)
+    assert isinstance(cache, HFCache) and cache.kv is None
     with torch.no_grad():
         out = eager(_ids(6), cache, logits="last").logits
         ref = eager.model(input_ids=_ids(6)).logits[:, -1:]
@@ -152,7 +151,7 @@ def test_lean_draft_equals_hf_layers(bases, family) -> None:
     tree = torch.tensor([[T, F_, F_], [T, T, F_], [T, F_, T]])
     outs = {}
     with torch.no_grad():
-        for name, cache in (("lean", draft.new_cache(4)), ("hf", DynamicCache())):
+        for name, cache in (("lean", draft.new_cache(4)), ("hf", HFCache())):
             allowed = torch.ones(n, n, dtype=torch.bool).tril()
             masks = [allowed, torch.cat([torch.ones(k, n, dtype=torch.bool), tree], dim=1)]
             if name == "hf":

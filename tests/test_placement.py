@@ -20,7 +20,7 @@ from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models import base as base_module
-from specforge_het.models.base import BaseModel, keep_cache_entries
+from specforge_het.models.base import BaseModel
 from specforge_het.models.lean import supports_lean
 from specforge_het.models.placement import is_sharded, parse_max_memory, placement_kwargs
 
@@ -118,7 +118,7 @@ def _steps(base: BaseModel):
         pre = base(_ids(10), cache, feature_layers=(1, 3, -1), logits="all")
         ver = base(torch.tensor([[40, 41, 42, 43, 44, 45]]), cache, 10 + layout.position_offsets, layout.attn_mask,
                    feature_layers=(1, 3, -1), logits="all")
-        keep_cache_entries(cache, 10, torch.tensor([0, 2]))  # not a prefix: entries move
+        cache.keep(10, torch.tensor([0, 2]))  # not a prefix: entries move
         step = base(torch.tensor([[46]]), cache, logits="all")
         feats = base.features(_ids(7), (0, 2, -1))
     return [pre.logits, pre.features, ver.logits, ver.features, step.logits, feats.features, feats.logits,
@@ -130,7 +130,7 @@ def test_sharded_base_falls_back_to_hf(base_dirs, bases, tmp_path, kind) -> None
     plain = bases["llama"]
     base = _simulated(base_dirs["llama"]) if kind == "simulated" else _offloaded(base_dirs["llama"], tmp_path)
     assert is_sharded(base.model) and base.sharded
-    assert not base.lean and isinstance(base.new_cache(), DynamicCache)  # HF's forward: hooks move tensors
+    assert not base.lean and isinstance(base.new_cache().hf, DynamicCache)  # HF's forward: hooks move tensors
     assert base.device == torch.device("cpu")  # the last layer's device: where the draft sits
     if kind == "offloaded":  # real accelerate hooks: batch generation's own check refuses the lean layers too
         assert not supports_lean(base.layers, base.config)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import DRAFT_KINDS, draft_modeling
 from test_decoder import LONG_PROMPT, PROMPT, TREES, untied_head_base
-from transformers import DynamicCache
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
+from specforge_het.models.cache import HFCache
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +54,10 @@ def test_draft_cache_bookkeeping(bases, llama_drafts, prompt_ids, kind, monkeypa
     base cache, which holds the prompt and every new token but the last (not yet verified)."""
     base = bases["llama"]
     ref = Decoder(base).generate(prompt_ids, 20).tokens
-    caches: list[DynamicCache] = []
+    caches: list[HFCache] = []
 
     def new_cache(capacity=0):
-        caches.append(DynamicCache())
+        caches.append(HFCache())
         return caches[-1]
 
     monkeypatch.setattr(base, "new_cache", new_cache)

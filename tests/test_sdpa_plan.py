@@ -14,11 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models import lean
-from specforge_het.models.base import keep_cache_entries
+from specforge_het.models.cache import HFCache
 from specforge_het.models.lean import SdpaPlan, attend_mask, repeat_kv, sdpa_backend, sdpa_plan
 
 FAMILIES = ("llama", "qwen3", "gemma3")
@@ -122,7 +121,7 @@ def _run(base, prompt_len: int):
         pre = base(ids, cache, feature_layers=(1, -1), logits="all")
         ver = base(torch.tensor([[40, 41, 42, 43, 44, 45]]), cache, prompt_len + layout.position_offsets,
                    layout.attn_mask, logits="all")
-        keep_cache_entries(cache, prompt_len, torch.tensor([0, 2]))
+        cache.keep(prompt_len, torch.tensor([0, 2]))
         step = base(torch.tensor([[46]]), cache, logits="all")
     return pre.logits, pre.features, ver.logits, step.logits
 
@@ -139,7 +138,7 @@ def test_every_plan_equal_on_bases(bases, family, prompt_len) -> None:
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
     # the HF forward (its own masks and repeat_kv) agrees with both
-    hf = base(((torch.arange(prompt_len) * 11 % 280 + 5)[None]), DynamicCache(), logits="all").logits
+    hf = base(((torch.arange(prompt_len) * 11 % 280 + 5)[None]), HFCache(), logits="all").logits
     torch.testing.assert_close(want[0], hf, atol=2e-5, rtol=1e-5)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.algorithms.common import draft_targets, finalize_metrics, shift_left, ttt_mask
@@ -14,6 +13,7 @@ from specforge_het.algorithms.eagle_v3.loss import lean_step
 from specforge_het.algorithms.registry import algorithm_of
 from specforge_het.algorithms.targets import base_targets, head_loss
 from specforge_het.algorithms.ttt_attention import prefix_attention
+from specforge_het.models.cache import HFCache
 from specforge_het.training.trainer import DraftTrainingModule
 from tests.conftest import draft_modeling
 
@@ -46,7 +46,7 @@ def test_split_ttt_attention_equals_mask_path(llama_base, family):
     outs = {}
     for path in ("mask", "split"):
         hidden = h0.clone().requires_grad_(True)
-        h, cache, kv, total = hidden, DynamicCache(), [[] for _ in draft.layers], 0
+        h, cache, kv, total = hidden, HFCache(), [[] for _ in draft.layers], 0
         got = []
         for j in range(4):
             tok = shift_left(ids, j, 0)
@@ -97,7 +97,7 @@ def _reference_v3_loss(draft, base, ids, attn, lm, tcfg):
     mask = (lm[:, 1:] * key_valid).bool()
     n0 = mask.sum()
     hidden = draft.input_from_base(x, out.features[:, :-1])
-    cache, total, hits = DynamicCache(), 0.0, []
+    cache, total, hits = HFCache(), 0.0, []
     for j in range(tcfg.ttt_steps):
         pos = (torch.arange(s) + j)[None].expand(b, s)
         hidden = draft(shift_left(x, j, 0), hidden, pos, ttt_mask(s, j, key_valid, hidden.dtype), cache)
@@ -130,6 +130,18 @@ def test_chunked_targets_and_loss_equal_reference(llama_base):
     for j, (hit, n) in enumerate(hits):
         assert counters[f"n_{j}"] == n and metrics[f"top1_acc_{j}"] == pytest.approx(hit / n)
     assert counters["n_0"] == float(count) and counters["nin_0"] == float(count) - oov
+
+
+def test_loss_through_hf_layers_equals_lean(llama_base, monkeypatch):
+    """A draft without the lean forward unrolls through HF's layers with an HFCache and the TTT mask:
+    the same loss as the split lean path."""
+    draft = build_draft(draft_modeling(family="llama", hidden=48, draft_vocab_size=60), llama_base, seed=1)
+    ids, attn, lm = _batch(llama_base, seed=2)
+    batch = DraftTrainingModule(draft, llama_base, _T()).make_batch(ids, attn, lm)
+    lean, _, _ = algorithm_of(draft).loss(draft, batch, _T(), _T())
+    monkeypatch.setattr(draft, "lean", lambda: False)
+    hf, _, _ = algorithm_of(draft).loss(draft, batch, _T(), _T())
+    torch.testing.assert_close(hf, lean, atol=1e-5, rtol=1e-5)
 
 
 def test_targets_chunking_and_full_top1(llama_base):

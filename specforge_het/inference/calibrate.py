@@ -22,7 +22,6 @@ from specforge_het.inference.harness import decoder_method, records, timed
 from specforge_het.inference.prompts import Conversation, render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents, layout_on_device
-from specforge_het.models.base import keep_cache_entries
 
 VERIFY_SIZES = (1, 2, 4, 8, 16, 32, 64)  # tree tokens per verify, root included
 HEAD_ROWS = (1, 2, 4, 8)  # base LM head rows per verify (the decoder runs it along the accepted path)
@@ -88,7 +87,7 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
     pool = ctx[0].repeat(-(-max(VERIFY_SIZES) // past))
 
     def rollback():
-        keep_cache_entries(cache, past, torch.empty(0, dtype=torch.long, device=device))
+        cache.crop(past)
 
     def verify(n: int):
         tokens = pool[:n]
@@ -100,7 +99,7 @@ def measure_verify(base, layers: tuple[int, ...], ctx: torch.Tensor, repeats: in
         if full_head:
             out.logits[0].argmax(-1)
         path = torch.tensor([0, 1, 3][: max(1, n.bit_length())], device=device)  # root, child, grandchild
-        keep_cache_entries(cache, past, path)
+        cache.keep(past, path)
         return None if out.features is None else out.features[0, path]
 
     hidden = base(pool[:max(HEAD_ROWS)][None], base.new_cache(), logits="none").hidden[0]  # [R, H]

@@ -30,8 +30,7 @@ from specforge_het.inference.accept import (
 )
 from specforge_het.inference.fast_paths import FastPaths, TreeRows, proposer_modules, tell_proposer
 from specforge_het.inference.tree import check_parent_list, layout_from_parents, layout_on_device
-from specforge_het.models.base import keep_cache_entries
-from specforge_het.models.lean import KVCache
+from specforge_het.models.cache import Cache
 
 
 class ContextTooLongError(ValueError):
@@ -149,13 +148,13 @@ class Decoder:
                 r.tokens, r.stopped_at_eos = r.tokens[: i + 1], True
                 break
 
-    def _base_step(self, cache, result: GenerationResult) -> list[int]:
+    def _base_step(self, cache: Cache, result: GenerationResult) -> list[int]:
         last = torch.tensor([[result.tokens[-1]]], device=self.base.device)
         out = self.base(last, cache, logits="all")
         result.accept_lengths.append(1)
         return [self._choose(out.logits[0, -1])]
 
-    def _spec_step(self, cache, result: GenerationResult) -> list[int]:
+    def _spec_step(self, cache: Cache, result: GenerationResult) -> list[int]:
         proposal = self.proposer.propose()
         tokens, parents = proposal.tokens, proposal.parents  # [N] base ids, tokens[0] = root (last committed)
         q = None if self.sampling.greedy else self._draft_probs(proposal)
@@ -170,7 +169,7 @@ class Decoder:
         else:
             path, path_ids, new, new_ids = self._accept_on_host(tokens, parents, out.hidden[0], q)
         self._root_accept_rate += 0.25 * (float(len(path_ids) > 1) - self._root_accept_rate)
-        _keep_path(cache, past, path, path_ids)
+        cache.keep(past, path, path_ids == list(range(len(path_ids))))  # contiguity known on the host already
         self.proposer.update(new, None if out.features is None else out.features[0, path])
         result.accept_lengths.append(len(path_ids))
         return new_ids
@@ -234,10 +233,3 @@ class Decoder:
             return lambda rows: self.base.head(hidden[rows]).argmax(-1).tolist()
         return lambda rows: sampling_probs(self.base.head(hidden[rows]), s.temperature, s.top_p, s.top_k)
 
-
-def _keep_path(cache, past: int, path: torch.Tensor, path_ids: list[int]) -> None:
-    """Keep the accepted path's entries in the base cache; contiguity is known on the host already."""
-    if isinstance(cache, KVCache):
-        cache.keep(past, path, path_ids == list(range(len(path_ids))))
-    else:
-        keep_cache_entries(cache, past, path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from specforge_het.inference.fast_paths import FastPaths
 from specforge_het.inference.protocol import Proposal
@@ -26,8 +25,7 @@ from specforge_het.inference.tree import (
     static_parents,
     static_tree_spec,
 )
-from specforge_het.models.base import keep_cache_entries
-from specforge_het.models.lean import KVCache
+from specforge_het.models.cache import HFCache
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ class DraftProposer:
                 draft_ids = grow_fixed_tree(self._step, root_logp, parents, ranks, self._topk)
                 parents = parents.to(root_logp.device)
         finally:
-            keep_cache_entries(self.cache, self.committed, torch.empty(0, dtype=torch.long))
+            self.cache.crop(self.committed)
         return Proposal(torch.cat([self.root_ids.to(parents.device), self.draft.to_base_ids(draft_ids)]), parents)
 
     # ------------------------------------------------------------ internals
@@ -181,15 +179,11 @@ class DraftProposer:
         return torch.log_softmax(self.draft.logits(hidden_out).float(), dim=-1)
 
     def _mask(self, s: int, past: int, local: torch.Tensor) -> torch.Tensor:
-        """Mask [1, 1, s, past + local_cols]: every committed pair + the allowed new/tree columns.
-
-        Boolean (True = attend) for the lean KVCache path, additive for HF layers.
-        """
+        """Mask [1, 1, s, past + local_cols]: every committed pair + the allowed new/tree columns, in the
+        format the draft cache's forward attends with (`Cache.attention_mask`)."""
         allowed = torch.ones(s, past + local.shape[1], dtype=torch.bool, device=local.device)
         allowed[:, past:] = local
-        if isinstance(self.cache, KVCache):
-            return allowed[None, None]
-        return _additive(allowed, self._weight.dtype)
+        return self.cache.attention_mask(allowed, self._weight.dtype)
 
     def _step(self, draft_ids: torch.Tensor, parent_rows: torch.Tensor) -> torch.Tensor:
         """Feed K tree nodes (children of fed rows `parent_rows`, -1 = root); return their child log-probs [K, Vd].
@@ -225,10 +219,10 @@ class DraftProposer:
         """
         d, device = self.draft, seq.device
         s, m, dtype = seq.shape[0], seq.shape[0] - 1, self._weight.dtype  # m committed pairs (seq[i+1], features[i])
-        cache = DynamicCache()
+        cache = HFCache()
         hidden_in = d.input_from_base(seq[None, 1:], features[None, :m].to(dtype))
-        causal = torch.ones(m, m, dtype=torch.bool, device=device).tril()
-        h = d(seq[None, 1:], hidden_in, torch.arange(m, device=device)[None], _additive(causal, dtype), cache)[0]
+        causal = cache.attention_mask(torch.ones(m, m, dtype=torch.bool, device=device).tril(), dtype)
+        h = d(seq[None, 1:], hidden_in, torch.arange(m, device=device)[None], causal, cache)[0]
         roots = torch.arange(first, s - 1, device=device)  # root seq[p] has pairs 0..p-1 committed
         j = roots.shape[0]
         ranks = torch.full((j, depth), max_rank, dtype=torch.long, device=device)
@@ -239,10 +233,10 @@ class DraftProposer:
         committed = torch.arange(m, device=device)[None] < roots[:, None]  # [J, m]
         own = torch.eye(j, dtype=torch.bool, device=device)
         for k in range(1, depth):  # feed depth-k nodes, read depth-(k+1) ranks
-            allowed = torch.cat([committed] + [own] * k, dim=1)  # [J, m + J*k]
+            allowed = cache.attention_mask(torch.cat([committed] + [own] * k, dim=1), dtype)  # [1, 1, J, m + J*k]
             feed = truth(k)
             hidden_in = d.input_from_self(feed[None], parent[None])
-            out = d(feed[None], hidden_in, (roots + k - 1)[None], _additive(allowed, dtype), cache)[0]  # [J, Hd]
+            out = d(feed[None], hidden_in, (roots + k - 1)[None], allowed, cache)[0]  # [J, Hd]
             ranks[:, k] = self._ranks(out, truth(k + 1), max_rank)
             parent = out
         return ranks.cpu(), valid.cpu()
@@ -254,8 +248,3 @@ class DraftProposer:
         match = self.draft.to_base_ids(rows) == truth[:, None]
         return torch.where(match.any(-1), match.int().argmax(-1), torch.full_like(truth, max_rank))
 
-
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """bool [S, K] (True = attend) -> additive mask [1, 1, S, K]."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min)[None, None]

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 from specforge_het.assets import resolve_model_path
+from specforge_het.models.cache import Cache, HFCache, KVCache
 from specforge_het.models.hf_compat import cache_kwarg
-from specforge_het.models.lean import KVCache, attend_mask, layer_forward, supports_lean
+from specforge_het.models.lean import attend_mask, layer_forward, supports_lean
 from specforge_het.models.placement import is_sharded, placement_kwargs, run_device
 
 LAST = -1  # feature id of the final normed hidden state
@@ -156,13 +157,13 @@ class BaseModel(nn.Module):
     def norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._here(self.body.norm(hidden))
 
-    def new_cache(self, capacity: int = 0) -> KVCache | DynamicCache:
+    def new_cache(self, capacity: int = 0) -> Cache:
         """A cache that keeps every entry: sliding layers are windowed by the mask, not by eviction.
 
         Supported families on one device get a preallocated `KVCache` (sized for `capacity` entries,
-        grown on demand) and the lean forward; others (and sharded bases) a DynamicCache and HF's forward.
+        grown on demand) and the lean forward; others (and sharded bases) an `HFCache` and HF's forward.
         """
-        return KVCache(len(self.layers), capacity or 256) if self.lean else DynamicCache()
+        return KVCache(len(self.layers), capacity or 256) if self.lean else HFCache()
 
     def _tap(self, idx: int):
         def hook(_module, _inputs, output):
@@ -207,7 +208,7 @@ class BaseModel(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # [1, S]
-        cache: DynamicCache,
+        cache: Cache,
         positions: torch.Tensor | None = None,  # [S] absolute positions
         tree_mask: torch.Tensor | None = None,  # [S, S] bool
         feature_layers: tuple[int, ...] = (),
@@ -217,8 +218,9 @@ class BaseModel(nn.Module):
         s = input_ids.shape[1]
         if positions is None:
             positions = torch.arange(past, past + s, device=input_ids.device)
-        if isinstance(cache, KVCache):
-            hidden, taps = self._lean_forward(input_ids, cache, positions, tree_mask, frozenset(feature_layers))
+        kv = cache.kv  # the lean forward writes a KVCache; HF's forward fills any other cache
+        if kv is not None:
+            hidden, taps = self._lean_forward(input_ids, kv, positions, tree_mask, frozenset(feature_layers))
         else:
             hidden, taps = self._hf_forward(input_ids, cache, positions, tree_mask, frozenset(feature_layers))
         feats = None
@@ -230,12 +232,12 @@ class BaseModel(nn.Module):
         head_in = {"all": hidden, "last": hidden[:, -1:], "none": None}[logits]
         return BaseOutput(hidden, feats, None if head_in is None else self.head(head_in))
 
-    def _hf_forward(self, input_ids, cache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
+    def _hf_forward(self, input_ids, cache: Cache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
         mask = self.attention_masks(positions, cache.get_seq_length(), tree_mask)
         with self._tapping(want) as taps:
             out = self.body(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions[None],
-                use_cache=True, **{cache_kwarg(self.body): cache},
+                use_cache=True, **{cache_kwarg(self.body): cache.hf},
             )
             return self._here(out.last_hidden_state), dict(taps)
 
@@ -243,7 +245,7 @@ class BaseModel(nn.Module):
         """The body over HF's own modules, without HF's glue (see models/lean.py); same outputs."""
         if not self.lean:
             why = "a base sharded over several devices" if self.sharded else type(self.layers[0]).__name__
-            raise ValueError(f"{why} has no lean forward: use a DynamicCache (new_cache).")
+            raise ValueError(f"{why} has no lean forward: use an HFCache (new_cache).")
         past, s = cache.length, input_ids.shape[1]
         h = self.body.embed_tokens(input_ids)
         pos_ids, rope, masks, taps = positions[None], {}, {}, {}
@@ -281,25 +283,3 @@ class BaseModel(nn.Module):
             taps[0] = self.embed(input_ids)
         feats = torch.cat([taps[i] for i in feature_layers], dim=-1) if feature_layers else None
         return BaseOutput(hidden, feats, self.head(hidden) if head else None)
-
-
-def keep_cache_entries(cache: DynamicCache, past_len: int, keep: torch.Tensor) -> None:
-    """Keep the first `past_len` entries plus the new entries at offsets `keep` (sorted); drop the rest.
-
-    Used after verify: only the accepted path of the draft tree stays in the cache.
-    """
-    n_keep = keep.shape[0]
-    contiguous = bool(n_keep == 0 or (keep[-1].item() == n_keep - 1))
-    if isinstance(cache, KVCache):
-        cache.keep(past_len, keep, contiguous)
-        return
-    index = None if contiguous else torch.cat([torch.arange(past_len, device=keep.device), past_len + keep])
-    for layer in cache.layers:
-        if layer.keys is None or layer.keys.numel() == 0:
-            continue
-        if contiguous:
-            layer.keys = layer.keys[:, :, : past_len + n_keep]
-            layer.values = layer.values[:, :, : past_len + n_keep]
-        else:  # a sharded base keeps each layer's entries on that layer's device
-            layer.keys = layer.keys.index_select(2, index.to(layer.keys.device))  # type: ignore[union-attr]
-            layer.values = layer.values.index_select(2, index.to(layer.values.device))  # type: ignore[union-attr]

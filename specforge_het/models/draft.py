@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from specforge_het.models.adapters import VocabAdapter
+from specforge_het.models.cache import Cache, HFCache, KVCache
 from specforge_het.models.families import family_config, get_family
-from specforge_het.models.lean import KVCache
 from specforge_het.models.parts import make_layers, run_layers, stack_supports_lean, width_adapter
 
 
@@ -154,17 +154,17 @@ class DraftModel(nn.Module):
         """The layers run through the lean forward (models/lean.py) with a preallocated KVCache."""
         return stack_supports_lean(self.layers, self.hf_config)
 
-    def new_cache(self, capacity: int = 0):
-        """Draft KV cache for inference: a preallocated KVCache (lean forward) where the layers allow it."""
-        from transformers import DynamicCache
+    def new_cache(self, capacity: int = 0) -> Cache:
+        """Draft KV cache for inference: a preallocated KVCache (lean forward) where the layers allow it,
+        else an HFCache (HF's layer forward)."""
+        return KVCache(len(self.layers), capacity or 256) if self.lean() else HFCache()
 
-        return KVCache(len(self.layers), capacity or 256) if self.lean() else DynamicCache()
-
-    def forward(self, input_ids, hidden_in, position_ids, attention_mask=None, cache=None) -> torch.Tensor:
+    def forward(self, input_ids, hidden_in, position_ids, attention_mask=None, cache: Cache | None = None) -> torch.Tensor:
         """Run the draft layers. input_ids [B, S] base ids, hidden_in [B, S, Hd] -> hidden_out [B, S, Hd].
 
-        attention_mask: 4-D [B, 1, S, past+S] (additive, or bool with True = attend) or None for plain
-        causal (no cache). With a `KVCache` (batch size 1) the layers run through the lean forward.
+        attention_mask: 4-D [B, 1, S, past+S] in the cache's format (`cache.attention_mask`: bool with
+        True = attend for a KVCache, additive for an HFCache) or None for plain causal (no cache).
+        With a `KVCache` (batch size 1) the layers run through the lean forward.
         """
         embeds = self.embed(input_ids) if self.fused_input else None
         pos_emb = self.family.rotary_call(self.rotary, hidden_in, position_ids)

@@ -7,9 +7,9 @@ calls the base with 1-16 tokens, so that overhead is a large share of every step
 with the same tensor operations, so its outputs equal HF's (the tests check logits and greedy
 tokens); only the glue is new:
 
-* `KVCache` holds one preallocated K/V buffer per layer [1, H_kv, capacity, D] and a length.
-  Appending writes in place; rolling back to an accepted tree path moves a few entries and
-  sets the length: no concatenation, no re-allocation per step.
+* `KVCache` (models/cache.py) holds one preallocated K/V buffer per layer [1, H_kv, capacity, D]
+  and a length. Appending writes in place; rolling back to an accepted tree path moves a few
+  entries and sets the length: no concatenation, no re-allocation per step.
 * masks are boolean, built once per forward for all layers; a single new token with no window
   to enforce needs none, and neither does a plain prefill (causal, empty cache, window not
   reached): it runs with `is_causal=True`.
@@ -46,6 +46,8 @@ from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
 from transformers.models.qwen3 import modeling_qwen3 as q3
 
+from specforge_het.models.cache import KVCache
+
 LEAN_LAYERS = (ll.LlamaDecoderLayer, q3.Qwen3DecoderLayer, g3.Gemma3DecoderLayer)
 
 
@@ -73,76 +75,6 @@ def on_one_device(modules) -> bool:
             devices.update(t.device for t in module.parameters(recurse=False))
             devices.update(t.device for t in module.buffers(recurse=False))
     return len(devices) <= 1 and all(d.type != "meta" for d in devices)
-
-
-class _LayerView:
-    """What HF's DynamicCache layers expose: the valid keys/values of one layer."""
-
-    def __init__(self, cache: KVCache, i: int):
-        self._cache, self._i = cache, i
-
-    @property
-    def keys(self) -> torch.Tensor | None:
-        k = self._cache.k[self._i]
-        return None if k is None else k[:, :, : self._cache.length]
-
-    @property
-    def values(self) -> torch.Tensor | None:
-        v = self._cache.v[self._i]
-        return None if v is None else v[:, :, : self._cache.length]
-
-
-class KVCache:
-    """Per-layer K/V buffers [1, H_kv, capacity, D] holding `length` valid entries (batch size 1).
-
-    A forward writes its S new entries at [length, length+S) in every layer, then `advance(S)`.
-    Capacity doubles when a write would overflow (rare when sized from the request up front).
-    """
-
-    def __init__(self, num_layers: int, capacity: int = 256):
-        self.k: list[torch.Tensor | None] = [None] * num_layers
-        self.v: list[torch.Tensor | None] = [None] * num_layers
-        self.length = 0
-        self.capacity = max(int(capacity), 16)
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    @property
-    def layers(self) -> list[_LayerView]:
-        return [_LayerView(self, i) for i in range(len(self.k))]
-
-    def write(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store layer i's new k, v [1, H_kv, S, D] after the valid entries; return all keys/values so far."""
-        end = self.length + k.shape[2]
-        buf_k, buf_v = self.k[i], self.v[i]
-        if buf_k is None or end > buf_k.shape[2]:
-            cap = self.capacity
-            while cap < end:  # doubling: a cache sized too small reallocates O(log n) times
-                cap *= 2
-            self.capacity = cap
-            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
-            new_v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
-            if buf_k is not None:
-                new_k[:, :, : self.length] = buf_k[:, :, : self.length]
-                new_v[:, :, : self.length] = buf_v[:, :, : self.length]  # type: ignore[index]
-            self.k[i], self.v[i] = buf_k, buf_v = new_k, new_v
-        buf_k[:, :, self.length : end] = k  # type: ignore[index]  # set above when None
-        buf_v[:, :, self.length : end] = v  # type: ignore[index]
-        return buf_k[:, :, :end], buf_v[:, :, :end]  # type: ignore[index]
-
-    def advance(self, s: int) -> None:
-        self.length += s
-
-    def keep(self, past_len: int, keep: torch.Tensor, contiguous: bool) -> None:
-        """Keep the first `past_len` entries plus the new entries at offsets `keep` (sorted)."""
-        n = keep.shape[0]
-        if not contiguous:
-            src = keep + past_len
-            for buf in (*self.k, *self.v):
-                if buf is not None:
-                    buf[:, :, past_len : past_len + n] = buf.index_select(2, src)
-        self.length = past_len + n
 
 
 # ---------------------------------------------------------------- packed linears

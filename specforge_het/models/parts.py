@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from specforge_het.models.cache import Cache
 from specforge_het.models.hf_compat import cache_kwarg
-from specforge_het.models.lean import LEAN_LAYERS, KVCache, layer_forward, on_one_device
+from specforge_het.models.lean import LEAN_LAYERS, layer_forward, on_one_device
 
 
 def width_adapter(in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
@@ -107,20 +108,23 @@ def stack_supports_lean(layers, config) -> bool:
 
 
 def run_layers(layers, hidden: torch.Tensor, embeds: torch.Tensor | None, pos_emb, position_ids: torch.Tensor,
-               attention_mask=None, cache=None) -> torch.Tensor:
-    """The layer stack on hidden [B, S, H]: through the lean forward with a `KVCache` (batch size 1), else
-    through HF's layer forward (a DynamicCache or none). `embeds` feed a fused first layer."""
+               attention_mask=None, cache: Cache | None = None) -> torch.Tensor:
+    """The layer stack on hidden [B, S, H]: through the lean forward when the cache is a `KVCache` (`cache.kv`;
+    batch size 1), else through HF's layer forward (filling `cache.hf`, or no cache). `embeds` feed a fused
+    first layer."""
     h = hidden
-    if isinstance(cache, KVCache):
+    kv = None if cache is None else cache.kv
+    if kv is not None:
         for i, layer in enumerate(layers):
-            h = layer_forward(layer_input(layer, h, embeds), h, *pos_emb, attention_mask, cache, i)
-        cache.advance(h.shape[1])
+            h = layer_forward(layer_input(layer, h, embeds), h, *pos_emb, attention_mask, kv, i)
+        kv.advance(h.shape[1])
         return h
+    hf = None if cache is None else cache.hf
     for layer in layers:
-        kw = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=cache is not None,
+        kw = dict(attention_mask=attention_mask, position_ids=position_ids, use_cache=hf is not None,
                   position_embeddings=pos_emb)
         if getattr(layer, "takes_embeds", False):
-            h = layer(h, embeds, **kw, cache=cache)
+            h = layer(h, embeds, **kw, cache=hf)
         else:
-            h = layer(h, **kw, **{cache_kwarg(layer): cache})
+            h = layer(h, **kw, **{cache_kwarg(layer): hf})
     return h

@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import DynamicCache
 
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, ConfigError
+from specforge_het.models.cache import HFCache
 
 console = Console(stderr=True)
 
@@ -72,7 +72,7 @@ def legacy_loss(draft, base, batch, feats, options):
     probs, valid, _ = draft_targets(draft, logits_b[:, 1:])
     mask = (lm[:, 1:] * key_valid).bool() & valid
     hidden = draft.input_from_base(x, feats[0][:, :-1])
-    cache, total = DynamicCache(), 0.0
+    cache, total = HFCache(), 0.0
     for j in range(options.ttt_steps):
         pos = (torch.arange(s) + j)[None].expand(b, s)
         hidden = draft(shift_left(x, j, 0), hidden, pos, ttt_mask(s, j, key_valid, hidden.dtype), cache)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch.utils.checkpoint import checkpoint
-from transformers import DynamicCache
 
 from specforge_het.algorithms.common import TrainBatch, shift_left, ttt_mask
 from specforge_het.algorithms.targets import head_loss
 from specforge_het.algorithms.ttt_attention import ttt_layer
+from specforge_het.models.cache import HFCache
 
 
 def ttt_loss(draft, batch: TrainBatch, tcfg, options) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -55,7 +55,7 @@ def _unroll(draft, ids: torch.Tensor, batch: TrainBatch, tcfg, steps: int):
     hidden = draft.input_from_base(ids, batch.features[:, :-1])
     lean = draft.lean()
     kv: list[list] = [[] for _ in draft.layers]
-    cache = None if lean else DynamicCache()
+    cache = None if lean else HFCache()
     ckpt = bool(getattr(tcfg, "gradient_checkpointing", False)) and torch.is_grad_enabled()
     for j in range(steps):
         tok = shift_left(ids, j, fill=0)

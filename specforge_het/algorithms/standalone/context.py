@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from specforge_het.algorithms.standalone.align import draft_prefix, respell
-from specforge_het.models.base import BaseModel, keep_cache_entries
+from specforge_het.models.base import BaseModel
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -66,7 +66,7 @@ class DraftContext:
         if not ids:
             raise ValueError("the committed base tokens spell no draft token")
         keep = min(common_prefix(self.draft_ids, ids), len(ids) - 1, self.length)
-        keep_cache_entries(self.cache, keep, torch.empty(0, dtype=torch.long, device=self.draft.device))
+        self.cache.crop(keep)
         feed = torch.tensor([ids[keep:]], dtype=torch.long, device=self.draft.device)
         out = self.draft(feed, self.cache, logits="last")
         self.draft_ids = ids
@@ -74,4 +74,4 @@ class DraftContext:
 
     def rollback(self) -> None:
         """Drop every cache entry past the committed draft ids (after a tree was fed)."""
-        keep_cache_entries(self.cache, len(self.draft_ids), torch.empty(0, dtype=torch.long, device=self.draft.device))
+        self.cache.crop(len(self.draft_ids))
