@@ -7,13 +7,11 @@
   packing is undone exactly (plain nn.Linear again);
 * fast paths are opt-in and scoped: a loaded base is plain HF; the decoder packs only while it
   generates; `--inference.fast_paths auto` and `off` decode the same greedy tokens;
-* lazy acceptance (base outputs computed per node on demand) == acceptance over all rows, and
-  reads only nodes on accepted paths; TreeRows batches a node with its first-child chain.
+* the per-row LM head runs the head only on the rows acceptance reads (tests/test_verify.py has
+  the strategies themselves).
 """
 
 from __future__ import annotations
-
-import random
 
 import pytest
 import torch
@@ -22,9 +20,8 @@ from torch import nn
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.bench.integrity import plain_violations
-from specforge_het.inference.accept import greedy_accept, tree_rejection_sample
 from specforge_het.inference.decoder import Decoder, Sampling
-from specforge_het.inference.fast_paths import FastPaths, TreeRows
+from specforge_het.inference.fast_paths import FastPaths
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models import lean
@@ -285,71 +282,7 @@ def test_fast_paths_on_and_off_sample_the_same_tokens(bases, tok_b_dir) -> None:
     assert out["auto"] == out["off"]
 
 
-# ---------------------------------------------------------------- lazy acceptance
-
-
-def _random_tree(rng: random.Random, n: int) -> list[int]:
-    return [-1] + [rng.randrange(i) for i in range(1, n)]
-
-
-def _recording(values, calls: list[int]):
-    """node -> values[node], noting every node asked for."""
-    def row(i: int):
-        calls.append(i)
-        return values[i]
-    return row
-
-
-def test_lazy_greedy_equals_full_and_reads_only_accepted_nodes() -> None:
-    rng = random.Random(0)
-    for trial in range(300):
-        n = rng.randrange(1, 14)
-        parents = torch.tensor(_random_tree(rng, n))
-        tokens = torch.tensor([rng.randrange(3) for _ in range(n)])  # 3 tokens: many matches, some ties
-        argmax = torch.tensor([rng.randrange(3) for _ in range(n)])
-        calls: list[int] = []
-        lazy = greedy_accept(tokens, parents, _recording(argmax.tolist(), calls))
-        full = greedy_accept(tokens, parents, argmax)
-        assert lazy[0].tolist() == full[0].tolist() and lazy[1] == full[1], trial
-        assert calls[0] == 0 and len(set(calls)) == len(calls)
-        for i in calls[1:]:  # read only where the parent was read and its argmax is this token
-            p = int(parents[i])
-            assert p in calls and int(tokens[i]) == int(argmax[p])
-
-
-def test_lazy_rejection_sampling_equals_full() -> None:
-    rng = random.Random(1)
-    for trial in range(100):
-        n = rng.randrange(1, 10)
-        parents = torch.tensor(_random_tree(rng, n))
-        tokens = torch.tensor([rng.randrange(5) for _ in range(n)])
-        probs = torch.softmax(torch.randn(n, 5, generator=torch.Generator().manual_seed(trial)) * 2, -1)
-        calls: list[int] = []
-        a = tree_rejection_sample(tokens, parents, _recording(probs, calls),
-                                  torch.Generator().manual_seed(trial))
-        b = tree_rejection_sample(tokens, parents, probs, torch.Generator().manual_seed(trial))
-        assert a[0].tolist() == b[0].tolist() and a[1] == b[1], trial
-        assert calls == a[0].tolist()  # exactly the sampled path, in order
-
-
-def test_tree_rows_batches_first_child_chains() -> None:
-    seen: list[list[int]] = []
-
-    def fn(rows):
-        seen.append(list(rows))
-        return [10 * r for r in rows]
-
-    chain = [-1, 0, 1, 2, 3]
-    rows = TreeRows(fn, chain, prefetch_root=False)
-    assert rows(0) == 0 and seen == [[0]]
-    assert rows(1) == 10 and seen[-1] == [1, 2, 3, 4]
-    assert rows(3) == 30 and len(seen) == 2  # already computed
-    seen.clear()
-    assert TreeRows(fn, chain, prefetch_root=True)(0) == 0 and seen == [[0, 1, 2, 3, 4]]
-    seen.clear()
-    tree = TreeRows(fn, [-1, 0, 0, 1, 1, 2], prefetch_root=False)
-    tree(0), tree(2), tree(1)
-    assert seen == [[0], [2, 5], [1, 3]]
+# ---------------------------------------------------------------- the per-row head in the decoder
 
 
 def test_verify_runs_the_head_only_on_read_rows(bases, tok_b_dir, monkeypatch) -> None:

@@ -7,11 +7,17 @@ Both rules return ``(path, bonus)``: ``path`` holds the accepted node indices st
 with the root 0, ``bonus`` is the token the base model contributes after the last one.
 The tokens committed this step are ``tokens[path[1:]]`` followed by ``bonus``, i.e.
 ``len(path)`` tokens: the accept length tau of this step is ``len(path)`` (>= 1).
+
+The rules (`greedy_accept`, `greedy_accept_on_device`, `tree_rejection_sample`) take tensors.
+Each host rule is a walk down the accepted nodes; `greedy_walk` and `rejection_walk` are those
+same walks reading the base's output per node from a function, for the strategy that computes
+it on demand (the per-row LM head, inference/verify.py). Same walk, same draws, same result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -61,36 +67,41 @@ def _path_tensor(node: int, par: list[int], device: torch.device) -> torch.Tenso
     return torch.tensor(chain[::-1], dtype=torch.long, device=device)
 
 
-NodeRows = Callable[[int], torch.Tensor]  # node index -> the base's output at that node, computed on demand
+NodeRows = Callable[[int], Any]  # node index -> the base's output at that node, computed on demand
 
 
-def greedy_accept(
-    tokens: torch.Tensor, parents: torch.Tensor, base_argmax: torch.Tensor | Callable[[int], int]
-) -> tuple[torch.Tensor, int]:
+def greedy_accept(tokens: torch.Tensor, parents: torch.Tensor, base_argmax: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Greedy verification: accept node i if its parent is accepted and
     ``tokens[i] == base_argmax[parents[i]]``.
 
     Picks the longest accepted root-path (ties: lowest node index). ``tokens[0]`` is
-    ignored. Returns ``(path [tau], bonus)`` with ``bonus = base_argmax[path[-1]]``;
-    the step commits ``len(path) == tau`` tokens (accepted drafts + bonus).
-    ``base_argmax`` is a tensor [N] or a function node -> argmax; a function is called only for
-    nodes on accepted paths (the root first), so a caller can run the LM head on those rows only.
+    ignored. ``tokens``, ``parents``, ``base_argmax`` [N]. Returns ``(path [tau], bonus)`` with
+    ``bonus = base_argmax[path[-1]]``; the step commits ``len(path) == tau`` tokens (accepted drafts + bonus).
     """
     par = check_parents(parents)
-    n = len(par)
-    _check_node_tensor("tokens", tokens, n, 1)
-    if callable(base_argmax):
-        top = base_argmax
-    else:
-        _check_node_tensor("base_argmax", base_argmax, n, 1)
-        top = base_argmax.tolist().__getitem__
-    tok = tokens.tolist()
+    _check_node_tensor("tokens", tokens, len(par), 1)
+    _check_node_tensor("base_argmax", base_argmax, len(par), 1)
+    return _greedy(tokens, par, base_argmax.tolist().__getitem__)
+
+
+def greedy_walk(tokens: torch.Tensor, parents: torch.Tensor, top: Callable[[int], int]) -> tuple[torch.Tensor, int]:
+    """`greedy_accept` with the base's argmax read per node, ``top(node)``: called once for each node on an
+    accepted path (the root first) and for no other, so a strategy that computes the base's outputs on
+    demand runs the LM head on those rows only (the per-row head, inference/verify.py)."""
+    par = check_parents(parents)
+    _check_node_tensor("tokens", tokens, len(par), 1)
+    return _greedy(tokens, par, top)
+
+
+def _greedy(tokens: torch.Tensor, par: list[int], top: Callable[[int], int]) -> tuple[torch.Tensor, int]:
+    """The greedy walk over accepted nodes: each evaluated once, the deepest kept (ties: lowest index)."""
+    n, tok = len(par), tokens.tolist()
     children: list[list[int]] = [[] for _ in range(n)]
     for i in range(1, n):
         children[par[i]].append(i)
     tops: dict[int, int] = {}
     best, best_depth, stack = 0, 0, [(0, 0)]
-    while stack:  # every accepted node, each evaluated once
+    while stack:
         node, depth = stack.pop()
         tops[node] = t = int(top(node))
         if depth > best_depth or (depth == best_depth and node < best):
@@ -172,7 +183,7 @@ def _try_candidates(
 def tree_rejection_sample(
     tokens: torch.Tensor,
     parents: torch.Tensor,
-    base_probs: torch.Tensor | NodeRows,
+    base_probs: torch.Tensor,
     generator: torch.Generator,
     draft_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
@@ -185,20 +196,33 @@ def tree_rejection_sample(
     min(1, p(x) / q(x)), else p <- norm(max(p - q, 0)) and q <- norm(q with q(x) = 0).
     On acceptance move to the child; when no child is accepted the bonus token is drawn
     from the residual p. The committed tokens are distributed exactly as the base model.
-    ``tokens [N]``, ``parents [N]``, ``base_probs [N, V]`` (or a function node -> probs [V], called
-    only for nodes on the sampled path), ``draft_probs [N, V]``.
+    ``tokens [N]``, ``parents [N]``, ``base_probs [N, V]``, ``draft_probs [N, V]``.
     Returns ``(path [tau], bonus)`` as in :func:`greedy_accept`.
     """
     par = check_parents(parents)
+    _check_node_tensor("tokens", tokens, len(par), 1)
+    _check_node_tensor("base_probs", base_probs, len(par), 2)
+    if draft_probs is not None and draft_probs.shape != base_probs.shape:
+        raise ValueError(f"draft_probs must have shape {tuple(base_probs.shape)}, got {tuple(draft_probs.shape)}")
+    return _rejection(tokens, par, base_probs.__getitem__, generator, draft_probs)
+
+
+def rejection_walk(tokens: torch.Tensor, parents: torch.Tensor, row: NodeRows, generator: torch.Generator,
+                   draft_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """`tree_rejection_sample` with the base's probabilities read per node, ``row(node) -> [V]``: called
+    once for each node on the sampled path, in order, and for no other (the per-row head,
+    inference/verify.py). Same random draws, so the same tokens for one generator state."""
+    par = check_parents(parents)
+    _check_node_tensor("tokens", tokens, len(par), 1)
+    if draft_probs is not None:
+        _check_node_tensor("draft_probs", draft_probs, len(par), 2)
+    return _rejection(tokens, par, row, generator, draft_probs)
+
+
+def _rejection(tokens: torch.Tensor, par: list[int], row: NodeRows, generator: torch.Generator,
+               draft_probs: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """The walk of `tree_rejection_sample` from the root down the accepted children."""
     n = len(par)
-    _check_node_tensor("tokens", tokens, n, 1)
-    row = base_probs if callable(base_probs) else base_probs.__getitem__
-    if not callable(base_probs):
-        _check_node_tensor("base_probs", base_probs, n, 2)
-        if draft_probs is not None and draft_probs.shape != base_probs.shape:
-            raise ValueError(f"draft_probs must have shape {tuple(base_probs.shape)}, got {tuple(draft_probs.shape)}")
-    elif draft_probs is not None:
-        _check_node_tensor("draft_probs", draft_probs, n, 2)
     children: list[list[int]] = [[] for _ in range(n)]
     for i in range(1, n):
         children[par[i]].append(i)

@@ -3,8 +3,10 @@
 Base-only decoding (`proposer=None`) runs through the same prefill, cache, sampling and
 stopping code, one base token per step. Batch size 1.
 
-CPU fast paths (packed linears, the per-row LM head) are a strategy the caller picks
-(`fast_paths`, inference/fast_paths.py); they are applied for the duration of `generate` only.
+CPU fast paths (packed linears, the per-row LM head) are strategies the caller picks
+(`fast_paths`, inference/fast_paths.py): the packed linears are applied for the duration of
+`generate` only; host acceptance goes through the verification strategy they name
+(`self.verifier`, inference/verify.py). Caches are used through `models.cache.Cache` only.
 The device strategy (`off`, or `auto` on an accelerator) keeps a speculative step on the device:
 tree, layout and greedy acceptance there, one host read of the step's outcome
 (inference/syncs.py counts the reads per step).
@@ -22,13 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from specforge_het.chat import eos_ids as eos_ids  # the one end-of-sequence rule; re-exported for the bench
-from specforge_het.inference.accept import (
-    greedy_accept,
-    greedy_accept_on_device,
-    sampling_probs,
-    tree_rejection_sample,
-)
-from specforge_het.inference.fast_paths import FastPaths, TreeRows, proposer_modules, tell_proposer
+from specforge_het.inference.accept import greedy_accept_on_device, sampling_probs
+from specforge_het.inference.fast_paths import FastPaths, proposer_modules, tell_proposer
 from specforge_het.inference.tree import check_parent_list, layout_from_parents, layout_on_device
 from specforge_het.models.cache import Cache
 
@@ -81,20 +78,23 @@ class Decoder:
                  fast_paths: str = "auto"):
         self.base, self.proposer = base, proposer
         self.fast = FastPaths.resolve(fast_paths, base.device)
+        self.verifier = self.fast.verifier()  # host acceptance: LM head over all rows, or per row (verify.py)
         self.sampling = sampling or Sampling()
         self.generator = generator
         if not self.sampling.greedy and generator is None:
             raise ValueError("sampling needs an explicit torch.Generator")
         self.eos = eos_ids(base)
-        self._root_accept_rate = 0.0  # running share of verify steps that accepted the root's child
 
     def _choose(self, logits: torch.Tensor) -> int:
         """Next token from base logits [V]."""
         if self.sampling.greedy:
             return int(logits.argmax())
+        return int(torch.multinomial(self._probs(logits), 1, generator=self.generator))
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sampling probabilities [..., V] from base logits [..., V] (temperature, top-k, top-p)."""
         s = self.sampling
-        probs = sampling_probs(logits, s.temperature, s.top_p, s.top_k)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return sampling_probs(logits, s.temperature, s.top_p, s.top_k)
 
     def _check_length(self, n: int, max_new_tokens: int, lookahead: int) -> None:
         limit = getattr(self.base.config, "max_position_embeddings", None)
@@ -168,7 +168,6 @@ class Decoder:
             path, path_ids, new, new_ids = self._accept_on_device(tokens, layout, out.hidden[0])
         else:
             path, path_ids, new, new_ids = self._accept_on_host(tokens, parents, out.hidden[0], q)
-        self._root_accept_rate += 0.25 * (float(len(path_ids) > 1) - self._root_accept_rate)
         cache.keep(past, path, path_ids == list(range(len(path_ids))))  # contiguity known on the host already
         self.proposer.update(new, None if out.features is None else out.features[0, path])
         result.accept_lengths.append(len(path_ids))
@@ -202,34 +201,14 @@ class Decoder:
 
     def _accept_on_host(self, tokens: torch.Tensor, parents: torch.Tensor, hidden: torch.Tensor,
                         draft_probs: torch.Tensor | None = None):
-        """Acceptance walked on the host (CPU strategy, and sampling): same return as `_accept_on_device`.
-        Sampling with `draft_probs` (q [N, V]) takes SpecInfer's rule with q instead of the deterministic-candidate one."""
-        rows = self._rows(hidden, parents)
+        """Acceptance walked on the host (CPU strategy, and sampling) by the verification strategy the fast
+        paths picked (inference/verify.py): same return as `_accept_on_device`. Sampling with `draft_probs`
+        (q [N, V]) takes SpecInfer's rule with q instead of the deterministic-candidate one."""
         if self.sampling.greedy:
-            path, bonus = greedy_accept(tokens, parents, rows)
+            path, bonus = self.verifier.greedy(self.base.head, tokens, parents, hidden)
         else:
-            path, bonus = tree_rejection_sample(tokens, parents, rows, self.generator, draft_probs=draft_probs)
+            path, bonus = self.verifier.sample(self.base.head, self._probs, tokens, parents, hidden, self.generator,
+                                               draft_probs=draft_probs)
         path = path.to(tokens.device)
         new = torch.cat([tokens[path[1:]], torch.tensor([bonus], device=tokens.device)])
         return path, path.tolist(), new, new.tolist()
-
-    @property
-    def _prefetch_root(self) -> bool:
-        """Head rows for the root's whole best chain at once when the root's best child was accepted often."""
-        return self._root_accept_rate >= 0.5
-
-    def _rows(self, hidden: torch.Tensor, parents: torch.Tensor):
-        """Base outputs at the tree nodes from verify hidden states [N, H]: argmax (greedy) or sampling
-        probabilities, as TreeRows on demand (per-row head) or for all N rows at once (a tensor)."""
-        if self.fast.per_row_head:
-            return TreeRows(self._row_fn(hidden), parents.tolist(), self._prefetch_root)
-        s, logits = self.sampling, self.base.head(hidden)  # [N, V]
-        return logits.argmax(-1) if s.greedy else sampling_probs(logits, s.temperature, s.top_p, s.top_k)
-
-    def _row_fn(self, hidden: torch.Tensor):
-        """rows -> per-row argmax ints (greedy) or sampling probabilities [V], from verify hidden states [N, H]."""
-        s = self.sampling
-        if s.greedy:
-            return lambda rows: self.base.head(hidden[rows]).argmax(-1).tolist()
-        return lambda rows: sampling_probs(self.base.head(hidden[rows]), s.temperature, s.top_p, s.top_k)
-

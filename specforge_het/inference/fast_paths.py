@@ -4,11 +4,12 @@
   - packed linears: every nn.Linear of the base and of the draft runs few-row calls on a
     oneDNN-prepacked weight (CPU, float32; models/lean.py `packed_linears`), and
   - the per-row LM head (CPU): verification runs the base LM head only on the tree rows the
-    acceptance rule reads (`TreeRows`: the accepted path, ~τ rows) instead of all N tree rows.
-    The rows are picked by the host as acceptance walks the tree, which costs nothing on a CPU.
+    acceptance rule reads (the accepted path, ~τ rows) instead of all N tree rows: the host
+    verification strategy `PerRowHead` (inference/verify.py), beside the tensor-only rules it walks.
 * `off`, and `auto` on an accelerator: the device strategy. Plain modules, one LM head call over all
-  tree rows, and the tree built, laid out and (greedy) accepted on the device, so that a decoding
-  step reads the device from the host once, for its outcome (`on_device`; inference/syncs.py counts).
+  tree rows (`AllRows`, inference/verify.py, where acceptance runs on the host: sampling), and the tree
+  built, laid out and (greedy) accepted on the device, so that a decoding step reads the device from
+  the host once, for its outcome (`on_device`; inference/syncs.py counts).
 
 Both give the same tokens (greedy: identical; the tests check it). Nothing is applied by a
 constructor: `Decoder.generate` enters `FastPaths.scope` for the duration of one generation, and
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from specforge_het.inference.verify import AllRows, PerRowHead, Verifier
 from specforge_het.models.lean import packed_linears, packing_available
 
 FAST_PATHS = ("auto", "off")
@@ -49,6 +51,10 @@ class FastPaths:
     def on_device(self) -> bool:
         """The device strategy: tree building, layout and greedy acceptance without host reads."""
         return not self.per_row_head
+
+    def verifier(self) -> Verifier:
+        """A new host verification strategy for one decoder (it keeps statistics across its steps)."""
+        return PerRowHead() if self.per_row_head else AllRows()
 
     def describe(self) -> str:
         """One line for run headers and JSON: the mode and what it switched on here."""
@@ -87,29 +93,3 @@ def tell_proposer(proposer, fast: FastPaths) -> None:
     if use is not None:
         use(fast)
 
-
-class TreeRows:
-    """Base outputs at draft-tree nodes, computed on first use, so the LM head runs only on rows the
-    acceptance rule reads (the accepted path, ~tau rows) instead of all N tree nodes.
-
-    A request for node i computes i together with its first-child chain (the draft's best
-    continuation, likely needed next) in one head call; for the root, the chain only when
-    `prefetch_root` (the root's best child was accepted often lately). -> output of `fn` per row.
-    """
-
-    def __init__(self, fn, parents: list[int], prefetch_root: bool):
-        self.fn, self.prefetch_root = fn, prefetch_root
-        self.first_child = [-1] * len(parents)
-        for i in range(len(parents) - 1, 0, -1):
-            self.first_child[parents[i]] = i
-        self.done: dict[int, object] = {}
-
-    def __call__(self, node: int):
-        if node not in self.done:
-            rows, c = [node], self.first_child[node]
-            while c >= 0 and c not in self.done and (node != 0 or self.prefetch_root):
-                rows.append(c)
-                c = self.first_child[c]
-            for r, value in zip(rows, self.fn(rows)):
-                self.done[r] = value
-        return self.done[node]
