@@ -130,3 +130,10 @@ def test_nothing_branches_on_the_cache_class() -> None:
     offenders = {str(p.relative_to(PACKAGE)): found for p in sorted(PACKAGE.rglob("*.py"))
                  if p.name != "cache.py" and (found := _class_checks(ast.parse(p.read_text(encoding="utf-8"))))}
     assert offenders == {}
+
+
+def test_a_raw_hf_cache_gets_a_clear_error(bases) -> None:
+    from transformers import DynamicCache
+
+    with pytest.raises(TypeError, match=r"DynamicCache is not a specforge_het cache.*HFCache\(cache\)"):
+        bases["llama"](_ids(3), DynamicCache(), logits="none")

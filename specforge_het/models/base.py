@@ -214,6 +214,9 @@ class BaseModel(nn.Module):
         feature_layers: tuple[int, ...] = (),
         logits: str = "all",  # "all" | "last" | "none"
     ) -> BaseOutput:
+        if not hasattr(cache, "kv"):
+            raise TypeError(f"{type(cache).__name__} is not a specforge_het cache (models/cache.py): wrap an HF "
+                            "cache as HFCache(cache), or make one with base.new_cache().")
         past = cache.get_seq_length()
         s = input_ids.shape[1]
         if positions is None:
