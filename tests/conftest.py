@@ -1,15 +1,24 @@
-"""Shared fixtures: tiny tokenizers and tiny random bases saved as local HF folders (no Hub)."""
+"""Shared fixtures: tiny tokenizers and tiny random bases saved as local HF folders (no Hub), prompts, variants
+of the bases (untied or sharpened heads), conversation files; and the helpers behind them."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
 
 from specforge_het.config import ModelingConfig
+from specforge_het.data.formats import tokenize_conversation
+from specforge_het.inference.decoder import Decoder
 from specforge_het.models.base import BaseModel
 from specforge_het.testing import CORPUS_A, CORPUS_B, make_tokenizer, save_tiny_base
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversubscribes shared cores
+
+# ---------------------------------------------------------------- tokenizers and bases
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +80,112 @@ DRAFT_KINDS = {
     "eagle_v3_reduced": dict(algorithm="eagle_v3", vocab="reduced"),
     "foreign_v3": dict(algorithm="eagle_v3", vocab="foreign"),
 }
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def ids_fixture(text: str):
+    """A module-scoped fixture: `text` in the base tokenizer, [1, n]. In a test module: `prompt_ids = ids_fixture(PROMPT)`."""
+
+    @pytest.fixture(scope="module")
+    def ids(tok_a):
+        return tok_a(text, return_tensors="pt").input_ids
+
+    return ids
+
+
+# ~40 tokens: with 40 new tokens Gemma3's sliding window (16) is crossed many times over.
+LONG_PROMPT = "Explain how a transformer layer works, step by step. Write a short poem about the sea."
+long_ids = ids_fixture(LONG_PROMPT)
+
+
+# ---------------------------------------------------------------- bases with another head
+
+
+def untied_head_base(path: str, tokenizer, std: float = 0.5, seed: int = 1) -> BaseModel:
+    """The tiny base with an untied random LM head: its greedy text no longer just repeats the
+    last token, so equality checks cover sequences of many distinct tokens."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+    with torch.no_grad():
+        head.weight.normal_(0, std, generator=torch.Generator().manual_seed(seed))
+    model.lm_head = head
+    model.config.tie_word_embeddings = False
+    return BaseModel(model, tokenizer, name=f"{path}-untied")
+
+
+class _BuiltOnFirstUse(dict):
+    """A dict whose missing entries are made by `make(key)` when first read."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = value = self.make(key)
+        return value
+
+
+@pytest.fixture(scope="module")
+def untied(base_dirs, tok_a):
+    """family -> the tiny base of that family with an untied random head (untied_head_base), built on first use."""
+    return _BuiltOnFirstUse(lambda fam: untied_head_base(base_dirs[fam], tok_a))
+
+
+SHARPNESS = 4.0  # the tiny base's logits x4: at temperature 1 its top token has p ~ 0.15, not ~ 1/V
+
+
+def sharpened_base(path: str, tokenizer) -> BaseModel:
+    """The tiny Llama base with its (tied) LM head scaled by SHARPNESS into an untied head: an
+    informative distribution (neither near uniform nor near one-hot) at temperature ~1."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+    head.weight = nn.Parameter(model.get_output_embeddings().weight.detach().clone() * SHARPNESS)
+    model.lm_head = head
+    model.config.tie_word_embeddings = False
+    return BaseModel(model, tokenizer, name="llama-sharp")
+
+
+@pytest.fixture(scope="module")
+def sharp_base(base_dirs, tok_a):
+    return sharpened_base(base_dirs["llama"], tok_a)
+
+
+# ---------------------------------------------------------------- conversation files
+
+
+USER_PROMPTS = ["Tell me about the fox.", "What is the capital of France?", "Write a short poem about the sea.",
+                "Explain a transformer layer.", "Count to ten.", "Describe the lazy dog."]
+
+
+def greedy_answer(base, prompt: str, n: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, base greedy answer ids) with the chat template."""
+    ids = tokenize_conversation(base.tokenizer, [{"role": "user", "content": prompt}], None)[0]
+    rendered = base.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                  return_dict=False)
+    gen = Decoder(base).generate(torch.tensor([list(rendered)]), n).tokens
+    del ids
+    return list(rendered), gen
+
+
+def write_conversations(path, base, prompts, n_tokens=16) -> list[list[int]]:
+    """Conversations whose assistant turn is the base's own greedy answer (as text)."""
+    answers = []
+    with open(path, "w") as fh:
+        for i, p in enumerate(prompts):
+            _, gen = greedy_answer(base, p, n_tokens)
+            text = base.tokenizer.decode([t for t in gen if t != base.tokenizer.eos_token_id])
+            fh.write(json.dumps({"id": f"c{i}", "conversations": [{"role": "user", "content": p},
+                                                                  {"role": "assistant", "content": text}]}) + "\n")
+            answers.append(gen)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def conv_file(tmp_path_factory, bases):
+    """Training conversations: USER_PROMPTS answered by the tiny llama base's greedy text (write_conversations)."""
+    path = tmp_path_factory.mktemp("conv") / "conv.jsonl"
+    write_conversations(path, bases["llama"], USER_PROMPTS)
+    return path
+

@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling
-from torch import nn
-from transformers import AutoModelForCausalLM
+from conftest import DRAFT_KINDS, LONG_PROMPT, draft_modeling, ids_fixture
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import ContextTooLongError, Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.protocol import Proposal, Proposer
-from specforge_het.models.base import BaseModel
 from specforge_het.testing import OracleProposer
 
 FAMILIES = ("llama", "qwen3", "gemma3")
 N_NEW = 32
 PROMPT = "A draft tree is verified in one forward pass with a tree attention mask."
-# ~40 tokens: with 40 new tokens Gemma3's sliding window (16) is crossed many times over.
-LONG_PROMPT = "Explain how a transformer layer works, step by step. Write a short poem about the sea."
 
 TREES = {
     "chain4": TreeSpec("chain", max_depth=4),
@@ -42,18 +37,6 @@ def reference_greedy(base, input_ids: torch.Tensor, n: int) -> list[int]:
     return out
 
 
-def untied_head_base(path: str, tokenizer, std: float = 0.5, seed: int = 1) -> BaseModel:
-    """The tiny base with an untied random LM head: its greedy text no longer just repeats the
-    last token, so equality checks cover sequences of many distinct tokens."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
-    with torch.no_grad():
-        head.weight.normal_(0, std, generator=torch.Generator().manual_seed(seed))
-    model.lm_head = head
-    model.config.tie_word_embeddings = False
-    return BaseModel(model, tokenizer, name=f"{path}-untied")
-
-
 def first_occurrences(tokens: list[int]) -> list[int]:
     """Indices j where tokens[j] appears for the first time."""
     return [j for j, t in enumerate(tokens) if t not in tokens[:j]]
@@ -70,15 +53,7 @@ def step_ends(accept_lengths: list[int]) -> list[int]:
 
 # ---------------------------------------------------------------- fixtures
 
-
-@pytest.fixture(scope="module")
-def prompt_ids(tok_a):
-    return tok_a(PROMPT, return_tensors="pt").input_ids
-
-
-@pytest.fixture(scope="module")
-def long_ids(tok_a):
-    return tok_a(LONG_PROMPT, return_tensors="pt").input_ids
+prompt_ids = ids_fixture(PROMPT)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +70,6 @@ def drafts(bases, tok_b_dir):
 def greedy_ref(bases, prompt_ids):
     """family -> base-only greedy result on PROMPT (N_NEW tokens)."""
     return {fam: Decoder(bases[fam]).generate(prompt_ids, N_NEW) for fam in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def untied(base_dirs, tok_a):
-    return {fam: untied_head_base(base_dirs[fam], tok_a) for fam in FAMILIES}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling
+from conftest import DRAFT_KINDS, draft_modeling, ids_fixture
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder
@@ -94,9 +94,7 @@ def test_merge_chain_reuses_drafted_nodes():
 # ---------------------------------------------------------------- decoding
 
 
-@pytest.fixture(scope="module")
-def prompt_ids(tok_a):
-    return tok_a(PROMPT, return_tensors="pt").input_ids
+prompt_ids = ids_fixture(PROMPT)
 
 
 @pytest.fixture(scope="module")

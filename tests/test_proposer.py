@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling
-from test_decoder import LONG_PROMPT, PROMPT, TREES, untied_head_base
+from conftest import DRAFT_KINDS, draft_modeling, ids_fixture
+from test_decoder import PROMPT, TREES
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.cache import HFCache
 
-
-@pytest.fixture(scope="module")
-def prompt_ids(tok_a):
-    return tok_a(PROMPT, return_tensors="pt").input_ids
+prompt_ids = ids_fixture(PROMPT)
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +23,6 @@ def llama_drafts(bases, tok_b_dir):
     """kind -> a random (untrained) draft on the llama base."""
     return {kind: build_draft(draft_modeling(**spec, tok_dir=tok_b_dir), bases["llama"], seed=0).eval()
             for kind, spec in DRAFT_KINDS.items()}
-
-
-@pytest.fixture(scope="module")
-def long_ids(tok_a):
-    return tok_a(LONG_PROMPT, return_tensors="pt").input_ids
-
-
-@pytest.fixture(scope="module")
-def untied(base_dirs, tok_a):
-    """The untied-head qwen3 base of test_decoder.py (its greedy text has many distinct tokens)."""
-    return {"qwen3": untied_head_base(base_dirs["qwen3"], tok_a)}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling
+from conftest import DRAFT_KINDS, draft_modeling, ids_fixture
 from test_sampling import (
     ALPHA,
     CASES,
@@ -19,7 +19,6 @@ from test_sampling import (
     fit_pvalue,
     marginal,
     sample_runs,
-    sharpened_base,
 )
 
 from specforge_het.algorithms.build import build_draft
@@ -37,14 +36,7 @@ SHAPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def sharp_base(base_dirs, tok_a):
-    return sharpened_base(base_dirs["llama"], tok_a)
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(tok_a):
-    return tok_a(PROMPT, return_tensors="pt").input_ids
+prompt_ids = ids_fixture(PROMPT)
 
 
 def q_proposer(base, shape: str, seed: int, temperature: float = Q_TEMPERATURE, **kw) -> QSampleProposer:

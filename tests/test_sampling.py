@@ -12,20 +12,16 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling
-from torch import nn
-from transformers import AutoModelForCausalLM
+from conftest import DRAFT_KINDS, draft_modeling, ids_fixture
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder, Sampling
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
-from specforge_het.models.base import BaseModel
 from specforge_het.testing import OracleProposer
 
 PROMPT = "Hello"
 LOOKUP_PROMPT = "x = a + b; y = a + b"  # the tiny base's first token is one of the prompt's about a third of the time
-SHARPNESS = 4.0  # the tiny base's logits x4: at temperature 1 its top token has p ~ 0.15, not ~ 1/V
 RUNS = 800
 ALPHA = 1e-3
 SEED = 1234
@@ -119,25 +115,7 @@ def test_chi2_pvalue_helper():
 # ---------------------------------------------------------------- fixtures
 
 
-def sharpened_base(path: str, tokenizer) -> BaseModel:
-    """The tiny Llama base with its (tied) LM head scaled by SHARPNESS into an untied head: an
-    informative distribution (neither near uniform nor near one-hot) at temperature ~1."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
-    head.weight = nn.Parameter(model.get_output_embeddings().weight.detach().clone() * SHARPNESS)
-    model.lm_head = head
-    model.config.tie_word_embeddings = False
-    return BaseModel(model, tokenizer, name="llama-sharp")
-
-
-@pytest.fixture(scope="module")
-def sharp_base(base_dirs, tok_a):
-    return sharpened_base(base_dirs["llama"], tok_a)
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(tok_a):
-    return tok_a(PROMPT, return_tensors="pt").input_ids
+prompt_ids = ids_fixture(PROMPT)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_decoder import LONG_PROMPT, untied_head_base
+from conftest import ids_fixture
 
 from specforge_het.algorithms.standalone import SharedVocab, StandaloneProposer
 from specforge_het.inference.decoder import Decoder
@@ -56,19 +56,7 @@ def pairs(bases, tok_a, tok_c):
     return {name: (bases[b], draft_lm(d, toks[t], seed=5 + i)) for i, (name, (b, d, t)) in enumerate(PAIRS.items())}
 
 
-@pytest.fixture(scope="module")
-def prompt_ids(tok_a):
-    return tok_a(PROMPT, return_tensors="pt").input_ids
-
-
-@pytest.fixture(scope="module")
-def long_ids(tok_a):
-    return tok_a(LONG_PROMPT, return_tensors="pt").input_ids
-
-
-@pytest.fixture(scope="module")
-def untied(base_dirs, tok_a):
-    return {fam: untied_head_base(base_dirs[fam], tok_a) for fam in ("llama", "gemma3")}
+prompt_ids = ids_fixture(PROMPT)
 
 
 # ---------------------------------------------------------------- greedy == base-only

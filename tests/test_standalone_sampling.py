@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import ids_fixture
 from test_sampling import (
     ALPHA,
     CASES,
@@ -20,7 +21,6 @@ from test_sampling import (
     fit_pvalue,
     marginal,
     sample_runs,
-    sharpened_base,
 )
 from test_standalone import foreign_tokenizer
 
@@ -43,20 +43,13 @@ LOSSLESS = {
 
 
 @pytest.fixture(scope="module")
-def sharp_base(base_dirs, tok_a):
-    return sharpened_base(base_dirs["llama"], tok_a)
-
-
-@pytest.fixture(scope="module")
 def foreign_draft():
     """A tiny random Gemma3 LM with a foreign tokenizer."""
     tok = foreign_tokenizer()
     return BaseModel(tiny_base("gemma3", tok, hidden=32, layers=2, seed=7), tok, name="draft-gemma3")
 
 
-@pytest.fixture(scope="module")
-def prompt_ids(tok_a):
-    return tok_a(PROMPT, return_tensors="pt").input_ids
+prompt_ids = ids_fixture(PROMPT)
 
 
 # ---------------------------------------------------------------- the draws

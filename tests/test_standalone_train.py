@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_decoder import untied_head_base
-from test_train import USER_PROMPTS, tiny_cfg, write_conversations
+from conftest import USER_PROMPTS, untied_head_base, write_conversations
+from test_train import tiny_cfg
 from transformers import AutoModelForCausalLM
 
 from specforge_het.algorithms import get_algorithm

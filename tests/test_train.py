@@ -7,39 +7,13 @@ import json
 
 import pytest
 import torch
+from conftest import USER_PROMPTS, greedy_answer, write_conversations
 
 from specforge_het.algorithms.io import load_draft
 from specforge_het.config import Config, ConfigError
-from specforge_het.data.formats import tokenize_conversation
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.train import build_trainer, main
-
-USER_PROMPTS = ["Tell me about the fox.", "What is the capital of France?", "Write a short poem about the sea.",
-                "Explain a transformer layer.", "Count to ten.", "Describe the lazy dog."]
-
-
-def greedy_answer(base, prompt: str, n: int) -> tuple[list[int], list[int]]:
-    """(prompt ids, base greedy answer ids) with the chat template."""
-    ids = tokenize_conversation(base.tokenizer, [{"role": "user", "content": prompt}], None)[0]
-    rendered = base.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                  return_dict=False)
-    gen = Decoder(base).generate(torch.tensor([list(rendered)]), n).tokens
-    del ids
-    return list(rendered), gen
-
-
-def write_conversations(path, base, prompts, n_tokens=16) -> list[list[int]]:
-    """Conversations whose assistant turn is the base's own greedy answer (as text)."""
-    answers = []
-    with open(path, "w") as fh:
-        for i, p in enumerate(prompts):
-            _, gen = greedy_answer(base, p, n_tokens)
-            text = base.tokenizer.decode([t for t in gen if t != base.tokenizer.eos_token_id])
-            fh.write(json.dumps({"id": f"c{i}", "conversations": [{"role": "user", "content": p},
-                                                                  {"role": "assistant", "content": text}]}) + "\n")
-            answers.append(gen)
-    return answers
 
 
 def tiny_cfg(base_dir, data, out, **modeling) -> Config:
@@ -54,13 +28,6 @@ def tiny_cfg(base_dir, data, out, **modeling) -> Config:
     cfg.eagle_v3.ttt_steps = 3
     t.precision = "fp32"  # pinned losses must not depend on the machine's bf16 support (auto)
     return cfg
-
-
-@pytest.fixture(scope="module")
-def conv_file(tmp_path_factory, bases):
-    path = tmp_path_factory.mktemp("train") / "conv.jsonl"
-    write_conversations(path, bases["llama"], USER_PROMPTS)
-    return path
 
 
 def _losses(trainer) -> list[float]:

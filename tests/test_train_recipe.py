@@ -11,8 +11,8 @@ import torch
 from specforge_het.algorithms.build import build_draft
 from specforge_het.config import ConfigError
 from specforge_het.train import build_trainer
-from tests.conftest import draft_modeling
-from tests.test_train import USER_PROMPTS, tiny_cfg, write_conversations
+from tests.conftest import USER_PROMPTS, draft_modeling, write_conversations
+from tests.test_train import tiny_cfg
 
 
 @pytest.fixture(scope="module")

@@ -8,31 +8,24 @@ import torch
 from specforge_het.algorithms.io import load_draft
 from specforge_het.config import ConfigError
 from specforge_het.train import build_trainer, main
-from tests.test_train import USER_PROMPTS, _losses, tiny_cfg, write_conversations
+from tests.test_train import _losses, tiny_cfg
 
 V3 = dict(algorithm="eagle_v3", vocab="reduced", draft_vocab_size=150)
 
 
 @pytest.fixture(scope="module")
-def conv(tmp_path_factory, bases):
-    path = tmp_path_factory.mktemp("warm") / "conv.jsonl"
-    write_conversations(path, bases["llama"], USER_PROMPTS)
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, base_dirs, conv):
+def trained(tmp_path_factory, base_dirs, conv_file):
     out = tmp_path_factory.mktemp("warm") / "first"
-    cfg = tiny_cfg(base_dirs["llama"], conv, out, **V3)
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, out, **V3)
     cfg.training.max_steps, cfg.training.learning_rate = 20, 3e-3
     main(cfg, ["test"])
     return out
 
 
-def test_init_draft_starts_from_the_folder_and_keeps_its_vocabulary(bases, base_dirs, conv, trained, tmp_path):
+def test_init_draft_starts_from_the_folder_and_keeps_its_vocabulary(bases, base_dirs, conv_file, trained, tmp_path):
     first = load_draft(trained, bases["llama"]).state_dict()
     # other architecture keys are ignored: the folder decides (here a different reduced-vocabulary size)
-    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "more", algorithm="eagle_v3", vocab="reduced",
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "more", algorithm="eagle_v3", vocab="reduced",
                    draft_vocab_size=120, init_draft=str(trained))
     trainer, _ = build_trainer(cfg, [])
     start = trainer.model.draft.state_dict()
@@ -41,7 +34,7 @@ def test_init_draft_starts_from_the_folder_and_keeps_its_vocabulary(bases, base_
         torch.testing.assert_close(start[k], first[k], msg=k)
     trainer.train()
     warm = _losses(trainer)
-    fresh, _ = build_trainer(tiny_cfg(base_dirs["llama"], conv, tmp_path / "fresh", **V3), [])
+    fresh, _ = build_trainer(tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "fresh", **V3), [])
     fresh.train()
     assert warm[0] < _losses(fresh)[0] - 0.2  # the 20 steps already taken carry over (a fresh draft: 12.26)
     after = trainer.model.draft.state_dict()
@@ -49,11 +42,11 @@ def test_init_draft_starts_from_the_folder_and_keeps_its_vocabulary(bases, base_
     torch.testing.assert_close(after["vocab.d2t"], first["vocab.d2t"])
 
 
-def test_init_draft_foreign_vocabulary_keeps_its_tokenizer(bases, base_dirs, conv, tok_b_dir, tmp_path):
+def test_init_draft_foreign_vocabulary_keeps_its_tokenizer(bases, base_dirs, conv_file, tok_b_dir, tmp_path):
     kw = dict(algorithm="eagle_v3", vocab="foreign", draft_hidden_size=48, draft_tokenizer=tok_b_dir)
     first = tmp_path / "foreign"
-    main(tiny_cfg(base_dirs["llama"], conv, first, **kw), ["test"])
-    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "more", init_draft=str(first), **kw)
+    main(tiny_cfg(base_dirs["llama"], conv_file, first, **kw), ["test"])
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "more", init_draft=str(first), **kw)
     trainer, _ = build_trainer(cfg, [])
     draft = trainer.model.draft
     saved = load_draft(first, bases["llama"]).draft_tokenizer
@@ -64,27 +57,27 @@ def test_init_draft_foreign_vocabulary_keeps_its_tokenizer(bases, base_dirs, con
     assert again.cfg.embed == "foreign" and again.draft_tokenizer is not None
 
 
-def test_init_draft_bad_inputs_fail_clearly(base_dirs, conv, trained, tok_a, tmp_path):
+def test_init_draft_bad_inputs_fail_clearly(base_dirs, conv_file, trained, tok_a, tmp_path):
     from specforge_het.testing import save_tiny_base
 
-    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "x", algorithm="eagle_v2", vocab="base", init_draft=str(trained))
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", algorithm="eagle_v2", vocab="base", init_draft=str(trained))
     with pytest.raises(ConfigError, match="eagle_v3 draft.*--@eagle_v3"):
         build_trainer(cfg, [])
-    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "x", init_draft=str(trained), init_from=str(trained), **V3)
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", init_draft=str(trained), init_from=str(trained), **V3)
     with pytest.raises(ConfigError, match="drop modeling.init_from"):
         build_trainer(cfg, [])
-    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "x", init_draft=str(tmp_path / "nowhere"), **V3)
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", init_draft=str(tmp_path / "nowhere"), **V3)
     with pytest.raises(ConfigError, match="init_draft.*neither a folder"):
         build_trainer(cfg, [])
     narrow = save_tiny_base(tmp_path / "w48", "llama", tok_a, hidden=48, layers=2)  # a base of another width
-    cfg = tiny_cfg(narrow, conv, tmp_path / "x", init_draft=str(trained), **V3)
+    cfg = tiny_cfg(narrow, conv_file, tmp_path / "x", init_draft=str(trained), **V3)
     with pytest.raises(ConfigError, match="made for base"):
         build_trainer(cfg, [])
 
 
-def test_bf16_autocast_trains_with_float32_weights(base_dirs, conv, tmp_path):
+def test_bf16_autocast_trains_with_float32_weights(base_dirs, conv_file, tmp_path):
     def run(bf16: bool):
-        cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / f"bf16_{bf16}", **V3)
+        cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / f"bf16_{bf16}", **V3)
         cfg.training.precision = "bf16" if bf16 else "fp32"
         trainer, _ = build_trainer(cfg, [])
         trainer.train()
@@ -98,10 +91,10 @@ def test_bf16_autocast_trains_with_float32_weights(base_dirs, conv, tmp_path):
     assert l16 != pytest.approx(l32, rel=1e-6)  # autocast really ran in bfloat16
 
 
-def test_precision_setting(monkeypatch, base_dirs, conv, tmp_path):
+def test_precision_setting(monkeypatch, base_dirs, conv_file, tmp_path):
     from specforge_het import train
 
-    cfg = tiny_cfg(base_dirs["llama"], conv, tmp_path / "p", **V3)
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "p", **V3)
     cfg.training.precision = "auto"
     monkeypatch.setattr(train, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert not train.use_bf16(cfg)  # AVX512-BF16 without AMX: bfloat16 GEMMs were slower than float32
