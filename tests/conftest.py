@@ -1,9 +1,11 @@
 """Shared fixtures: tiny tokenizers and tiny random bases saved as local HF folders (no Hub), prompts, variants
-of the bases (untied or sharpened heads), conversation files; and the helpers behind them."""
+of the bases (untied or sharpened heads), conversation and prompt files; and the helpers behind them."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,15 @@ from specforge_het.models.base import BaseModel
 from specforge_het.testing import CORPUS_A, CORPUS_B, make_tokenizer, save_tiny_base
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversubscribes shared cores
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run in a subprocess: one thread there too (the same arithmetic, no oversubscribed
+    cores), wide help text, then `extra`."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", **extra}
+
 
 # ---------------------------------------------------------------- tokenizers and bases
 
@@ -189,3 +200,26 @@ def conv_file(tmp_path_factory, bases):
     write_conversations(path, bases["llama"], USER_PROMPTS)
     return path
 
+
+def conversations(n: int) -> list[dict]:
+    """n conversations: every third has two user turns and an old assistant answer; #4 has its own system turn."""
+    rows = []
+    for i in range(n):
+        turns = [{"role": "user", "content": CORPUS_A[i % len(CORPUS_A)]}]
+        if i % 3 == 0:
+            turns += [{"role": "assistant", "content": "an OLD answer"}, {"role": "user", "content": f"And then {i}?"}]
+        if i == 4:
+            turns = [{"role": "system", "content": "Be brief."}, *turns]
+        rows.append({"id": f"conv-{i}", "conversations": turns})
+    return rows
+
+
+def write_prompts(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> str:
+    """A prompt file for data generation: conversations(6)."""
+    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", conversations(6))

@@ -12,12 +12,7 @@ from specforge_het.config import ConfigError
 from specforge_het.data import store
 from specforge_het.data.add_features import add_features
 from specforge_het.data.generate import gen_dataset
-from tests.test_data_gen import conversations, make_cfg, rows_of, write_prompts
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> str:
-    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", conversations(6))
+from tests.test_data_gen import make_cfg, rows_of
 
 
 def _features(path: Path) -> dict[int, torch.Tensor]:

@@ -10,17 +10,17 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from specforge_het.inference.tree import layout_from_parents
 from specforge_het.models.cache import Cache, HFCache, KVCache, is_prefix
 
 FAMILIES = ("llama", "gemma3")
 TREE = torch.tensor([-1, 0, 0, 1, 1, 3])
-PACKAGE = Path(__file__).resolve().parent.parent / "specforge_het"
+PACKAGE = REPO / "specforge_het"
 
 
 def _ids(n: int) -> torch.Tensor:

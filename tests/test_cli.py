@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from specforge_het.cli import bind_config, config_table, run_cli
 from specforge_het.config import Config
-
-REPO = Path(__file__).resolve().parent.parent
 
 PRESETS = """
 [fast]

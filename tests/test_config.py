@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import specforge_het.algorithms  # noqa: F401  (the algorithms register their config sections, as every CLI does)
 from specforge_het.config import (
@@ -21,7 +22,7 @@ from specforge_het.config import (
     split_argv,
 )
 
-REAL_CONFIGS = Path(__file__).resolve().parent.parent / "specforge_het" / "presets"
+REAL_CONFIGS = REPO / "specforge_het" / "presets"
 
 PRESETS_A = """
 [small]

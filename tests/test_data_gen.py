@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, conversations, subprocess_env, write_prompts
 
 from specforge_het.algorithms import get_algorithm
 from specforge_het.config import Config
@@ -22,32 +22,6 @@ from specforge_het.data.report import BadInputError
 from specforge_het.data_gen import main as data_gen_main
 from specforge_het.inference.prompts import render
 from specforge_het.models.base import BaseModel
-from specforge_het.testing import CORPUS_A
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def conversations(n: int) -> list[dict]:
-    """n conversations: every third has two user turns and an old assistant answer; #4 has its own system turn."""
-    rows = []
-    for i in range(n):
-        turns = [{"role": "user", "content": CORPUS_A[i % len(CORPUS_A)]}]
-        if i % 3 == 0:
-            turns += [{"role": "assistant", "content": "an OLD answer"}, {"role": "user", "content": f"And then {i}?"}]
-        if i == 4:
-            turns = [{"role": "system", "content": "Be brief."}, *turns]
-        rows.append({"id": f"conv-{i}", "conversations": turns})
-    return rows
-
-
-def write_prompts(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> str:
-    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", conversations(6))
 
 
 def make_cfg(base_dir: str, out: Path, **gen) -> Config:
@@ -240,11 +214,6 @@ def test_ds_range_runs_merge_into_the_single_run(tmp_path, prompts, base_dirs) -
         data_gen_main(["merge_datasets", str(tmp_path / "m2"), str(tmp_path / "r1")])
 
 
-def _subprocess_env() -> dict:
-    # One thread here and in the subprocesses: the same arithmetic, and no oversubscribed cores.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-
-
 @pytest.fixture
 def one_thread():
     before = torch.get_num_threads()
@@ -262,7 +231,7 @@ def test_kill_and_resume_gives_the_same_dataset(tmp_path, base_dirs, one_thread)
            "--modeling.base_model", base_dirs["gemma3"], "--dataset_generation.output_dir", str(out),
            "--dataset_generation.batch_size", "2", "--dataset_generation.max_new_tokens", "16",
            "--dataset_generation.dtype", "float32", "--dataset_generation.store_features"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list((out / "parts").glob("part-*.jsonl")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -271,7 +240,7 @@ def test_kill_and_resume_gives_the_same_dataset(tmp_path, base_dirs, one_thread)
     assert proc.returncode == -signal.SIGKILL, err
     before = {p.name: p.stat().st_mtime_ns for p in store.part_files(out)}
     assert 1 <= len(before) < 8 and not (out / "dataset").exists()
-    done = subprocess.run(cmd, cwd=REPO, env=_subprocess_env(), capture_output=True, timeout=300)
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert all(store.part_files(out)[0].parent.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
     assert rows_of(out) == rows_of(tmp_path / "whole")
@@ -290,6 +259,6 @@ def test_cli_gen_probe_view(tmp_path, prompts, base_dirs) -> None:
         ["view", str(out), "--index", "0", "1"],
     ]
     for args in runs:
-        res = subprocess.run(py + args, cwd=REPO, env=_subprocess_env(), capture_output=True, timeout=300)
+        res = subprocess.run(py + args, cwd=REPO, env=subprocess_env(), capture_output=True, timeout=300)
         assert res.returncode == 0, f"{args[0]}: {res.stderr.decode()[-3000:]}"
     assert "conv-1" in (res.stdout + res.stderr).decode()

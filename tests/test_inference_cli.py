@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling
+from conftest import DRAFT_KINDS, draft_modeling, subprocess_env
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.algorithms.io import save_draft
@@ -39,7 +38,7 @@ def prompts_file(tmp_path_factory) -> Path:
 
 
 def run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = subprocess_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "specforge_het.inference", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 

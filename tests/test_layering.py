@@ -14,7 +14,9 @@ import ast
 from functools import cache
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "specforge_het"
+from conftest import REPO
+
+PACKAGE = REPO / "specforge_het"
 
 # First part of a module's name below specforge_het -> its layer. A new package or top-level module
 # must be placed here (test_every_module_has_a_layer).

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from specforge_het.config import Config, apply_preset
 from specforge_het.errors import ConfigError
 from specforge_het.presets import USER_ENV, load_presets, preset_files
 
-REPO = Path(__file__).resolve().parent.parent
 SHIPPED = ["algorithms.toml", "bases.toml", "hardware.toml", "pairs.toml", "trees.toml"]
 
 

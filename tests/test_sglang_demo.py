@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import draft_modeling
+from conftest import REPO, draft_modeling, subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "demo" / "sglang_inference.py"
+DEMO = REPO / "demo" / "sglang_inference.py"
 
 
 def _load_demo():
@@ -36,8 +34,8 @@ def serving_folder(path: Path, arch: str) -> str:
 
 
 def run_demo(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(DEMO), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    env = subprocess_env(HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(DEMO), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
 
 

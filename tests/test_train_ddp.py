@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from conftest import subprocess_env
 from safetensors.torch import load_file
 
 ANSWER = "The quick brown fox jumps over the lazy dog."
@@ -39,7 +40,7 @@ def _args(base_dir, data, out, batch):
 def test_ddp_two_processes_equal_one_process(base_dirs, tmp_path):
     data = tmp_path / "conv.jsonl"
     _conversations(data)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = subprocess_env()
     one = subprocess.run([sys.executable, *_args(base_dirs["llama"], data, tmp_path / "one", 2)],
                          capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, subprocess_env
 from safetensors.torch import load_file
 
 from specforge_het.config import ConfigError, resolve
@@ -112,7 +113,6 @@ def test_real_trainer_arguments_follow_the_plan(monkeypatch):
 
 # ---------------------------------------------------------------- FSDP / DeepSpeed refusals, the shipped ZeRO-2 config
 
-REPO = Path(__file__).resolve().parent.parent
 ZERO2 = REPO / "configs" / "deepspeed_zero2.json"
 
 
@@ -300,7 +300,7 @@ def test_fsdp2_sharded_step_saves_the_gathered_draft(base_dirs, conv_file, tmp_p
     if not torchrun.exists():
         pytest.skip("torchrun not installed with torch")
     out = tmp_path / "fsdp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = subprocess_env()
     run = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29541",
                           str(Path(__file__).parent / "fsdp_worker.py"), base_dirs["llama"], str(conv_file), str(out)],
                          capture_output=True, text=True, timeout=600, env=env)
