@@ -32,7 +32,9 @@ def _args(base_dir, data, out, batch):
             "--modeling.draft_vocab_size", "300", "--training.logging_steps", "1", "--eagle_v3.ttt_steps", "2", "--dataset.path", str(data),
             "--dataset.eval_fraction", "0", "--training.output_dir", str(out), "--training.max_steps", "2",
             "--training.per_device_batch_size", str(batch), "--training.learning_rate", "1e-3",
-            "--training.warmup_ratio", "0", "--training.save_steps", "1000"]
+            "--training.warmup_ratio", "0", "--training.save_steps", "1000",
+            # float32: the comparison is exact to 1e-5; `precision auto` would pick bfloat16 on a CPU with AMX
+            "--training.precision", "fp32"]
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
