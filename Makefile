@@ -158,6 +158,39 @@ $(BIG_RUN2)/model.safetensors: $(BIG_RUN)/model.safetensors
 	  --training.save_total_limit 1000 --training.output_dir $(BIG_RUN2) \
 	  $(if $(wildcard $(BIG_RUN2)/checkpoint-*),--training.resume_from_checkpoint last)
 
+# The breadth-data draft, warm-started (issue 13): the previous SmolLM2 draft (stage 2 of
+# draft-smollm2-eagle3, runs/smollm2_eagle3_more) trained on over the breadth data in two stages, offline,
+# 5 unroll steps (the tree_cpu tree is 5 deep), bfloat16 autocast where the CPU has AMX:
+#   A: one epoch over the 768 conversations of $(BIG), learning rate 1e-3;
+#   B: one epoch over 1,024 more conversations (prompts 768-1791 of the mix, answered in bfloat16), 7e-4.
+# Then shipped as smollm2-135m-instruct-eagle3. Each step resumes where it stopped.
+WARM_INIT ?= runs/smollm2_eagle3_more
+WARM_A := runs/smollm2_eagle3_warm
+WARM_B := runs/smollm2_eagle3_warm2
+BIG_B := runs/data/smollm2_big_b
+BIG_C := runs/data/smollm2_big_c
+TRAIN_WARM = $(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --training.mode offline --training.ttt_steps 5 \
+	--training.per_device_batch_size 2 --training.warmup_ratio 0.02 --training.num_epochs 1 --dataset.max_length 2048 \
+	--dataset.eval_fraction 0.02 --training.logging_steps 12 --training.save_steps 48 --training.save_total_limit 1000 \
+	$(if $(wildcard $(1)/checkpoint-*),--training.resume_from_checkpoint last) --training.output_dir $(1)
+.PHONY: data-smollm2-big-b features-smollm2-big-c draft-smollm2-eagle3-breadth
+data-smollm2-big-b: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix.jsonl --@smollm2 \
+		--dataset_generation.dtype bfloat16 --dataset_generation.ds_range 768,1792 --dataset_generation.output_dir $(BIG_B)
+$(BIG_C)/meta.json: | data-smollm2-big-b
+	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG_C) $(BIG_B) --allow_gaps
+features-smollm2-big-c: $(BIG_C)/meta.json
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_C) --@smollm2 --@eagle_v3
+$(WARM_A)/model.safetensors: | features-smollm2-big
+	[ -f $(WARM_INIT)/model.safetensors ] || $(MAKE) draft-smollm2-eagle3
+	$(call TRAIN_WARM,$(WARM_A)) --dataset.path $(BIG) --modeling.init_draft $(WARM_INIT) --training.learning_rate 1e-3 \
+		--training.eval_steps 96
+$(WARM_B)/model.safetensors: $(WARM_A)/model.safetensors | features-smollm2-big-c
+	$(call TRAIN_WARM,$(WARM_B)) --dataset.path $(BIG_C) --modeling.init_draft $(WARM_A) --training.learning_rate 7e-4 \
+		--training.eval_steps 192
+draft-smollm2-eagle3-breadth: $(WARM_B)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_B) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth"
+
 # Scaling study: τ on MT-Bench (10 questions x 2 turns, 128 tokens, the tree_cpu tree, no lookup) of
 # the run's checkpoints after SCALING_STEPS steps (2 conversations each; every 24 steps are kept) and
 # of the stage-1 and stage-2 drafts, each point's tokens read from its training log; then the table, JSON and plot in docs/results/.
