@@ -173,10 +173,14 @@ TRAIN_WARM = $(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --train
 	--training.per_device_batch_size 2 --training.warmup_ratio 0.02 --training.num_epochs 1 --dataset.max_length 2048 \
 	--dataset.eval_fraction 0.02 --training.logging_steps 12 --training.save_steps 48 --training.save_total_limit 1000 \
 	$(if $(wildcard $(1)/checkpoint-*),--training.resume_from_checkpoint last) --training.output_dir $(1)
-.PHONY: data-smollm2-big-b features-smollm2-big-c draft-smollm2-eagle3-breadth
+.PHONY: data-smollm2-big-b data-smollm2-big-d features-smollm2-big-c draft-smollm2-eagle3-breadth
 data-smollm2-big-b: | setup
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix.jsonl --@smollm2 \
 		--dataset_generation.dtype bfloat16 --dataset_generation.ds_range 768,1792 --dataset_generation.output_dir $(BIG_B)
+# The rest of the mix (prompts 1792-2322), for the next draft; not in the shipped one.
+data-smollm2-big-d: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix.jsonl --@smollm2 \
+		--dataset_generation.dtype bfloat16 --dataset_generation.ds_range 1792,2323 --dataset_generation.output_dir runs/data/smollm2_big_d
 $(BIG_C)/meta.json: | data-smollm2-big-b
 	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG_C) $(BIG_B) --allow_gaps
 features-smollm2-big-c: $(BIG_C)/meta.json
