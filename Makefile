@@ -163,7 +163,9 @@ $(BIG_RUN2)/model.safetensors: $(BIG_RUN)/model.safetensors
 # 5 unroll steps (the tree_cpu tree is 5 deep), bfloat16 autocast where the CPU has AMX:
 #   A: one epoch over the 768 conversations of $(BIG), learning rate 1e-3;
 #   B: one epoch over 1,024 more conversations (prompts 768-1791 of the mix, answered in bfloat16), 7e-4.
-# Then shipped as smollm2-135m-instruct-eagle3. Each step resumes where it stopped.
+# Then shipped as smollm2-135m-instruct-eagle3. Each step resumes where it stopped. Rebuilding WARM_INIT
+# from scratch runs `make draft-smollm2-eagle3`, which ships the previous draft on its way; the last step
+# here ships the breadth draft over it.
 WARM_INIT ?= runs/smollm2_eagle3_more
 WARM_A := runs/smollm2_eagle3_warm
 WARM_B := runs/smollm2_eagle3_warm2
