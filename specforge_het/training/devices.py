@@ -58,11 +58,7 @@ def plan_training_device(requested: str, env: Mapping[str, str], cuda_count: int
     local = int(env["LOCAL_RANK"]) if distributed else None
     world = int(env.get("WORLD_SIZE", "1") or 1) if distributed else 1
     if name == "cpu" or (name == "auto" and cuda_count == 0):
-        warn = ()
-        if cuda_count > 0:
-            warn = (f"CUDA is available ({cuda_count} GPU{'s' if cuda_count > 1 else ''}) but --modeling.device is cpu: "
-                    "training runs on the CPU. Use --modeling.device cuda (or auto) to train on the GPU.",)
-        return DevicePlan("cpu", True, local, world, warn)
+        return _cpu_plan(cuda_count, local, world)
     if cuda_count == 0:
         raise ConfigError(f"--modeling.device {requested}: no CUDA device is visible to this process "
                           "(check the driver and CUDA_VISIBLE_DEVICES), or train with --modeling.device cpu.")
@@ -73,15 +69,33 @@ def plan_training_device(requested: str, env: Mapping[str, str], cuda_count: int
                               "process would spread its own copy over the same GPUs. Run one process with device_map "
                               f"(python -m specforge_het.train {_command(args)}), or torchrun without it.")
         return DevicePlan("cuda:0", False, None, 1, sharded_base=True)  # cuda:0: where HF Trainer puts the batches
-    if distributed:
-        if local >= cuda_count:
-            raise ConfigError(f"this process has LOCAL_RANK {local} but only {cuda_count} GPU(s) are visible: start at most "
-                              f"{cuda_count} processes per node (torchrun --nproc_per_node {cuda_count}).")
-        if index is not None and index != local:
-            raise ConfigError(f"--modeling.device {requested} under torchrun: every process trains on its local rank's GPU "
-                              f"(this one is LOCAL_RANK {local}, cuda:{local}). Pass --modeling.device cuda (or auto); "
-                              "choose the GPUs with CUDA_VISIBLE_DEVICES.")
-        return DevicePlan(f"cuda:{local}", False, local, world)
+    if local is not None:
+        return _distributed_plan(requested, index, cuda_count, local, world)
+    return _single_process_plan(requested, index, cuda_count, args)
+
+
+def _cpu_plan(cuda_count: int, local: int | None, world: int) -> DevicePlan:
+    warn: tuple[str, ...] = ()
+    if cuda_count > 0:
+        warn = (f"CUDA is available ({cuda_count} GPU{'s' if cuda_count > 1 else ''}) but --modeling.device is cpu: "
+                "training runs on the CPU. Use --modeling.device cuda (or auto) to train on the GPU.",)
+    return DevicePlan("cpu", True, local, world, warn)
+
+
+def _distributed_plan(requested: str, index: int | None, cuda_count: int, local: int, world: int) -> DevicePlan:
+    """Under a launcher every process trains on its local rank's GPU."""
+    if local >= cuda_count:
+        raise ConfigError(f"this process has LOCAL_RANK {local} but only {cuda_count} GPU(s) are visible: start at most "
+                          f"{cuda_count} processes per node (torchrun --nproc_per_node {cuda_count}).")
+    if index is not None and index != local:
+        raise ConfigError(f"--modeling.device {requested} under torchrun: every process trains on its local rank's GPU "
+                          f"(this one is LOCAL_RANK {local}, cuda:{local}). Pass --modeling.device cuda (or auto); "
+                          "choose the GPUs with CUDA_VISIBLE_DEVICES.")
+    return DevicePlan(f"cuda:{local}", False, local, world)
+
+
+def _single_process_plan(requested: str, index: int | None, cuda_count: int, args: Sequence[str] | None) -> DevicePlan:
+    """A plain single process trains on cuda:0 and must see one GPU only (else HF wraps it in DataParallel)."""
     if index is not None and index >= cuda_count:
         raise ConfigError(f"--modeling.device {requested}: only {cuda_count} GPU(s) are visible (cuda:0..cuda:{cuda_count - 1}).")
     if cuda_count > 1:
