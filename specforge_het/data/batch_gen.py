@@ -20,6 +20,7 @@ which rows share its steps.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,49 +273,63 @@ class BatchGenerator:
         for r in requests:
             self._check(r)
         pending: list[tuple[int, int, Request]] = []  # (length, arrival, request)
-        arrival = 0
+        arrival = itertools.count()
+
+        def wait(r: Request) -> None:
+            bisect.insort(pending, (len(r.prompt), next(arrival), r), key=lambda t: (t[0], t[1]))
+
         for r in requests:
-            bisect.insort(pending, (len(r.prompt), arrival, r), key=lambda t: (t[0], t[1]))
-            arrival += 1
+            wait(r)
         active: list[_Row] = []
         lens: list[int] = []
         refill_at = max(1, self.slots // 8)
         while pending or active:
             free = self.slots - len(active)
             if pending and (free >= refill_at or not active):
-                group = self._take(pending, free)
-                first = len(active)
-                rows = [_Row(req) for _, _, req in group]
-                logits = self._prefill(rows, first)
-                for row, tok in zip(rows, self._choose(logits, rows)):
-                    row.tokens.append(tok)
+                rows = self._admit(self._take(pending, free), len(active))
                 active += rows
                 lens += [len(r.req.prompt) for r in rows]
             else:
-                dev = self.base.device
-                toks = torch.tensor([r.tokens[-1] for r in active], device=dev)
-                lt = torch.tensor(lens, device=dev)
-                logits = self._step(toks, lt)
-                for row, tok in zip(active, self._choose(logits, active)):
-                    row.tokens.append(tok)
-                lens = [n + 1 for n in lens]
-            j = 0
-            while j < len(active):  # swap finished rows out: the last active row takes the slot
-                reason = self._finished(active[j])
-                if reason is None:
-                    j += 1
-                    continue
-                row = active[j]
-                last = len(active) - 1
-                if j != last:
-                    self.kv.move(last, j, lens[last])
-                active[j], lens[j] = active[last], lens[last]
-                active.pop()
-                lens.pop()
-                for follow in on_done(Result(row.req.key, row.tokens, reason)) or []:
-                    self._check(follow)
-                    bisect.insort(pending, (len(follow.prompt), arrival, follow), key=lambda t: (t[0], t[1]))
-                    arrival += 1
+                self._decode(active, lens)
+            self._retire(active, lens, on_done, wait)
+
+    def _admit(self, group: list, first: int) -> list[_Row]:
+        """Prefill the waiting requests of `group` into the slots from `first` on; each gets its first token."""
+        rows = [_Row(req) for _, _, req in group]
+        logits = self._prefill(rows, first)
+        for row, tok in zip(rows, self._choose(logits, rows)):
+            row.tokens.append(tok)
+        return rows
+
+    def _decode(self, active: list[_Row], lens: list[int]) -> None:
+        """One step of every active row: a token each, every length one longer (in place)."""
+        dev = self.base.device
+        toks = torch.tensor([r.tokens[-1] for r in active], device=dev)
+        lt = torch.tensor(lens, device=dev)
+        logits = self._step(toks, lt)
+        for row, tok in zip(active, self._choose(logits, active)):
+            row.tokens.append(tok)
+        lens[:] = [n + 1 for n in lens]
+
+    def _retire(self, active: list[_Row], lens: list[int], on_done: Callable[[Result], list[Request]],
+                wait: Callable[[Request], None]) -> None:
+        """Swap finished rows out (the last active row takes the slot), report them, queue their follow-ups."""
+        j = 0
+        while j < len(active):
+            reason = self._finished(active[j])
+            if reason is None:
+                j += 1
+                continue
+            row = active[j]
+            last = len(active) - 1
+            if j != last:
+                self.kv.move(last, j, lens[last])
+            active[j], lens[j] = active[last], lens[last]
+            active.pop()
+            lens.pop()
+            for follow in on_done(Result(row.req.key, row.tokens, reason)) or []:
+                self._check(follow)
+                wait(follow)
 
     def _check(self, r: Request) -> None:
         if not r.prompt or r.max_new < 1 or len(r.prompt) >= self.capacity:
