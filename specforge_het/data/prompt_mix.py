@@ -145,15 +145,10 @@ def mix_prompts(cfg: Config, presets: list[str], out: str, *srcs: str, seed: int
         path, limit = parse_source(str(spec))
         rows, report = read_prompts(path, kind)
         bad.problems += report.problems
-        if limit and limit < len(rows):
-            pick = sorted(random.Random(f"mix_prompts:{seed}:{k}").sample(range(len(rows)), limit))
-            rows = [rows[i] for i in pick]
+        rows = _sample(rows, limit, f"mix_prompts:{seed}:{k}")
         n_kept = len(kept)
         for row in rows:
-            rid = row["id"] if row["id"] not in used else f"{path.stem}:{row['id']}"
-            j = 2
-            while rid in used:
-                rid, j = f"{path.stem}:{row['id']}-{j}", j + 1
+            rid = _unique_id(row["id"], path.stem, used)
             if filt.check(rid, user_turns(row)) is None:
                 used.add(rid)
                 kept.append({"id": rid, "conversations": row["conversations"]})
@@ -165,16 +160,37 @@ def mix_prompts(cfg: Config, presets: list[str], out: str, *srcs: str, seed: int
     written = write_conversations(out_path, kept)
     settings = {"sources": [str(s) for s in srcs], "seed": seed, "shuffle": shuffle}
     result = write_report(out_path, "mix_prompts", filt, total, written, settings, {"sources": per_source})
+    _print_sources(per_source)
+    print_report(result)
+    if bad.count:
+        bad.print_summary(console)
+    return str(out_path)
+
+
+def _sample(rows: list[dict], limit: int, key: str) -> list[dict]:
+    """A seeded sample of `limit` rows in file order (all of them when `limit` is 0 or not smaller)."""
+    if limit and limit < len(rows):
+        pick = sorted(random.Random(key).sample(range(len(rows)), limit))
+        rows = [rows[i] for i in pick]
+    return rows
+
+
+def _unique_id(rid: str, stem: str, used: set[str]) -> str:
+    """`rid`, or `stem:rid` when an earlier source used it, or `stem:rid-2`, `-3`, ... until unused."""
+    new = rid if rid not in used else f"{stem}:{rid}"
+    j = 2
+    while new in used:
+        new, j = f"{stem}:{rid}-{j}", j + 1
+    return new
+
+
+def _print_sources(per_source: list[dict]) -> None:
     table = Table(title="sources")
     for col in ("source", "rows", "kept", "bad rows"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for s in per_source:
         table.add_row(escape(str(s["source"])), str(s["rows"]), str(s["kept"]), str(s["bad"]))
     console.print(table)
-    print_report(result)
-    if bad.count:
-        bad.print_summary(console)
-    return str(out_path)
 
 
 def eval_overlaps(rows: list[dict], evals: EvalSets | None = None) -> list[dict]:
