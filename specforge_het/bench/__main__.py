@@ -59,16 +59,7 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
 
     hf_logging.set_verbosity_error()  # generate()'s per-call notices would drown the table
     m, inf = cfg.modeling, cfg.inference
-    if not m.base_model:
-        raise SystemExit("no base model: give a preset (e.g. --@smollm2) or --modeling.base_model PATH")
-    if inf.temperature > 0:
-        raise SystemExit("the bench is greedy only: drop --inference.temperature")
-    check_lookup_config(inf)
-    try:
-        wanted = parse_methods(methods)
-        conversations = load_prompts(prompts)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(str(e)) from None
+    wanted, conversations = _checked_inputs(cfg, methods, prompts)
     base = BaseModel.load(m.base_model, m.dtype, m.device, m.attn_implementation)
     draft, draft_name = None, ""
     if any(w in OURS_DRAFTED for w in wanted):
@@ -91,8 +82,26 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
     config = {"presets": presets, "modeling": cfg.to_dict()["modeling"], "inference": cfg.to_dict()["inference"],
               "prompts": prompts, "pld_tokens": pld_tokens, "method_info": {x.name: x.info for x in runnable if x.info}}
     write_json(out, info, {x.name: x.label for x in runnable}, skipped, summary, records, config)
+    _plot(summary, labels, out, f"{info['base']} · {info['device']} · {prompts}")
+
+
+def _checked_inputs(cfg: Config, methods: str | None, prompts: str) -> tuple[list[str], list]:
+    """(the methods asked for, the conversations), or SystemExit with what to fix."""
+    m, inf = cfg.modeling, cfg.inference
+    if not m.base_model:
+        raise SystemExit("no base model: give a preset (e.g. --@smollm2) or --modeling.base_model PATH")
+    if inf.temperature > 0:
+        raise SystemExit("the bench is greedy only: drop --inference.temperature")
+    check_lookup_config(inf)
     try:
-        png = plot_summary(summary, labels, out.with_suffix(".png"), f"{info['base']} · {info['device']} · {prompts}")
+        return parse_methods(methods), load_prompts(prompts)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(str(e)) from None
+
+
+def _plot(summary: dict, labels: dict[str, str], out: Path, title: str) -> None:
+    try:
+        png = plot_summary(summary, labels, out.with_suffix(".png"), title)
         console.print(f"wrote {out} and {png}")
     except ImportError as e:
         console.print(f"wrote {out}; no plot: {e}")
