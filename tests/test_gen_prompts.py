@@ -13,6 +13,7 @@ import torch
 
 from specforge_het.config import Config
 from specforge_het.data import magpie
+from specforge_het.data.completions import _RowSampler, complete
 from specforge_het.data.dedup import (
     EvalSets,
     FilterSettings,
@@ -21,7 +22,7 @@ from specforge_het.data.dedup import (
     normalise,
     text_problem,
 )
-from specforge_het.data.magpie import UserTurnTemplate, _RowSampler, complete, gen_prompts
+from specforge_het.data.magpie import UserTurnTemplate, gen_prompts
 from specforge_het.data.prompt_mix import PromptsOverlapError, check_prompts, eval_overlaps, mix_prompts, read_prompts
 from specforge_het.data_gen import main as data_gen_main
 from specforge_het.testing import save_tiny_base

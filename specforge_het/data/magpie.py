@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from specforge_het.chat import end_ids
 from specforge_het.config import Config
-from specforge_het.data.batch_gen import draw
+from specforge_het.data.completions import complete
 from specforge_het.data.dedup import FILES, EvalSets, FilterSettings, PromptFilter
 from specforge_het.data.formats import write_conversations
 from specforge_het.data.prompt_mix import console, print_report, write_report
@@ -110,71 +109,6 @@ class UserTurnTemplate:
         if cut is None:
             return text.strip(), "length"
         return text.strip(), "stop" if ids[cut] in self.end_ids else "special"
-
-
-# ---------------------------------------------------------------- the generation engine (one call site)
-
-class _RowSampler:
-    """Logits processor: each unfinished row draws its token by inverse-CDF sampling with one uniform
-    from its own generator, at its own temperature (top-p optional), and leaves only that token; HF's
-    greedy step then picks it. Softmax, sort and search run on the whole batch at once."""
-
-    def __init__(self, gens: list[torch.Generator], temps: list[float], top_p: float, width: int, stop: torch.Tensor):
-        self.gens, self.top_p, self.width, self.stop = gens, top_p, width, stop
-        self.temps = torch.tensor(temps, dtype=torch.float32, device=stop.device)  # [B]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        ended = torch.isin(input_ids[:, self.width:], self.stop).any(dim=1, keepdim=True)  # [B, 1]
-        probs = torch.softmax(scores.float() / self.temps.clamp_min(1e-5)[:, None], dim=-1)  # [B, V]
-        u = torch.stack([torch.rand((), generator=g) for g in self.gens]).to(probs.device)  # [B], one draw per row
-        token = draw(probs, u, self.top_p)
-        token = torch.where(self.temps[:, None] <= 0, scores.argmax(-1, keepdim=True), token)
-        if self.stop.numel():
-            token = torch.where(ended, self.stop[:1].expand_as(token), token)
-        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
-
-
-@torch.no_grad()
-def complete(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, temperatures: list[float],
-             seeds: list[int], stop_ids: list[int], pad_id: int, top_p: float = 1.0, slots: int = 0) -> list[list[int]]:
-    """Sampled continuations of each prompt (HF `generate`, one left-padded batch): the new ids of
-    every row, up to and including its first stop id, or `max_new_tokens` ids. Row i samples with its
-    own temperature and `torch.Generator` seeded with seeds[i], so a row's output depends on its
-    seed, not on the other rows' draws. Llama/Qwen3/Gemma3 models run through the continuous-batching
-    engine (data/batch_gen.py, `slots` rows at a time; 0 = all); others through HF `generate`."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    from specforge_het.data.batch_gen import BatchGenerator, Request, supports_batch_gen
-    from specforge_het.models.base import BaseModel
-
-    base = BaseModel(model)
-    if supports_batch_gen(base):
-        capacity = max(len(p) for p in prompt_ids) + max_new_tokens + 1
-        engine = BatchGenerator(base, slots or len(prompt_ids), stop_ids, capacity)
-        out: dict[int, list[int]] = {}
-        engine.run([Request(i, p, max_new_tokens, t, torch.Generator("cpu").manual_seed(int(s)), top_p)
-                    for i, (p, t, s) in enumerate(zip(prompt_ids, temperatures, seeds))],
-                   lambda r: out.__setitem__(r.key, r.tokens) or [])  # type: ignore[func-returns-value, index]
-        return [out[i] for i in range(len(prompt_ids))]
-
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)  # [B, L] left-padded
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompt_ids):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                          eos_token_id=list(stop_ids) or None)
-    seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc,
-                          logits_processor=LogitsProcessorList([_RowSampler(gens, temperatures, top_p, width, stop)]))
-    rows = []
-    for row in seqs[:, width:].tolist():
-        cut = next((j for j, t in enumerate(row) if t in set(stop_ids)), None)
-        rows.append(row if cut is None else row[: cut + 1])
-    return rows
 
 
 # ---------------------------------------------------------------- plans: what prompt i asks for
@@ -301,9 +235,7 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
         eval_overlap: word 5-gram containment at which a prompt overlaps an evaluation prompt (MT-Bench, GSM8K test).
         eval_files: more evaluation sets (JSONL) to keep out. seeds: own personas/topics JSON (see magpie_seeds.json).
     """
-    temps = tuple(float(t) for t in (temperature if isinstance(temperature, (tuple, list)) else [temperature] * 2))
-    if len(temps) != 2 or not 0 <= temps[0] <= temps[1]:
-        raise ValueError(f"--temperature {temperature!r}: give one value or 'lo,hi' with 0 <= lo <= hi, e.g. 0.7,1.1")
+    temps = _temperature_range(temperature)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("--n, --batch_size and --max_new_tokens must be at least 1")
     extra = [eval_files] if isinstance(eval_files, str) and eval_files else list(eval_files or ())
@@ -319,55 +251,107 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
     raw = out_path.with_name(out_path.stem + ".raw.jsonl")
     rows = _read_raw(raw, meta)
     _write_raw(raw, meta, rows)  # drops a torn last batch
-    kept: list[dict] = []
+    kept = _Kept(filt, n, seed, resumed=len(rows))
+    kept.take(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else turn.stop_ids[0]
-    max_generated = max_generated or 4 * n
-    stats = {"resumed": len(rows), "examined": 0, "generated": 0, "new_tokens": 0, "seconds": 0.0}
+    writer = _Writer(model, turn, seed_data, seed, temps, open_share, max_new_tokens, top_p, batch_size, pad)
+    index = _generate(writer, kept, raw, len(rows), max_generated or 4 * n)
+    _write_prompts(out_path, kept, meta, index)
+    return str(out_path)
 
-    def take(row: dict) -> None:
-        stats["examined"] += 1
-        if row["finish"] != "stop":
-            filt.drop("no end of turn" if row["finish"] == "length" else "other special token", row["text"])
-        elif filt.check(f"gen_prompts-{seed}-{row['index']}", [row["text"]]) is None:
-            kept.append(row)
 
-    for row in rows:
-        if len(kept) < n:
-            take(row)
-    index = len(rows)
-    while len(kept) < n and index < max_generated:
-        stop = min(index + 4 * batch_size, max_generated)
-        plans = [plan(seed_data, seed, i, temps, open_share) for i in range(index, stop)]
-        if not turn.system:  # no system turn: nothing steers the prompt but the temperature
+def _temperature_range(temperature: tuple[float, float] | float) -> tuple[float, float]:
+    temps = tuple(float(t) for t in (temperature if isinstance(temperature, (tuple, list)) else [temperature] * 2))
+    if len(temps) != 2 or not 0 <= temps[0] <= temps[1]:
+        raise ValueError(f"--temperature {temperature!r}: give one value or 'lo,hi' with 0 <= lo <= hi, e.g. 0.7,1.1")
+    return temps[0], temps[1]
+
+
+class _Kept:
+    """The prompts kept so far (at most n) and the run's counters; `take` passes completions through the filters."""
+
+    def __init__(self, filt: PromptFilter, n: int, seed: int, resumed: int) -> None:
+        self.filt, self.n, self.seed = filt, n, seed
+        self.rows: list[dict] = []
+        self.stats = {"resumed": resumed, "examined": 0, "generated": 0, "new_tokens": 0, "seconds": 0.0}
+
+    def full(self) -> bool:
+        return len(self.rows) >= self.n
+
+    def take(self, rows: list[dict]) -> None:
+        for row in rows:
+            if self.full():
+                continue
+            self.stats["examined"] += 1
+            if row["finish"] != "stop":
+                self.filt.drop("no end of turn" if row["finish"] == "length" else "other special token", row["text"])
+            elif self.filt.check(f"gen_prompts-{self.seed}-{row['index']}", [row["text"]]) is None:
+                self.rows.append(row)
+
+
+@dataclass
+class _Writer:
+    """The chat model writing user turns, and the settings every call shares."""
+
+    model: Any
+    turn: UserTurnTemplate
+    seeds: dict
+    seed: int
+    temps: tuple[float, float]
+    open_share: float
+    max_new_tokens: int
+    top_p: float
+    batch_size: int
+    pad: int
+
+    def plans(self, start: int, stop: int) -> list[dict]:
+        plans = [plan(self.seeds, self.seed, i, self.temps, self.open_share) for i in range(start, stop)]
+        if not self.turn.system:  # no system turn: nothing steers the prompt but the temperature
             plans = [{**p, "category": "open", "topic": "", "system": ""} for p in plans]
+        return plans
+
+    def write(self, plans: list[dict], stats: dict) -> list[dict]:
+        """One call: the raw rows (plan, text, finish reason, new tokens) of `plans`; adds time and tokens to stats."""
         t0 = time.perf_counter()
-        done = complete(model, [turn.prefix_ids(p["system"]) for p in plans], max_new_tokens,
-                        [p["temperature"] for p in plans], [p["seed"] for p in plans], turn.stop_ids, pad, top_p,
-                        slots=batch_size)
+        done = complete(self.model, [self.turn.prefix_ids(p["system"]) for p in plans], self.max_new_tokens,
+                        [p["temperature"] for p in plans], [p["seed"] for p in plans], self.turn.stop_ids, self.pad,
+                        self.top_p, slots=self.batch_size)
         stats["seconds"] += time.perf_counter() - t0
         batch = []
         for p, ids in zip(plans, done):
-            text, finish = turn.finish(ids)
+            text, finish = self.turn.finish(ids)
             batch.append({**p, "text": text, "finish": finish, "new_tokens": len(ids)})
             stats["new_tokens"] += len(ids)
+        return batch
+
+
+def _generate(writer: _Writer, kept: _Kept, raw: Path, index: int, max_generated: int) -> int:
+    """Calls of 4 x batch_size prompts from `index` on, each appended to the raw file, until n are kept or
+    `max_generated` completions exist; returns the completions made."""
+    stats = kept.stats
+    while not kept.full() and index < max_generated:
+        batch = writer.write(writer.plans(index, min(index + 4 * writer.batch_size, max_generated)), stats)
         _append_raw(raw, batch)
-        for row in batch:
-            if len(kept) < n:
-                take(row)
+        kept.take(batch)
         stats["generated"] += len(batch)
         index += len(batch)
-        console.print(f"gen_prompts: {index} generated, {len(kept)}/{n} kept "
+        console.print(f"gen_prompts: {index} generated, {len(kept.rows)}/{kept.n} kept "
                       f"({stats['new_tokens'] / stats['seconds']:.0f} new tokens/s)")
-    convs = [{"id": f"gen_prompts-{seed}-{r['index']}", "conversations": [{"role": "user", "content": r["text"]}]}
-             for r in kept]
+    return index
+
+
+def _write_prompts(out_path: Path, kept: _Kept, meta: dict, index: int) -> None:
+    """OUT (conversations JSONL) and OUT.report.json; a warning when fewer than n were kept."""
+    convs = [{"id": f"gen_prompts-{kept.seed}-{r['index']}", "conversations": [{"role": "user", "content": r["text"]}]}
+             for r in kept.rows]
     write_conversations(out_path, convs)
-    report = write_report(out_path, "gen_prompts", filt, total=int(stats["examined"]), written=len(convs), settings=meta,
-                          extra={"n": n, "throughput": _throughput(stats), "categories": _categories(kept)})
+    report = write_report(out_path, "gen_prompts", kept.filt, total=int(kept.stats["examined"]), written=len(convs),
+                          settings=meta, extra={"n": kept.n, "throughput": _throughput(kept.stats),
+                                                "categories": _categories(kept.rows)})
     print_report(report)
-    if len(convs) < n:
-        console.print(f"[yellow]warning:[/] kept {len(convs)} of {n} prompts after {index} completions; raise "
+    if len(convs) < kept.n:
+        console.print(f"[yellow]warning:[/] kept {len(convs)} of {kept.n} prompts after {index} completions; raise "
                       "--max_generated or loosen the filters (--near_dup, --min_chars, --language '')")
-    return str(out_path)
 
 
 def _throughput(stats: dict) -> dict:
