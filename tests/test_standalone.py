@@ -231,3 +231,37 @@ def test_bad_arguments_are_refused(pairs):
         StandaloneProposer.for_base(base, draft, TREES["dynamic"], temperature=1.0)
     with pytest.raises(ValueError, match="chain or dynamic"):
         StandaloneProposer.for_base(base, draft, TreeSpec("static", static_tree="tree_k2_d3"))
+
+
+# ---------------------------------------------------------------- feeding a tree level over cached tree rows
+
+
+@pytest.mark.parametrize("lean", [True, False])
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_past_mask_feeds_a_level_as_refeeding_its_ancestors_does(bases, long_ids, family, lean):
+    """A tree level fed alone, seeing the committed entries and its ancestors among the cached tree rows
+    (`past_mask`, `past_positions`), gives the hidden states of feeding it together with its ancestors; past
+    Gemma3's sliding window (16) too, through the lean forward (KVCache) and HF's (HFCache)."""
+    from specforge_het.models.cache import HFCache
+
+    base = bases[family]
+    ids, m = long_ids[0], long_ids.shape[1]
+    level1, level2 = torch.tensor([7, 9]), torch.tensor([11, 13])  # children of the root; of 7 and of 9
+    eye = torch.eye(2, dtype=torch.bool)
+
+    def committed():
+        cache = base.new_cache() if lean else HFCache()
+        base(ids[None], cache, logits="none")
+        return cache
+
+    both = torch.eye(4, dtype=torch.bool)  # ancestor-or-self: level 2 sees its parent
+    both[2:, :2] = eye
+    positions = torch.tensor([m, m, m + 1, m + 1])
+    ref = base(torch.cat([level1, level2])[None], committed(), positions, both, logits="none").hidden[0, 2:]
+    cache = committed()
+    base(level1[None], cache, positions[:2], eye, logits="none")
+    seen = torch.cat([torch.ones(2, m, dtype=torch.bool), eye], dim=1)
+    past_pos = torch.cat([torch.arange(m), positions[:2]])
+    got = base(level2[None], cache, positions[2:], eye, logits="none", past_mask=seen, past_positions=past_pos)
+    torch.testing.assert_close(got.hidden[0], ref, atol=1e-5, rtol=1e-5)
+    assert cache.get_seq_length() == m + 4

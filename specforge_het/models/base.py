@@ -185,21 +185,25 @@ class BaseModel(nn.Module):
             self._taps = {}
 
     # ------------------------------------------------------------ masks
-    def attention_masks(self, positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor | None):
+    def attention_masks(self, positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor | None,
+                        past_mask: torch.Tensor | None = None, past_positions: torch.Tensor | None = None):
         """Additive 4-D masks [1, 1, S, past+S] for S new tokens at absolute `positions` [S].
 
         `tree_mask` [S, S] (bool, ancestor-or-self) defaults to causal. Cached keys sit at
-        positions 0..past-1. Sliding-window families get a second mask keyed 'sliding_attention'.
+        `past_positions` [past] (default 0..past-1) and are all seen unless `past_mask` [S, past] (bool)
+        says which each new token sees. Sliding-window families get a second mask keyed 'sliding_attention'.
         """
-        s = positions.shape[0]
+        s, device = positions.shape[0], positions.device
         if tree_mask is None:
-            tree_mask = torch.ones(s, s, dtype=torch.bool, device=positions.device).tril()
-        allowed = torch.cat([torch.ones(s, past_len, dtype=torch.bool, device=positions.device), tree_mask], dim=1)
+            tree_mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+        seen = torch.ones(s, past_len, dtype=torch.bool, device=device) if past_mask is None else past_mask
+        allowed = torch.cat([seen.to(device), tree_mask], dim=1)
         neg = torch.finfo(self.dtype).min
-        full = torch.zeros(allowed.shape, dtype=self.dtype, device=positions.device).masked_fill_(~allowed, neg)
+        full = torch.zeros(allowed.shape, dtype=self.dtype, device=device).masked_fill_(~allowed, neg)
         if self.sliding_window is None:
             return full[None, None]
-        key_pos = torch.cat([torch.arange(past_len, device=positions.device), positions])
+        past_pos = torch.arange(past_len, device=device) if past_positions is None else past_positions
+        key_pos = torch.cat([past_pos.to(device), positions])
         in_window = (positions[:, None] - key_pos[None, :]) < self.sliding_window  # HF: kv > q - window
         sliding = full.masked_fill(~in_window, neg)
         return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
@@ -213,6 +217,8 @@ class BaseModel(nn.Module):
         tree_mask: torch.Tensor | None = None,  # [S, S] bool
         feature_layers: tuple[int, ...] = (),
         logits: str = "all",  # "all" | "last" | "none"
+        past_mask: torch.Tensor | None = None,  # [S, past] bool: the cached entries each new token sees (default all)
+        past_positions: torch.Tensor | None = None,  # [past] positions of the cached entries (default 0..past-1)
     ) -> BaseOutput:
         if not hasattr(cache, "kv"):
             raise TypeError(f"{type(cache).__name__} is not a specforge_het cache (models/cache.py): wrap an HF "
@@ -222,10 +228,11 @@ class BaseModel(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + s, device=input_ids.device)
         kv = cache.kv  # the lean forward writes a KVCache; HF's forward fills any other cache
+        seen = (past_mask, past_positions)
         if kv is not None:
-            hidden, taps = self._lean_forward(input_ids, kv, positions, tree_mask, frozenset(feature_layers))
+            hidden, taps = self._lean_forward(input_ids, kv, positions, tree_mask, frozenset(feature_layers), seen)
         else:
-            hidden, taps = self._hf_forward(input_ids, cache, positions, tree_mask, frozenset(feature_layers))
+            hidden, taps = self._hf_forward(input_ids, cache, positions, tree_mask, frozenset(feature_layers), seen)
         feats = None
         if feature_layers:
             taps = {**taps, LAST: hidden}
@@ -235,8 +242,9 @@ class BaseModel(nn.Module):
         head_in = {"all": hidden, "last": hidden[:, -1:], "none": None}[logits]
         return BaseOutput(hidden, feats, None if head_in is None else self.head(head_in))
 
-    def _hf_forward(self, input_ids, cache: Cache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
-        mask = self.attention_masks(positions, cache.get_seq_length(), tree_mask)
+    def _hf_forward(self, input_ids, cache: Cache, positions, tree_mask, want: frozenset,
+                    seen: tuple = (None, None)) -> tuple[torch.Tensor, dict]:
+        mask = self.attention_masks(positions, cache.get_seq_length(), tree_mask, *seen)
         with self._tapping(want) as taps:
             out = self.body(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions[None],
@@ -244,8 +252,10 @@ class BaseModel(nn.Module):
             )
             return self._here(out.last_hidden_state), dict(taps)
 
-    def _lean_forward(self, input_ids, cache: KVCache, positions, tree_mask, want: frozenset) -> tuple[torch.Tensor, dict]:
-        """The body over HF's own modules, without HF's glue (see models/lean.py); same outputs."""
+    def _lean_forward(self, input_ids, cache: KVCache, positions, tree_mask, want: frozenset,
+                      seen: tuple = (None, None)) -> tuple[torch.Tensor, dict]:
+        """The body over HF's own modules, without HF's glue (see models/lean.py); same outputs.
+        `seen`: (past_mask, past_positions) as `forward` takes them."""
         if not self.lean:
             why = "a base sharded over several devices" if self.sharded else type(self.layers[0]).__name__
             raise ValueError(f"{why} has no lean forward: use an HFCache (new_cache).")
@@ -257,7 +267,7 @@ class BaseModel(nn.Module):
             if kind not in rope:
                 rope[kind] = self._rotary(h, pos_ids, kind)
                 window = self.sliding_window if kind == "sliding_attention" else None
-                masks[kind] = attend_mask(positions, past, tree_mask, window)
+                masks[kind] = attend_mask(positions, past, tree_mask, window, *seen)
             h = layer_forward(layer, h, *rope[kind], masks[kind], cache, i)
             if i + 1 in want:
                 taps[i + 1] = h

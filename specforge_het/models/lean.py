@@ -178,26 +178,32 @@ def packed_linears(*roots: nn.Module | None):
 
 
 def attend_mask(positions: torch.Tensor, past_len: int, tree_mask: torch.Tensor | None,
-                window: int | None) -> torch.Tensor | None:
+                window: int | None, past_mask: torch.Tensor | None = None,
+                past_positions: torch.Tensor | None = None) -> torch.Tensor | None:
     """Boolean mask [1, 1, S, past+S] (True = attend) for S new tokens at `positions` [S].
 
-    Cached keys sit at positions 0..past-1; `tree_mask` [S, S] (ancestor-or-self) defaults to
+    Cached keys sit at `past_positions` [past] (default 0..past-1) and are all seen unless `past_mask`
+    [S, past] says which each new token sees; `tree_mask` [S, S] (ancestor-or-self) defaults to
     causal; `window` (sliding layers) blocks keys with query_pos - key_pos >= window, as HF does.
     None when no mask tensor is needed: one new token with nothing outside the window, or a plain
     prefill (empty cache, causal, no query `window` or more past its first key), which runs with is_causal.
     """
     s, device = positions.shape[0], positions.device
-    if tree_mask is None and s == 1 and (window is None or past_len < window):
+    plain = tree_mask is None and past_mask is None and past_positions is None
+    if plain and s == 1 and (window is None or past_len < window):
         return None
-    if tree_mask is None and past_len == 0 and (window is None or s <= window):
+    if plain and past_len == 0 and (window is None or s <= window):
         return None
     allowed = torch.ones(s, past_len + s, dtype=torch.bool, device=device)
+    if past_mask is not None:
+        allowed[:, :past_len] = past_mask
     if tree_mask is None:
         allowed[:, past_len:].tril_()
     else:
         allowed[:, past_len:] = tree_mask
-    if window is not None and past_len + s > window:
-        key_pos = torch.cat([torch.arange(past_len, device=device), positions])
+    if window is not None and (past_len + s > window or past_positions is not None):
+        past_pos = torch.arange(past_len, device=device) if past_positions is None else past_positions
+        key_pos = torch.cat([past_pos, positions])
         allowed &= (positions[:, None] - key_pos[None, :]) < window
     return allowed[None, None]
 

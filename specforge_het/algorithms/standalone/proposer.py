@@ -14,9 +14,10 @@ committed base token) and returns it in base ids.
   carries q scattered onto base ids (inference/protocol.py), for SpecInfer's exact rule.
 
 The tree is fed to the draft level by level through BaseModel's forward (tree masks and positions for
-every family, sliding windows included). That forward lets new tokens see every cached entry, so each
-level feeds the new nodes together with their ancestors, and the cache is rolled back to the committed
-draft ids after every level and after the tree.
+every family, sliding windows included). Each level feeds only its new nodes: the nodes fed before stay
+in the draft cache, and `past_mask` lets a new node see the committed entries and its own ancestors
+among them (an ancestor table of the fed rows, kept on the device as the EAGLE proposer keeps its own).
+The cache is rolled back to the committed draft ids after the tree.
 """
 
 from __future__ import annotations
@@ -89,8 +90,7 @@ class StandaloneProposer:
     @torch.no_grad()
     def propose(self) -> Proposal:
         """A tree below the root: tokens [N] base ids (tokens[0] = the root), parents [N], q [N, V_base] when sampling."""
-        self._rows: list[tuple[int, int]] = []  # fed tree rows: (parent row or -1 for the root, shared index)
-        self._q: list[torch.Tensor] = []  # q [S] of each fed row (sampling)
+        self._new_rows()
         t = self.tree
         try:
             root_scores = self._child_scores(self.context.root_logits[None])[0]
@@ -105,6 +105,17 @@ class StandaloneProposer:
         return Proposal(base_ids, parents.to(self._device), probs)
 
     # ------------------------------------------------------------ internals
+    def _new_rows(self) -> None:
+        """Empty tables of fed tree rows, row 0 standing for the root: depths [R+1], positions [R], and
+        ancestor-or-self among the fed rows [R+1, R] (the root's row empty); fed row r is cache entry
+        `context.length + r`. Sampling also keeps (parent row, shared index) of each row and its q."""
+        dev = self.draft.device
+        self._depth = torch.zeros(1, dtype=torch.long, device=dev)
+        self._positions = torch.zeros(0, dtype=torch.long, device=dev)
+        self._anc = torch.zeros(1, 0, dtype=torch.bool, device=dev)
+        self._rows: list[tuple[int, int]] = []  # (parent row or -1 for the root, shared index), sampling only
+        self._q: list[torch.Tensor] = []  # q [S] of the root and of each fed row (sampling)
+
     def _child_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Draft logits [K, Vd] of fed rows -> their children's scores over the shared vocabulary [K, S]:
         log-probabilities (greedy), or rank scores of children drawn from q (sampling; q kept per row)."""
@@ -118,40 +129,28 @@ class StandaloneProposer:
         return torch.stack(rows)
 
     def _step(self, tokens: torch.Tensor, parent_rows: torch.Tensor) -> torch.Tensor:
-        """Feed K tree nodes (shared indices, children of fed rows `parent_rows`, -1 = the root) with their
-        ancestors; return their children's scores [K, S]. Rows are numbered in feeding order, as
-        `build_dynamic_tree` numbers them."""
-        first = len(self._rows)
-        self._rows += [(int(p), int(t)) for t, p in zip(tokens.tolist(), parent_rows.tolist())]
-        feed, mask, depth = self._feed_set(range(first, len(self._rows)))
-        device = self.draft.device
-        shared = torch.tensor([self._rows[r][1] for r in feed], device=device)
-        positions = torch.tensor(depth, device=device) + (self.context.length - 1)
-        out = self.draft(self.vocab.draft_ids[shared][None], self.context.cache, positions, mask.to(device),
-                         logits="none")
-        self.context.rollback()
-        return self._child_scores(self.draft.head(out.hidden[0, -tokens.shape[0]:]))
-
-    def _feed_set(self, new: range) -> tuple[list[int], torch.Tensor, list[int]]:
-        """The rows to feed for `new` rows: them and their ancestors, in row order (the new ones last);
-        their ancestor-or-self mask [F, F] and depths below the root [F]."""
-        feed: set[int] = set()
-        for r in new:
-            while r >= 0 and r not in feed:
-                feed.add(r)
-                r = self._rows[r][0]
-        order = sorted(feed)
-        slot = {r: i for i, r in enumerate(order)}
-        mask = torch.zeros(len(order), len(order), dtype=torch.bool)
-        depth = [0] * len(order)
-        for i, r in enumerate(order):
-            parent = self._rows[r][0]
-            if parent >= 0:
-                mask[i] = mask[slot[parent]]
-                depth[i] = depth[slot[parent]]
-            mask[i, i] = True
-            depth[i] += 1
-        return order, mask, depth
+        """Feed K tree nodes (shared indices, children of fed rows `parent_rows`, -1 = the root); return their
+        children's scores [K, S]. Rows are numbered in feeding order, as `build_dynamic_tree` numbers them;
+        the new nodes alone are fed, seeing the committed entries and their fed ancestors in the cache."""
+        dev, k, n_prev = self.draft.device, tokens.shape[0], self._anc.shape[1]
+        m = len(self.context.draft_ids)  # committed entries (the fed rows follow them in the cache)
+        if self.sampling:
+            self._rows += [(int(p), int(t)) for t, p in zip(tokens.tolist(), parent_rows.tolist())]
+        rows = parent_rows.to(dev) + 1  # [K], row 0 = the root
+        depth = self._depth[rows] + 1  # [K], root children 1
+        positions = depth + (m - 1)
+        own = torch.eye(k, dtype=torch.bool, device=dev)
+        seen = torch.cat([torch.ones(k, m, dtype=torch.bool, device=dev), self._anc[rows]], dim=1)  # [K, m + n_prev]
+        past_pos = None
+        if self.draft.sliding_window is not None:  # a window needs the fed rows' true positions
+            past_pos = torch.cat([torch.arange(m, device=dev), self._positions])
+        out = self.draft(self.vocab.draft_ids[tokens.to(dev)][None], self.context.cache, positions, own,
+                         logits="none", past_mask=seen, past_positions=past_pos)
+        self._depth = torch.cat([self._depth, depth])
+        self._positions = torch.cat([self._positions, positions])
+        anc = torch.cat([self._anc[rows], own], dim=1)  # [K, n_prev + K]
+        self._anc = torch.cat([torch.cat([self._anc, own.new_zeros(n_prev + 1, k)], dim=1), anc])
+        return self._child_scores(self.draft.head(out.hidden[0]))
 
     def _draft_probs(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """q [N, V_base]: row i the q node i's children were drawn from (its fed row's), uniform for leaves."""
