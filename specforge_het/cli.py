@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from specforge_het.config import Config, ConfigError, resolve
+from specforge_het.config_values import FALSE, TRUE
 
 console = Console(stderr=True)
 
@@ -37,15 +38,34 @@ def config_table(cfg: Config, presets: list[str], sections: tuple[str, ...] | No
     return table
 
 
+def as_flag(name: str, value: Any) -> bool:
+    """A verb's boolean flag from the command line: fire passes `--flag false` as the string 'false'
+    (truthy), so strings are read as the config reads them; anything else is refused."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, int)) and str(value).lower() in TRUE | FALSE:
+        return str(value).lower() in TRUE
+    raise ConfigError(f"--{name} {value!r}: give true or false (e.g. --{name}=false, or --no{name}).")
+
+
 def bind_config(fn: Callable[..., Any], cfg: Config, presets: list[str]) -> Callable[..., Any]:
     """`fn(cfg, presets, **kwargs)` as a fire-friendly function of **kwargs only."""
 
+    params = list(inspect.signature(fn).parameters.values())[2:]
+    sig = inspect.Signature(params)
+    flags = [p.name for p in params if p.annotation in (bool, "bool")]
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if flags:  # fire may pass a flag's value by position or by name
+            bound = sig.bind(*args, **kwargs)
+            for name in flags:
+                if name in bound.arguments:
+                    bound.arguments[name] = as_flag(name, bound.arguments[name])
+            args, kwargs = bound.args, bound.kwargs
         return fn(cfg, presets, *args, **kwargs)
 
-    params = list(inspect.signature(fn).parameters.values())[2:]
-    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__signature__ = sig  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -161,3 +161,26 @@ def test_inference_config_error_subprocess() -> None:
     res = _run_module("--inference.max_new_tokn", "7", "--prompt", "hi")
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "inference.max_new_tokens" in res.stderr
+
+
+@pytest.mark.parametrize(("flag", "want"), [(["--shuffle", "false"], False), (["--shuffle=False"], False),
+                                            (["--noshuffle"], False), (["--shuffle", "no"], False),
+                                            (["--shuffle"], True), (["--shuffle", "true"], True), ([], True)])
+def test_verb_bool_flags_read_like_config_values(flag: list, want: bool) -> None:
+    """fire passes `--shuffle false` as the truthy string 'false'; a verb's bool flag must read it as False."""
+    got: list = []
+
+    def fn(cfg, presets, shuffle: bool = True):
+        got.append(shuffle)
+
+    run_cli({"go": fn}, "toy", ["go", *flag])
+    assert got == [want]
+
+
+def test_verb_bool_flag_refuses_other_values(capsys: pytest.CaptureFixture) -> None:
+    def fn(cfg, presets, shuffle: bool = True):
+        raise AssertionError("must not run")
+
+    with pytest.raises(SystemExit) as e:
+        run_cli({"go": fn}, "toy", ["go", "--shuffle", "maybe"])
+    assert e.value.code == 2 and "--shuffle 'maybe': give true or false" in capsys.readouterr().err
