@@ -8,7 +8,13 @@ from collections import Counter
 import pytest
 import torch
 
-from specforge_het.inference.accept import greedy_accept, sampling_probs, tree_rejection_sample
+from specforge_het.inference.accept import (
+    GreedyWalk,
+    RejectionWalk,
+    greedy_accept,
+    sampling_probs,
+    tree_rejection_sample,
+)
 
 V = 6
 DRAWS = 20_000
@@ -117,6 +123,40 @@ def test_rejection_sample_point_masses_match_greedy() -> None:
     for _ in range(20):
         path, bonus = tree_rejection_sample(GREEDY_TOKENS, GREEDY_PARENTS, base_probs, gen)
         assert path.tolist() == [0, 1, 4] and bonus == 8
+
+
+def test_acceptance_takes_tensors_only() -> None:
+    """accept.py's rules and walks take tensors (and ints, a generator): the walk fed per node from a
+    function lives beside the per-row strategy (inference/verify.py)."""
+    import inspect
+
+    from specforge_het.inference import accept
+
+    members = [f for _, f in inspect.getmembers(accept, inspect.isfunction) if f.__module__ == accept.__name__]
+    for cls in (accept.GreedyWalk, accept.RejectionWalk):
+        members += [f for _, f in inspect.getmembers(cls, inspect.isfunction)]
+    assert len(members) > 8
+    for f in members:
+        for param in inspect.signature(f).parameters.values():
+            assert "Callable" not in str(param.annotation), (f.__qualname__, param.name)
+
+
+def test_walks_fed_row_by_row_equal_the_rules() -> None:
+    base_argmax = _long([5, 4, 9, 0, 8, 0])
+    walk = GreedyWalk(GREEDY_TOKENS, GREEDY_PARENTS)
+    read = []
+    while walk.node is not None:
+        read.append(walk.node)
+        walk.feed(int(base_argmax[walk.node]))
+    path, bonus = walk.result()
+    assert (path.tolist(), bonus) == (greedy_accept(GREEDY_TOKENS, GREEDY_PARENTS, base_argmax)[0].tolist(), 8)
+    assert read[0] == 0 and set(read) <= {0, 1, 4}
+    probs = torch.softmax(torch.randn(6, 16, generator=torch.Generator().manual_seed(0)), -1)
+    walk2 = RejectionWalk(GREEDY_TOKENS, GREEDY_PARENTS, torch.Generator().manual_seed(1))
+    while walk2.node is not None:
+        walk2.feed(probs[walk2.node])
+    want = tree_rejection_sample(GREEDY_TOKENS, GREEDY_PARENTS, probs, torch.Generator().manual_seed(1))
+    assert walk2.result()[0].tolist() == want[0].tolist() and walk2.result()[1] == want[1]
 
 
 # ---------------------------------------------------------------- statistical tests

@@ -1,7 +1,8 @@
 """Host verification strategies (inference/verify.py) and the acceptance walks they drive.
 
-* the walks over a per-node lookup (`greedy_walk`, `rejection_walk`) == the tensor rules, and read
-  only nodes on accepted paths; `TreeRows` batches a node with its first-child chain;
+* the walks fed per node beside the per-row strategy (`greedy_walk`, `rejection_walk`: accept.py's
+  `GreedyWalk` / `RejectionWalk` over a lookup) == the tensor rules, and read only nodes on accepted
+  paths; `TreeRows` batches a node with its first-child chain;
 * `PerRowHead` == `AllRows` (greedy: the same path and bonus; sampling: the same draws from one
   generator state, with and without draft q), while running the LM head on fewer rows;
 * `FastPaths.verifier` names the strategy `--inference.fast_paths` picked.
@@ -13,15 +14,9 @@ import random
 
 import torch
 
-from specforge_het.inference.accept import (
-    greedy_accept,
-    greedy_walk,
-    rejection_walk,
-    sampling_probs,
-    tree_rejection_sample,
-)
+from specforge_het.inference.accept import greedy_accept, sampling_probs, tree_rejection_sample
 from specforge_het.inference.fast_paths import FastPaths
-from specforge_het.inference.verify import AllRows, PerRowHead, TreeRows
+from specforge_het.inference.verify import AllRows, PerRowHead, TreeRows, greedy_walk, rejection_walk
 
 # ---------------------------------------------------------------- the walks over a lookup
 

@@ -8,16 +8,15 @@ with the root 0, ``bonus`` is the token the base model contributes after the las
 The tokens committed this step are ``tokens[path[1:]]`` followed by ``bonus``, i.e.
 ``len(path)`` tokens: the accept length tau of this step is ``len(path)`` (>= 1).
 
-The rules (`greedy_accept`, `greedy_accept_on_device`, `tree_rejection_sample`) take tensors.
-Each host rule is a walk down the accepted nodes; `greedy_walk` and `rejection_walk` are those
-same walks reading the base's output per node from a function, for the strategy that computes
-it on demand (the per-row LM head, inference/verify.py). Same walk, same draws, same result.
+The rules (`greedy_accept`, `greedy_accept_on_device`, `tree_rejection_sample`) take tensors only.
+Each host rule is a walk down the accepted nodes, `GreedyWalk` / `RejectionWalk`, fed the base's
+output one node at a time: `walk.node` is the next node whose row the walk reads (None when done),
+`walk.feed(row)` gives it, `walk.result()` is `(path, bonus)`. The rules here feed the walks from
+the full tensors; the per-row LM head (inference/verify.py) feeds the same walks rows it computes
+on demand. Same walk, same draws, same result.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -67,7 +66,12 @@ def _path_tensor(node: int, par: list[int], device: torch.device) -> torch.Tenso
     return torch.tensor(chain[::-1], dtype=torch.long, device=device)
 
 
-NodeRows = Callable[[int], Any]  # node index -> the base's output at that node, computed on demand
+def _children(par: list[int]) -> list[list[int]]:
+    """Children of every node, in node-index order."""
+    children: list[list[int]] = [[] for _ in range(len(par))]
+    for i in range(1, len(par)):
+        children[par[i]].append(i)
+    return children
 
 
 def greedy_accept(tokens: torch.Tensor, parents: torch.Tensor, base_argmax: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -78,36 +82,43 @@ def greedy_accept(tokens: torch.Tensor, parents: torch.Tensor, base_argmax: torc
     ignored. ``tokens``, ``parents``, ``base_argmax`` [N]. Returns ``(path [tau], bonus)`` with
     ``bonus = base_argmax[path[-1]]``; the step commits ``len(path) == tau`` tokens (accepted drafts + bonus).
     """
-    par = check_parents(parents)
-    _check_node_tensor("tokens", tokens, len(par), 1)
-    _check_node_tensor("base_argmax", base_argmax, len(par), 1)
-    return _greedy(tokens, par, base_argmax.tolist().__getitem__)
+    walk = GreedyWalk(tokens, parents)
+    _check_node_tensor("base_argmax", base_argmax, len(walk.par), 1)
+    top = base_argmax.tolist()
+    while walk.node is not None:
+        walk.feed(top[walk.node])
+    return walk.result()
 
 
-def greedy_walk(tokens: torch.Tensor, parents: torch.Tensor, top: Callable[[int], int]) -> tuple[torch.Tensor, int]:
-    """`greedy_accept` with the base's argmax read per node, ``top(node)``: called once for each node on an
-    accepted path (the root first) and for no other, so a strategy that computes the base's outputs on
-    demand runs the LM head on those rows only (the per-row head, inference/verify.py)."""
-    par = check_parents(parents)
-    _check_node_tensor("tokens", tokens, len(par), 1)
-    return _greedy(tokens, par, top)
+class GreedyWalk:
+    """The walk of `greedy_accept`, fed the base's argmax one node at a time.
 
+    `node` is the next node whose argmax the walk reads: the root first, then only nodes whose parent
+    was read and holds this node's token as its argmax, each once (None when done); `feed(argmax)`
+    gives it. The deepest node read is kept (ties: lowest index). ``tokens``, ``parents`` [N].
+    """
 
-def _greedy(tokens: torch.Tensor, par: list[int], top: Callable[[int], int]) -> tuple[torch.Tensor, int]:
-    """The greedy walk over accepted nodes: each evaluated once, the deepest kept (ties: lowest index)."""
-    n, tok = len(par), tokens.tolist()
-    children: list[list[int]] = [[] for _ in range(n)]
-    for i in range(1, n):
-        children[par[i]].append(i)
-    tops: dict[int, int] = {}
-    best, best_depth, stack = 0, 0, [(0, 0)]
-    while stack:
-        node, depth = stack.pop()
-        tops[node] = t = int(top(node))
-        if depth > best_depth or (depth == best_depth and node < best):
-            best, best_depth = node, depth
-        stack.extend((c, depth + 1) for c in children[node] if tok[c] == t)
-    return _path_tensor(best, par, tokens.device), tops[best]
+    def __init__(self, tokens: torch.Tensor, parents: torch.Tensor) -> None:
+        self.par = check_parents(parents)
+        _check_node_tensor("tokens", tokens, len(self.par), 1)
+        self._device, self._tok, self._children = tokens.device, tokens.tolist(), _children(self.par)
+        self._tops: dict[int, int] = {}
+        self._best, self._best_depth, self._stack = 0, 0, [(0, 0)]
+
+    @property
+    def node(self) -> int | None:
+        return self._stack[-1][0] if self._stack else None
+
+    def feed(self, argmax: int) -> None:
+        node, depth = self._stack.pop()
+        self._tops[node] = t = int(argmax)
+        if depth > self._best_depth or (depth == self._best_depth and node < self._best):
+            self._best, self._best_depth = node, depth
+        self._stack.extend((c, depth + 1) for c in self._children[node] if self._tok[c] == t)
+
+    def result(self) -> tuple[torch.Tensor, int]:
+        """(path [tau] root first, bonus = the argmax at the path's last node)."""
+        return _path_tensor(self._best, self.par, self._device), self._tops[self._best]
 
 
 def greedy_accept_on_device(
@@ -199,43 +210,47 @@ def tree_rejection_sample(
     ``tokens [N]``, ``parents [N]``, ``base_probs [N, V]``, ``draft_probs [N, V]``.
     Returns ``(path [tau], bonus)`` as in :func:`greedy_accept`.
     """
-    par = check_parents(parents)
-    _check_node_tensor("tokens", tokens, len(par), 1)
-    _check_node_tensor("base_probs", base_probs, len(par), 2)
+    walk = RejectionWalk(tokens, parents, generator, draft_probs)
+    _check_node_tensor("base_probs", base_probs, len(walk.par), 2)
     if draft_probs is not None and draft_probs.shape != base_probs.shape:
         raise ValueError(f"draft_probs must have shape {tuple(base_probs.shape)}, got {tuple(draft_probs.shape)}")
-    return _rejection(tokens, par, base_probs.__getitem__, generator, draft_probs)
+    while walk.node is not None:
+        walk.feed(base_probs[walk.node])
+    return walk.result()
 
 
-def rejection_walk(tokens: torch.Tensor, parents: torch.Tensor, row: NodeRows, generator: torch.Generator,
-                   draft_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """`tree_rejection_sample` with the base's probabilities read per node, ``row(node) -> [V]``: called
-    once for each node on the sampled path, in order, and for no other (the per-row head,
-    inference/verify.py). Same random draws, so the same tokens for one generator state."""
-    par = check_parents(parents)
-    _check_node_tensor("tokens", tokens, len(par), 1)
-    if draft_probs is not None:
-        _check_node_tensor("draft_probs", draft_probs, len(par), 2)
-    return _rejection(tokens, par, row, generator, draft_probs)
+class RejectionWalk:
+    """The walk of `tree_rejection_sample`, fed the base's probabilities one node at a time.
 
+    `node` is the next node whose row [V] the walk reads: the root, then each accepted child, in
+    order (None when done); `feed(probs)` tries that node's children and, when none is accepted,
+    draws the bonus from the residual. The draws come from `generator` in the same order whatever
+    feeds the walk, so one generator state gives the same path and bonus.
+    """
 
-def _rejection(tokens: torch.Tensor, par: list[int], row: NodeRows, generator: torch.Generator,
-               draft_probs: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """The walk of `tree_rejection_sample` from the root down the accepted children."""
-    n = len(par)
-    children: list[list[int]] = [[] for _ in range(n)]
-    for i in range(1, n):
-        children[par[i]].append(i)
-    tok = tokens.tolist()
-    path, cur = [0], 0
-    while True:
-        p = row(cur)  # [V]
-        p = _normalise(p.to(torch.promote_types(p.dtype, torch.float32)))
-        q = None if draft_probs is None else _normalise(draft_probs[cur].to(p.dtype))  # [V]
-        nxt, p = _try_candidates(children[cur], tok, p, q, generator)
-        if nxt is None:
-            break
-        path.append(nxt)
-        cur = nxt
-    bonus = int(torch.multinomial(p, 1, generator=generator))
-    return torch.tensor(path, dtype=torch.long, device=tokens.device), bonus
+    def __init__(self, tokens: torch.Tensor, parents: torch.Tensor, generator: torch.Generator,
+                 draft_probs: torch.Tensor | None = None) -> None:
+        self.par = check_parents(parents)
+        _check_node_tensor("tokens", tokens, len(self.par), 1)
+        if draft_probs is not None:
+            _check_node_tensor("draft_probs", draft_probs, len(self.par), 2)
+        self._device, self._tok, self._children = tokens.device, tokens.tolist(), _children(self.par)
+        self._generator, self._draft_probs = generator, draft_probs
+        self.node: int | None = 0
+        self._path, self._bonus = [0], -1
+
+    def feed(self, probs: torch.Tensor) -> None:
+        cur = self.node
+        assert cur is not None, "the walk is done"
+        p = _normalise(probs.to(torch.promote_types(probs.dtype, torch.float32)))  # [V]
+        q = None if self._draft_probs is None else _normalise(self._draft_probs[cur].to(p.dtype))  # [V]
+        nxt, p = _try_candidates(self._children[cur], self._tok, p, q, self._generator)
+        if nxt is not None:
+            self._path.append(nxt)
+        else:
+            self._bonus = int(torch.multinomial(p, 1, generator=self._generator))
+        self.node = nxt
+
+    def result(self) -> tuple[torch.Tensor, int]:
+        """(path [tau] root first, bonus drawn from the last node's residual)."""
+        return torch.tensor(self._path, dtype=torch.long, device=self._device), self._bonus

@@ -5,8 +5,9 @@ named strategies. The decoder's caller picks one through `--inference.fast_paths
   the tensor rules of accept.py read the argmax [N] or the sampling probabilities [N, V].
 * `PerRowHead` (`auto` on a CPU): the LM head only on the rows the acceptance walk reads (the
   accepted path, ~tau rows instead of N), computed on demand by `TreeRows` while `greedy_walk` /
-  `rejection_walk` (accept.py) walk the tree. On a CPU a head call costs about its rows, and the
-  host walks the tree anyway; on an accelerator the extra host reads would cost more than the rows.
+  `rejection_walk` (here: accept.py's `GreedyWalk` / `RejectionWalk` fed per node) walk the tree.
+  On a CPU a head call costs about its rows, and the host walks the tree anyway; on an accelerator
+  the extra host reads would cost more than the rows.
 
 Both give the same path and bonus: greedy, the same argmaxes; sampling, the same probabilities per
 row and the same random draws, so one generator state gives the same tokens (tests/test_verify.py).
@@ -19,11 +20,11 @@ sampling transform (temperature, top-k, top-p).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from specforge_het.inference.accept import greedy_accept, greedy_walk, rejection_walk, tree_rejection_sample
+from specforge_het.inference.accept import GreedyWalk, RejectionWalk, greedy_accept, tree_rejection_sample
 
 Rows = Callable[[torch.Tensor], torch.Tensor]  # [R, ...] -> [R, V]
 Accepted = tuple[torch.Tensor, int]  # (path [tau], bonus)
@@ -108,3 +109,26 @@ class TreeRows:
             for r, value in zip(rows, self.fn(rows)):
                 self.done[r] = value
         return self.done[node]
+
+
+# ---------------------------------------------------------------- the walks, fed per node
+
+
+def greedy_walk(tokens: torch.Tensor, parents: torch.Tensor, top: Callable[[int], int]) -> Accepted:
+    """`greedy_accept` with the base's argmax read per node, ``top(node)``: called once for each node on an
+    accepted path (the root first) and for no other, so the LM head runs on those rows only."""
+    walk = GreedyWalk(tokens, parents)
+    while walk.node is not None:
+        walk.feed(top(walk.node))
+    return walk.result()
+
+
+def rejection_walk(tokens: torch.Tensor, parents: torch.Tensor, row: Callable[[int], Any], generator: torch.Generator,
+                   draft_probs: torch.Tensor | None = None) -> Accepted:
+    """`tree_rejection_sample` with the base's probabilities read per node, ``row(node) -> [V]``: called
+    once for each node on the sampled path, in order, and for no other. Same random draws, so the same
+    tokens for one generator state."""
+    walk = RejectionWalk(tokens, parents, generator, draft_probs)
+    while walk.node is not None:
+        walk.feed(row(walk.node))
+    return walk.result()
