@@ -181,7 +181,7 @@ def test_packed_linear_equals_f_linear_and_steps_aside() -> None:
     x = torch.randn(1, 5, 64)
     with torch.no_grad():
         got = lin(x)
-        assert lean._PACKED[lin][1] is not None and "_packed_state" not in lin.__dict__  # kept beside the module
+        assert lean._PACKED[lin][1][8] is not None and "_packed_state" not in lin.__dict__  # kept beside the module
         torch.testing.assert_close(got, plain(x), atol=1e-5, rtol=1e-5)
         many = torch.randn(200, 64)
         assert torch.equal(lin(many), plain(many))  # many rows: F.linear itself
@@ -196,6 +196,32 @@ def test_packed_linear_equals_f_linear_and_steps_aside() -> None:
     assert "forward" not in lin.__dict__ and not is_packed(lin)
     with torch.no_grad():
         assert torch.equal(lin(x), plain(x))  # nn.Linear.forward again, bit for bit
+
+
+@needs_onednn
+def test_packed_linear_row_buckets() -> None:
+    """1-3 rows run F.linear itself; 4-64 rows run on a weight packed once per bucket (rows padded up),
+    equal to F.linear to float rounding."""
+    torch.manual_seed(0)
+    lin, plain = nn.Linear(96, 200), nn.Linear(96, 200)
+    plain.load_state_dict(lin.state_dict())
+    assert [lean.bucket_rows(r) for r in (4, 5, 8, 9, 33, 64)] == [4, 8, 8, 16, 64, 64]
+    pack_linears(nn.Sequential(lin))
+    try:
+        with torch.no_grad():
+            for rows in (1, 2, 3):
+                x = torch.randn(1, rows, 96)
+                assert torch.equal(lin(x), plain(x))
+            assert lin not in lean._PACKED  # nothing packed for the few-row path
+            for rows in (4, 5, 8, 13, 64):
+                x = torch.randn(1, rows, 96)
+                got = lin(x)
+                torch.testing.assert_close(got, plain(x), atol=1e-5, rtol=1e-5)
+            assert sorted(lean._PACKED[lin][1]) == [4, 8, 16, 64]
+            if lean.mkl_packing_available():
+                assert all(p[0] == "mkl" for p in lean._PACKED[lin][1].values())
+    finally:
+        unpack_linears([lin])
 
 
 @needs_onednn

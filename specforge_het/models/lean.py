@@ -20,11 +20,12 @@ tokens); only the glue is new:
 
 `packed_linears` is the other half, a fast path that only the decoder's caller opts into
 (`--inference.fast_paths auto`, inference/fast_paths.py); nothing packs a model on construction.
-On a CPU, MKL's fp32 GEMM for 2-16 rows costs about twice its 1-row GEMV (it re-packs the weight
-every call), so verifying 5 tokens cost ~2x decoding 1. oneDNN on weights reordered once runs
-1-16 rows for about the cost of one, so a draft tree is verified for about the price of a
-base-only step. Results agree with F.linear to float rounding. Packing is scoped: when the block
-ends every nn.Linear is HF's plain module again (the packed copies stay cached beside them).
+On a CPU, MKL's fp32 GEMM for 4-64 rows re-packs the weight on every call, so verifying a few
+tokens cost up to ~1.7x decoding 1 (1-3 rows take a cheaper path and are left alone). MKL's packed
+GEMM on weights packed once per row bucket (4, 8, 16, 32, 64; rows padded up) removes that, with the
+same kernels: results agree with F.linear to float rounding.
+Without MKL packing, a oneDNN reorder is the fallback. Packing is scoped: when the block ends every
+nn.Linear is HF's plain module again (the packed copies, one per bucket used, stay cached beside them).
 
 Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention, all on
 one device without accelerate hooks; anything else (a base sharded with a device map included) runs
@@ -80,47 +81,84 @@ def on_one_device(modules) -> bool:
 # ---------------------------------------------------------------- packed linears
 
 PACK_MAX_ROWS = 64  # larger calls (training, data generation, long prefills) keep F.linear
-PACK_HINT = 16  # oneDNN weight layout tuned for this many rows
+GEMV_MAX_ROWS = 3  # 1-3 rows keep F.linear: MKL's few-row path reads each weight once already
+MKL_BUCKETS = (4, 8, 16, 32, 64)  # MKL packs a weight for one row count: rows are padded up to a bucket
+PACK_HINT = 16  # oneDNN weight layout tuned for this many rows (the fallback without MKL packing)
+
+
+def mkl_packing_available() -> bool:
+    ops = getattr(torch.ops, "mkl", None)
+    return bool(torch.backends.mkl.is_available() and ops is not None
+                and hasattr(ops, "_mkl_reorder_linear_weight") and hasattr(ops, "_mkl_linear"))
 
 
 def packing_available() -> bool:
     ops = getattr(torch.ops, "mkldnn", None)
-    return bool(torch.backends.mkldnn.is_available() and ops is not None
-                and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
+    onednn = bool(torch.backends.mkldnn.is_available() and ops is not None
+                  and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
+    return onednn or mkl_packing_available()
 
 
-def _pack(module: nn.Linear) -> torch.Tensor | None:
-    """oneDNN-reordered copy of the weight, or None when it does not reproduce F.linear on a probe."""
+def bucket_rows(rows: int) -> int:
+    """The MKL packing bucket for a call on `rows` rows (4 <= rows <= 64: the next bucket up)."""
+    return _BUCKET[rows]
+
+
+def _agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
+    return torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6)
+
+
+def _pack(module: nn.Linear, rows: int) -> tuple | None:
+    """(kind, packed weight) for calls on `rows` rows: MKL's packed GEMM for that row count where torch
+    has it (the same MKL kernels as F.linear without re-packing the weight each call), else a oneDNN
+    reorder; None when neither reproduces F.linear on a probe."""
     w = module.weight.detach()
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_HINT)
-        probe = torch.randn(3, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
-        got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
-    except RuntimeError:
-        return None
+    probe = torch.randn(rows, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
     want = F.linear(probe, w)
-    return packed if torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6) else None
+    try:
+        if mkl_packing_available():
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+            if _agrees(torch.ops.mkl._mkl_linear(probe, packed, w, None, rows), want):
+                return "mkl", packed
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_HINT)
+        if _agrees(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""), want):
+            return "onednn", packed
+    except RuntimeError:
+        pass
+    return None
 
 
 # packed weights live beside the modules, never in them: an unpacked module is exactly HF's again
-_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (weight key, packed | None)
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (weight key, {bucket: pack})
+
+
+_BUCKET = [0] * (GEMV_MAX_ROWS + 1) + [next(b for b in MKL_BUCKETS if b >= r) for r in range(GEMV_MAX_ROWS + 1, 65)]
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """nn.Linear.forward for inference on few rows: oneDNN on the prepacked weight (repacked when the
-    weight changed in place or moved); F.linear under autograd, for many rows, or off the CPU."""
+    """nn.Linear.forward for inference on 4-64 rows: MKL's GEMM on a weight packed once per row bucket
+    (or oneDNN on a reordered one), repacked when the weight changed in place or moved; F.linear for
+    1-3 rows, many rows, under autograd, or off the CPU / float32. (Per call, so kept lean.)"""
     w = self.weight
-    if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-            or x.numel() > PACK_MAX_ROWS * w.shape[1]):
+    rows = x.numel() // x.shape[-1]
+    if (rows <= GEMV_MAX_ROWS or rows > PACK_MAX_ROWS or torch.is_grad_enabled() or x.dtype != torch.float32
+            or w.dtype != torch.float32 or x.device.type != "cpu"):
         return F.linear(x, w, self.bias)
-    key = (w._version, w.data_ptr(), w.dtype)
+    bucket, key = _BUCKET[rows], (w._version, w.data_ptr())
     state = _PACKED.get(self)
     if state is None or state[0] != key:
-        state = (key, _pack(self) if w.dtype == torch.float32 and w.device.type == "cpu" else None)
-        _PACKED[self] = state
-    if state[1] is None:
+        state = _PACKED[self] = (key, {})
+    packs: dict[int, tuple | None] = state[1]
+    pack = packs[bucket] if bucket in packs else packs.setdefault(bucket, _pack(self, bucket))
+    if pack is None:
         return F.linear(x, w, self.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, state[1], self.bias, "none", [], "")
+    if pack[0] == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(x, pack[1], self.bias, "none", [], "")
+    flat = x.reshape(rows, x.shape[-1])
+    if rows < bucket:
+        flat = F.pad(flat, (0, 0, 0, bucket - rows))
+    out = torch.ops.mkl._mkl_linear(flat, pack[1], w, self.bias, bucket)
+    return (out if rows == bucket else out[:rows]).view(*x.shape[:-1], out.shape[-1])
 
 
 def is_packed(module: nn.Module) -> bool:
