@@ -1,8 +1,8 @@
 """The decoder's CPU fast paths, as named strategies that its caller picks (`--inference.fast_paths`).
 
 * `auto` (the decoder's default): where they apply,
-  - packed linears: every nn.Linear of the base and of the draft runs few-row calls on a
-    oneDNN-prepacked weight (CPU, float32; models/lean.py `packed_linears`), and
+  - packed linears: every nn.Linear of the base and of the draft runs 4-64-row calls on a weight
+    packed once per row bucket (MKL, else oneDNN; CPU, float32; models/lean.py `packed_linears`), and
   - the per-row LM head (CPU): verification runs the base LM head only on the tree rows the
     acceptance rule reads (the accepted path, ~τ rows) instead of all N tree rows: the host
     verification strategy `PerRowHead` (inference/verify.py), beside the tensor-only rules it walks.
@@ -40,7 +40,7 @@ class FastPaths:
 
     @classmethod
     def resolve(cls, mode: str, device: torch.device) -> FastPaths:
-        """`auto`: on a CPU, packed linears (with oneDNN) and the per-row head; elsewhere the device
+        """`auto`: on a CPU, packed linears (with MKL or oneDNN) and the per-row head; elsewhere the device
         strategy. `off`: the device strategy (plain modules, head over all rows), on any device."""
         if mode not in FAST_PATHS:
             raise ValueError(f"fast_paths must be one of {', '.join(FAST_PATHS)}, got '{mode}'")
@@ -63,7 +63,7 @@ class FastPaths:
             return f"off (plain modules, {device})"
         if self.on_device:
             return f"auto (accelerator: plain modules, {device})"
-        linears = "packed CPU linears" if self.packed else "plain linears (packing needs a CPU with oneDNN)"
+        linears = "packed CPU linears" if self.packed else "plain linears (packing needs a CPU with MKL or oneDNN)"
         return f"auto ({linears}, per-row LM head)"
 
     def to_json(self) -> dict:

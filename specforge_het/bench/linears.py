@@ -1,0 +1,90 @@
+"""`python -m specforge_het.bench.linears`: what the packed-linear fast path buys on this host.
+
+Times one pass over every `nn.Linear` of the base's decoder layers (the weights stream from
+memory as in a real forward) for a few row counts, plain `F.linear` against the packed path that
+`--inference.fast_paths auto` applies (models/lean.py), interleaved, best of N. Prints a table and
+writes JSON. A speculative step verifies ~4-16 rows, a base-only step 1: the `vs 1 row` columns
+say what a verify costs in its linears relative to a plain decoding step.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from specforge_het.models import lean
+
+console = Console()
+
+
+def _pass_ms(linears: list[nn.Linear], rows: int, reps: int, packed: bool) -> float:
+    """Best-of-`reps` time (ms) of one pass over `linears` on `rows` rows, packed or plain."""
+    xs = {n: torch.randn(1, rows, n) for n in {m.in_features for m in linears}}
+    routed = lean.pack_linears(nn.ModuleList(linears)) if packed else []
+    best = float("inf")
+    try:
+        with torch.no_grad():
+            for m in linears:  # first use packs (not timed)
+                m(xs[m.in_features])
+            for _ in range(reps):
+                t = time.perf_counter()
+                for m in linears:
+                    m(xs[m.in_features])
+                best = min(best, time.perf_counter() - t)
+    finally:
+        lean.unpack_linears(routed)
+    return best * 1e3
+
+
+def measure(linears: list[nn.Linear], rows: tuple[int, ...], reps: int) -> list[dict]:
+    """Per row count: plain and packed pass times, and each relative to a plain 1-row pass."""
+    one = _pass_ms(linears, 1, reps, packed=False)
+    out = []
+    for r in rows:
+        plain, packed = _pass_ms(linears, r, reps, False), _pass_ms(linears, r, reps, True)
+        out.append({"rows": r, "plain_ms": round(plain, 2), "packed_ms": round(packed, 2),
+                    "plain_vs_1row": round(plain / one, 3), "packed_vs_1row": round(packed / one, 3),
+                    "speedup": round(plain / packed, 3)})
+    return out
+
+
+def main(model: str = "smollm2-135m-instruct", rows: str = "1,2,4,8,16", reps: int = 7,
+         outfile: str = "docs/results/linears.json") -> None:
+    """Time the base's linears, plain vs packed, for ROWS (comma-separated row counts); writes OUTFILE."""
+    from specforge_het.models.base import BaseModel
+
+    if not lean.packing_available():
+        raise SystemExit("this torch build has neither MKL nor oneDNN packing: the fast path runs F.linear.")
+    base = BaseModel.load(model)
+    base.train(False)
+    linears = [m for m in base.layers.modules() if type(m) is nn.Linear]
+    counts = tuple(int(r) for r in str(rows).split(",") if str(r).strip())
+    results = measure(linears, counts, reps)
+    table = Table(title=f"{model}: {len(linears)} linears, float32, {torch.get_num_threads()} threads, best of {reps}")
+    for col in ("rows", "plain ms", "packed ms", "plain vs 1 row", "packed vs 1 row", "packed speed-up"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(str(r["rows"]), f"{r['plain_ms']:.1f}", f"{r['packed_ms']:.1f}", f"{r['plain_vs_1row']:.2f}×",
+                      f"{r['packed_vs_1row']:.2f}×", f"{r['speedup']:.2f}×")
+    console.print(table)
+    out = Path(outfile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = {"command": "python -m specforge_het.bench.linears " + " ".join(sys.argv[1:]), "model": model,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "mkl_packing": lean.mkl_packing_available(), "results": results}
+    out.write_text(json.dumps(info, indent=1) + "\n")
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

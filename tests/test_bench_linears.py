@@ -1,0 +1,47 @@
+"""`python -m specforge_het.bench.linears`: plain vs packed linears, and the modules left plain after."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from specforge_het.bench import linears as bench_linears
+from specforge_het.models import lean
+
+
+@pytest.mark.skipif(not lean.packing_available(), reason="no MKL/oneDNN packing in this torch build")
+def test_measure_reports_rows_and_leaves_modules_plain() -> None:
+    torch.manual_seed(0)
+    mods = [nn.Linear(64, 128), nn.Linear(128, 64)]
+    got = bench_linears.measure(mods, (1, 4, 9), reps=2)
+    assert [r["rows"] for r in got] == [1, 4, 9]
+    for r in got:
+        assert r["plain_ms"] > 0 and r["packed_ms"] > 0
+        assert r["speedup"] > 0 and r["packed_vs_1row"] > 0
+    assert not any(lean.is_packed(m) for m in mods)  # the bench restores plain modules
+    assert sorted(lean._PACKED[mods[0]][1]) == [4, 16]  # 4 rows and 9 rows (bucket 16) were packed
+
+
+def test_main_writes_json(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    class Tiny:
+        layers = nn.ModuleList([nn.Linear(32, 32), nn.Linear(32, 48)])
+
+        @staticmethod
+        def load(name):
+            calls.append(name)
+            return Tiny()
+
+        def train(self, mode):
+            return self
+
+    monkeypatch.setattr("specforge_het.models.base.BaseModel", Tiny)
+    out = tmp_path / "lin.json"
+    bench_linears.main(model="tiny", rows="1,4", reps=1, outfile=str(out))
+    data = json.loads(out.read_text())
+    assert calls == ["tiny"] and [r["rows"] for r in data["results"]] == [1, 4]
+    assert data["command"].startswith("python -m specforge_het.bench.linears")
