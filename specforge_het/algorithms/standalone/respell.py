@@ -25,7 +25,7 @@ import functools
 import json
 from typing import Any
 
-from specforge_het.algorithms.standalone.align import DECODE, decode_batch, respell
+from specforge_het.algorithms.standalone.align import DECODE, respell
 
 CONTINUATION = range(0x80, 0xC0)  # UTF-8 continuation bytes
 PLAIN_DECODERS = {"Replace", "ByteFallback", "Fuse"}  # per-token steps, and ByteFallback's runs of byte tokens
@@ -54,6 +54,12 @@ def starts_mid_character(token: str) -> bool:
 def is_byte_token(token: str) -> bool:
     """ByteFallback's byte tokens: "<0xE2>"."""
     return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    """tokenizer.decode(ids, **align.DECODE), by a fast tokenizer's own decode (align.decode_batch's strings)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return tokenizer.decode(ids, **DECODE) if backend is None else backend.decode(ids, skip_special_tokens=False)
 
 
 def _config(tokenizer) -> dict | None:
@@ -144,7 +150,8 @@ class Speller:
         c0, j0 = self.restarts[-1] if self.restarts else (0, 0)
         c1 = restart_point(self.text, c0)
         parts = [self.text[c0:c1], self.text[c1:]] if c1 > 0 else [self.text[c0:]]
-        encoded = [e.ids for e in self._backend.encode_batch(parts, add_special_tokens=False)]
+        encoded = [self._backend.encode(part, add_special_tokens=False).ids for part in parts]  # not encode_batch:
+        # its thread pool costs more than two short pieces
         if c1 > 0:
             self.restarts.append((c1, j0 + len(encoded[0])))
         self.draft_ids = self.draft_ids[:j0] + [t for e in encoded for t in e]
@@ -158,7 +165,7 @@ class Speller:
         self.draft_ids = ids[len(self.prefix):]
         self.settled = self.skip
         if self.incremental:
-            self.settled_text = self.base_tokenizer.decode(self.base_ids[self.skip:self._split()], **DECODE)
+            self.settled_text = decode(self.base_tokenizer, self.base_ids[self.skip:self._split()])
             self.settled = self._split()
             c = restart_point(self.text, 0)
             if c > 0:
@@ -177,7 +184,7 @@ class Speller:
         """Decode the base ids after the settled ones, settle what now splits; -> the first changed text offset."""
         s, b = self.settled, self._split()
         seqs = [self.base_ids[s:], self.base_ids[s:b]] if b > s else [self.base_ids[s:]]
-        texts = decode_batch(self.base_tokenizer, seqs)
+        texts = [decode(self.base_tokenizer, seq) for seq in seqs]
         old_tail = self.text[len(self.settled_text):]
         d = len(self.settled_text) + common_prefix(old_tail, texts[0])
         self.text = self.settled_text + texts[0]
