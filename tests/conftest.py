@@ -18,6 +18,8 @@ from specforge_het.inference.decoder import Decoder
 from specforge_het.models.base import BaseModel
 from specforge_het.testing import CORPUS_A, CORPUS_B, make_tokenizer, save_tiny_base
 
+pytest.register_assert_rewrite("sampling_stats")  # its asserts explain themselves like a test's
+
 torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversubscribes shared cores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,9 +108,15 @@ def ids_fixture(text: str):
     return ids
 
 
+# The decoder, proposer and standalone tests' prompt; a module with another prompt defines its own `prompt_ids`.
+PROMPT = "A draft tree is verified in one forward pass with a tree attention mask."
+prompt_ids = ids_fixture(PROMPT)
 # ~40 tokens: with 40 new tokens Gemma3's sliding window (16) is crossed many times over.
 LONG_PROMPT = "Explain how a transformer layer works, step by step. Write a short poem about the sea."
 long_ids = ids_fixture(LONG_PROMPT)
+# The sampling tests' prompt: short, so the exact base distribution of a few new tokens enumerates fast.
+SHORT_PROMPT = "Hello"
+short_ids = ids_fixture(SHORT_PROMPT)
 
 
 # ---------------------------------------------------------------- bases with another head

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, LONG_PROMPT, draft_modeling, ids_fixture
+from conftest import DRAFT_KINDS, LONG_PROMPT, draft_modeling
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import ContextTooLongError, Decoder
@@ -15,7 +15,6 @@ from specforge_het.testing import OracleProposer
 
 FAMILIES = ("llama", "qwen3", "gemma3")
 N_NEW = 32
-PROMPT = "A draft tree is verified in one forward pass with a tree attention mask."
 
 TREES = {
     "chain4": TreeSpec("chain", max_depth=4),
@@ -51,9 +50,7 @@ def step_ends(accept_lengths: list[int]) -> list[int]:
     return ends
 
 
-# ---------------------------------------------------------------- fixtures
-
-prompt_ids = ids_fixture(PROMPT)
+# ---------------------------------------------------------------- fixtures (prompt_ids, long_ids: conftest)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +65,7 @@ def drafts(bases, tok_b_dir):
 
 @pytest.fixture(scope="module")
 def greedy_ref(bases, prompt_ids):
-    """family -> base-only greedy result on PROMPT (N_NEW tokens)."""
+    """family -> base-only greedy result on conftest.PROMPT (N_NEW tokens)."""
     return {fam: Decoder(bases[fam]).generate(prompt_ids, N_NEW) for fam in FAMILIES}
 
 

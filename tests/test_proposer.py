@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling, ids_fixture
-from test_decoder import PROMPT, TREES
+from conftest import DRAFT_KINDS, draft_modeling
+from test_decoder import TREES
 
 from specforge_het.algorithms.build import build_draft
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.models.cache import HFCache
-
-prompt_ids = ids_fixture(PROMPT)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DRAFT_KINDS, draft_modeling, ids_fixture
-from test_sampling import (
+from conftest import DRAFT_KINDS, draft_modeling
+from sampling_stats import (
     ALPHA,
     CASES,
     LOOKUP_PROMPT,
-    PROMPT,
     RUNS,
     SEED,
+    assert_follows_base,
     exact_sequences,
     fit_pvalue,
     marginal,
@@ -36,9 +36,6 @@ SHAPES = {
 }
 
 
-prompt_ids = ids_fixture(PROMPT)
-
-
 def q_proposer(base, shape: str, seed: int, temperature: float = Q_TEMPERATURE, **kw) -> QSampleProposer:
     parents = SHAPES[shape].fixed_shape()[0]
     return QSampleProposer(model_q(base, temperature), parents, torch.Generator().manual_seed(seed), **kw)
@@ -55,10 +52,10 @@ def test_every_proposer_implements_the_protocol(bases):
         assert isinstance(proposer, Proposer), type(proposer)
 
 
-def test_q_proposal_follows_the_contract(sharp_base, prompt_ids):
+def test_q_proposal_follows_the_contract(sharp_base, short_ids):
     """Tree shape as asked, children of a node distinct, q rows normalised over the base vocabulary."""
     proposer = q_proposer(sharp_base, "eagle1_small", 0)
-    proposer.start(prompt_ids[0], 5, None)
+    proposer.start(short_ids[0], 5, None)
     p = proposer.propose()
     assert isinstance(p, Proposal) and p.tokens[0] == 5
     assert p.parents.tolist() == SHAPES["eagle1_small"].fixed_shape()[0].tolist()
@@ -69,7 +66,7 @@ def test_q_proposal_follows_the_contract(sharp_base, prompt_ids):
         kids = [tok[i] for i in range(1, p.size) if par[i] == node]
         assert len(set(kids)) == len(kids)
     plain = q_proposer(sharp_base, "chain4", 0, declare=False)
-    plain.start(prompt_ids[0], 5, None)
+    plain.start(short_ids[0], 5, None)
     assert plain.propose().draft_probs is None
 
 
@@ -83,12 +80,12 @@ def test_lookup_drops_q_only_when_its_branch_adds_nodes(sharp_base):
     assert inner.draft_probs is not None and inner.size == 5 and proposer.branch_nodes == added
 
 
-def test_draft_probs_of_the_wrong_shape_are_refused(sharp_base, prompt_ids):
+def test_draft_probs_of_the_wrong_shape_are_refused(sharp_base, short_ids):
     v = sharp_base.vocab_size
     wrong = q_proposer(sharp_base, "chain4", 0, declared=lambda ctx: torch.full((v + 1,), 1.0 / (v + 1)))
     with pytest.raises(ValueError, match=r"draft_probs must have shape \[N, V_base\]"):
-        Decoder(sharp_base, wrong, Sampling(1.0), torch.Generator().manual_seed(0)).generate(prompt_ids, 4)
-    assert len(Decoder(sharp_base, wrong).generate(prompt_ids, 4).tokens) == 4  # greedy never reads q
+        Decoder(sharp_base, wrong, Sampling(1.0), torch.Generator().manual_seed(0)).generate(short_ids, 4)
+    assert len(Decoder(sharp_base, wrong).generate(short_ids, 4).tokens) == 4  # greedy never reads q
 
 
 # ---------------------------------------------------------------- greedy: q is ignored
@@ -119,27 +116,24 @@ LOSSLESS = {  # name -> (sampling case, tree shape, fast paths, lookup branch on
 
 
 @pytest.mark.parametrize("name", list(LOSSLESS))
-def test_q_sampling_is_lossless(sharp_base, prompt_ids, tok_a, name):
+def test_q_sampling_is_lossless(sharp_base, short_ids, tok_a, name):
     case, shape, fast_paths, lookup = LOSSLESS[name]
     s, length = CASES[case]
     proposer = q_proposer(sharp_base, shape, SEED + 1)
     if lookup:  # merged proposals lose q where the branch adds nodes, keep it elsewhere
-        prompt_ids = tok_a(LOOKUP_PROMPT, return_tensors="pt").input_ids
+        short_ids = tok_a(LOOKUP_PROMPT, return_tensors="pt").input_ids
         proposer = LookupProposer(proposer, num_tokens=3, max_ngram=1)
     decoder = Decoder(sharp_base, proposer, s, torch.Generator().manual_seed(SEED), fast_paths)
-    exact = exact_sequences(sharp_base, prompt_ids, s, decoder.eos, length)
-    counts, taus = sample_runs(decoder, prompt_ids, length, RUNS)
-    p = fit_pvalue(counts, exact)
-    assert p > ALPHA, f"observed token runs do not follow the base distribution (p = {p:.2g})"
-    for pos in range(length):
-        assert fit_pvalue(marginal(counts, pos), marginal(exact, pos)) > ALPHA, pos
+    exact = exact_sequences(sharp_base, short_ids, s, decoder.eos, length)
+    counts, taus = sample_runs(decoder, short_ids, length, RUNS)
+    assert_follows_base(counts, exact, length)
     assert sum(t >= 2 for t in taus) / RUNS > 0.2  # sampled draft tokens accepted
     assert sum(t == 1 for t in taus) / RUNS > 0.02  # and every one rejected
     if lookup:
         assert proposer.branch_nodes > RUNS // 5
 
 
-def test_a_broken_contract_is_detected(sharp_base, prompt_ids):
+def test_a_broken_contract_is_detected(sharp_base, short_ids):
     """Negative control: children drawn from the blurred q but declared as drawn from the base's own
     distribution. SpecInfer's rule then accepts the first child always: the output follows q, and the
     same chi-square test rejects it."""
@@ -147,9 +141,9 @@ def test_a_broken_contract_is_detected(sharp_base, prompt_ids):
     declared = model_q(sharp_base, s.temperature)
     proposer = q_proposer(sharp_base, "tree_k2_d3", SEED + 1, declared=declared)
     decoder = Decoder(sharp_base, proposer, s, torch.Generator().manual_seed(SEED))
-    counts, taus = sample_runs(decoder, prompt_ids, length, RUNS)
+    counts, taus = sample_runs(decoder, short_ids, length, RUNS)
     assert min(taus) >= 2  # the first child is always accepted
-    exact = exact_sequences(sharp_base, prompt_ids, s, decoder.eos, length)
+    exact = exact_sequences(sharp_base, short_ids, s, decoder.eos, length)
     p = fit_pvalue(counts, exact)  # ~2e-9 here
     assert p < ALPHA, f"the broken contract went undetected (p = {p:.2g})"
     assert fit_pvalue(marginal(counts, 1), marginal(exact, 1)) < ALPHA  # the drafted position, ~5e-66
@@ -158,7 +152,7 @@ def test_a_broken_contract_is_detected(sharp_base, prompt_ids):
 # ---------------------------------------------------------------- the q rule accepts more
 
 
-def test_q_rule_accepts_more_than_the_deterministic_rule(sharp_base, prompt_ids):
+def test_q_rule_accepts_more_than_the_deterministic_rule(sharp_base, short_ids):
     """Same q, same tree, seeded: SpecInfer's rule with q accepts a drawn child with min(1, p/q), the
     deterministic rule with p only; mean accept length over many steps is clearly higher with q."""
     s = Sampling(1.0)
@@ -166,7 +160,7 @@ def test_q_rule_accepts_more_than_the_deterministic_rule(sharp_base, prompt_ids)
     def tau(declare: bool) -> float:
         proposer = q_proposer(sharp_base, "tree_k2_d3", SEED + 2, declare=declare)
         decoder = Decoder(sharp_base, proposer, s, torch.Generator().manual_seed(SEED))
-        lengths = [a for _ in range(10) for a in decoder.generate(prompt_ids, 12).accept_lengths]
+        lengths = [a for _ in range(10) for a in decoder.generate(short_ids, 12).accept_lengths]
         return sum(lengths) / len(lengths)
 
     with_q, without_q = tau(True), tau(False)  # ~2.8 and ~1.2 (q: the base at temperature 1.5)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ids_fixture
 
 from specforge_het.algorithms.standalone import SharedVocab, StandaloneProposer
 from specforge_het.inference.decoder import Decoder
@@ -18,7 +17,6 @@ from specforge_het.models.base import BaseModel
 from specforge_het.testing import CORPUS_B, make_tokenizer, tiny_base
 
 N_NEW = 32
-PROMPT = "A draft tree is verified in one forward pass with a tree attention mask."
 TREES = {
     "chain4": TreeSpec("chain", max_depth=4),
     "dynamic": TreeSpec("dynamic", max_depth=4, top_k=3, total_tokens=10),
@@ -54,9 +52,6 @@ def tok_c():
 def pairs(bases, tok_a, tok_c):
     toks = {"a": tok_a, "c": tok_c}
     return {name: (bases[b], draft_lm(d, toks[t], seed=5 + i)) for i, (name, (b, d, t)) in enumerate(PAIRS.items())}
-
-
-prompt_ids = ids_fixture(PROMPT)
 
 
 # ---------------------------------------------------------------- greedy == base-only

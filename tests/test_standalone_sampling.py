@@ -9,17 +9,15 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import ids_fixture
-from test_sampling import (
+from sampling_stats import (
     ALPHA,
     CASES,
-    PROMPT,
     RUNS,
     SEED,
+    assert_follows_base,
     chi2_pvalue,
     exact_sequences,
     fit_pvalue,
-    marginal,
     sample_runs,
 )
 from test_standalone import foreign_tokenizer
@@ -47,9 +45,6 @@ def foreign_draft():
     """A tiny random Gemma3 LM with a foreign tokenizer."""
     tok = foreign_tokenizer()
     return BaseModel(tiny_base("gemma3", tok, hidden=32, layers=2, seed=7), tok, name="draft-gemma3")
-
-
-prompt_ids = ids_fixture(PROMPT)
 
 
 # ---------------------------------------------------------------- the draws
@@ -86,26 +81,23 @@ def make_decoder(base, draft, q_temperature: float, case: str) -> Decoder:
 
 
 @pytest.mark.parametrize("name", list(LOSSLESS))
-def test_standalone_sampling_is_lossless(sharp_base, foreign_draft, prompt_ids, name):
+def test_standalone_sampling_is_lossless(sharp_base, foreign_draft, short_ids, name):
     which, q_temperature, case = LOSSLESS[name]
     s, length = CASES[case]
     decoder = make_decoder(sharp_base, sharp_base if which == "self" else foreign_draft, q_temperature, case)
-    exact = exact_sequences(sharp_base, prompt_ids, s, decoder.eos, length)
-    counts, taus = sample_runs(decoder, prompt_ids, length, RUNS)
-    p = fit_pvalue(counts, exact)
-    assert p > ALPHA, f"observed token runs do not follow the base distribution (p = {p:.2g})"
-    for pos in range(length):
-        assert fit_pvalue(marginal(counts, pos), marginal(exact, pos)) > ALPHA, pos
+    exact = exact_sequences(sharp_base, short_ids, s, decoder.eos, length)
+    counts, taus = sample_runs(decoder, short_ids, length, RUNS)
+    assert_follows_base(counts, exact, length)
     # the same statistic rejects the base distribution at half the temperature
     half = type(s)(s.temperature / 2, s.top_p, s.top_k)
-    assert fit_pvalue(counts, exact_sequences(sharp_base, prompt_ids, half, decoder.eos, length)) < ALPHA
+    assert fit_pvalue(counts, exact_sequences(sharp_base, short_ids, half, decoder.eos, length)) < ALPHA
     assert sum(t == 1 for t in taus) / RUNS > 0.02  # every draft token rejected
     assert sum(t >= 2 for t in taus) / RUNS > (0.2 if which == "self" else 0.0)  # and drafts accepted
     if which == "self":
         assert sum(t >= 3 for t in taus) / RUNS > 0.05  # depth-2 drafts accepted too
 
 
-def test_a_broken_contract_is_detected(sharp_base, prompt_ids, monkeypatch):
+def test_a_broken_contract_is_detected(sharp_base, short_ids, monkeypatch):
     """Negative control: the draft's deterministic top-k, declared as drawn from q. With q = p (the sharp
     base as its own draft at the sampling temperature) the first child is always accepted: the second
     token is always the base's argmax, and the same chi-square test rejects the output."""
@@ -113,6 +105,6 @@ def test_a_broken_contract_is_detected(sharp_base, prompt_ids, monkeypatch):
                         lambda q, k, generator: torch.topk(q, min(k, int((q > 0).sum()))).indices)
     s, length = CASES["t1"]
     decoder = make_decoder(sharp_base, sharp_base, s.temperature, "t1")
-    counts, taus = sample_runs(decoder, prompt_ids, length, RUNS)
-    assert fit_pvalue(counts, exact_sequences(sharp_base, prompt_ids, s, decoder.eos, length)) < ALPHA
+    counts, taus = sample_runs(decoder, short_ids, length, RUNS)
+    assert fit_pvalue(counts, exact_sequences(sharp_base, short_ids, s, decoder.eos, length)) < ALPHA
     assert min(taus) >= 2
