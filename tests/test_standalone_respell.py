@@ -28,6 +28,8 @@ TEXTS = {
     "whitespace": "a  b   c\n\n  d\t e    \n    return x  *  2\n\n\n   end   ",
     "specials": "<|user|>hello there<|end|> <|assistant|> it's   fine<|end|>\n<|end|>don't we'll 123 4567",
     "no_spaces": "supercalifragilisticexpialidocious,verylongtokenrunwithoutanyspace.and.dots...!!!",
+    "cjk": "中文的句子，没有空格。再来一句：好！日本語のテキスト、カタカナ。한국어문장",
+    "code": "def f(x):return x*2;y=f(3)+g(a,b)[0].c<|end|>d(e)'s_t|u>v<|user|>w",
 }
 
 
@@ -94,15 +96,18 @@ def test_incremental_respelling_equals_full(tok_a, tok_c, tok_g, base, text):
         assert any(t.startswith("<0x") for t in base_tok.convert_ids_to_tokens(ids))
 
 
-def test_the_work_per_commit_is_the_tail(tok_a, tok_c):
-    text = " ".join(TEXTS[k] for k in ("plain", "multibyte", "specials")) * 4
+@pytest.mark.parametrize("texts", [("plain", "multibyte", "specials"), ("cjk", "code")])
+def test_the_work_per_commit_is_the_tail(tok_a, tok_c, texts):
+    text = " ".join(TEXTS[k] for k in texts) * 4
     encoded = check_speller(tok_a, tok_c, odd_split(tok_a, text))
-    assert len(encoded) > 50 and max(encoded) < 60 < len(text) / 10  # a word or two, not the whole text
+    assert len(encoded) > 50 and max(encoded) < 60 < len(text) / 4  # a word or two, not the whole text
 
 
 def test_restarts_follow_the_module_rules(tok_a, tok_c, tok_g):
     assert restart_point("ab  cd ef", 0) == 6 and restart_point("ab  cd ef", 6) == -1
     assert restart_point("ab  cd", 0) == 2 and restart_point(" x", 0) == -1  # a space after a space is none
+    assert restart_point("f(1)", 0) == 1 and restart_point("中文，好", 0) == 2 and restart_point("a1.", 0) == -1
+    assert restart_point("x<y", 0) == 1 and restart_point("x<y", 0, frozenset("<")) == -1  # an added token's
     assert starts_mid_character("©") and not starts_mid_character("Ġthe") and not starts_mid_character("中")
     assert starts_mid_character("Ģ") and not starts_mid_character("Ġ")  # GPT-2's stand-ins for 0x80 and 0x20
     assert not splits_at("byte_fallback", "<0xE4>", "<0xB8>") and splits_at("byte_fallback", "▁a", "<0xB8>")

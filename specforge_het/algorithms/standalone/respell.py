@@ -9,10 +9,12 @@ tokenizer without it is re-spelled whole (`decode_rule` / `encode_restarts` say 
   Replace / ByteFallback / Fuse sequence (SentencePiece-style, e.g. Gemma's), when tokens b-1 and b are not
   both byte tokens ("<0xE2>": ByteFallback decodes a run of them together). Then
   decode(ids[:n]) == decode(ids[:b]) + decode(ids[b:n]) for every n > b: the text before b is settled.
-* encoding restarts at a text offset c where text[c] is a space after a non-space character, for a byte-level
-  BPE with the GPT-2 split pattern (`restart_point`), no normalizer and added tokens that hold no whitespace and
-  strip nothing: every pre-token ends at c (none takes a space after a non-space character), the pre-tokens
-  before c look at no character past c, the pattern looks at nothing before c, and BPE runs per pre-token. So
+* encoding restarts at a text offset c where text[c] is a space after a non-space character, or punctuation
+  after a letter (`restart_point`), for a byte-level BPE with the GPT-2 split pattern, no normalizer and added
+  tokens that hold no whitespace and strip nothing: every pre-token ends at c (none takes a space after a
+  non-space character, and a letter run or contraction ends before punctuation), the pre-tokens before c look
+  at no character past c, the pattern looks at nothing before c, BPE runs per pre-token, and no added token
+  spans c (it would hold the space, or the punctuation character: those are avoided). So
   encode(text) == encode(text[:c]) + encode(text[c:]), and a restart point before the first changed
   character stays one.
 
@@ -23,12 +25,14 @@ from __future__ import annotations
 
 import functools
 import json
+import string
 from typing import Any
 
 from specforge_het.algorithms.standalone.align import DECODE, respell
 
 CONTINUATION = range(0x80, 0xC0)  # UTF-8 continuation bytes
 PLAIN_DECODERS = {"Replace", "ByteFallback", "Fuse"}  # per-token steps, and ByteFallback's runs of byte tokens
+WORD_END = frozenset(string.punctuation + "，。、；：？！（）《》「」『』")  # never letters, digits or spaces
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,14 +102,30 @@ def encode_restarts(tokenizer) -> bool:
                or t.get("single_word")) for t in config.get("added_tokens", []))
 
 
-def restart_point(text: str, lo: int) -> int:
-    """The last offset c in (lo, len(text)) where text[c] is a space after a non-space character, or -1."""
-    c = text.rfind(" ", lo + 1)
-    while c > lo:
-        if not text[c - 1].isspace():
+def _stable_letter(ch: str) -> bool:
+    """A letter in every Unicode version Python's and the tokenizer's tables may follow: ASCII, Latin-1 and Latin
+    Extended-A/B, Greek, Cyrillic, or the CJK ideographs of Unicode 1.1."""
+    o = ord(ch)
+    return ch.isalpha() and (o < 0x0500 or 0x4E00 <= o <= 0x9FA5)
+
+
+def restart_point(text: str, lo: int, avoid: frozenset[str] = frozenset()) -> int:
+    """The last offset c in (lo, len(text)) where encoding restarts, or -1: text[c] is a space after a non-space
+    character, or a punctuation character of WORD_END (and not in `avoid`: the added tokens' characters) after a
+    letter (`_stable_letter`)."""
+    for c in range(len(text) - 1, lo, -1):
+        ch, prev = text[c], text[c - 1]
+        if ch == " " and not prev.isspace():
             return c
-        c = text.rfind(" ", lo + 1, c)
+        if ch in WORD_END and ch not in avoid and _stable_letter(prev):
+            return c
     return -1
+
+
+def added_characters(tokenizer) -> frozenset[str]:
+    """The characters of a tokenizer's added tokens (a restart inside one of them would split it)."""
+    tokens = (_config(tokenizer) or {}).get("added_tokens") or []
+    return frozenset("".join(t["content"] for t in tokens))
 
 
 def common_prefix(a, b, start: int = 0) -> int:
@@ -129,6 +149,7 @@ class Speller:
         self.rule = decode_rule(base_tokenizer)
         self.incremental = self.rule is not None and encode_restarts(draft_tokenizer)
         self._backend: Any = getattr(draft_tokenizer, "backend_tokenizer", None)
+        self._avoid = added_characters(draft_tokenizer) if self.incremental else frozenset()
         self.reset()
 
     def reset(self) -> None:
@@ -148,7 +169,7 @@ class Speller:
         while self.restarts and self.restarts[-1][0] >= d:  # a restart point must precede the first change
             self.restarts.pop()
         c0, j0 = self.restarts[-1] if self.restarts else (0, 0)
-        c1 = restart_point(self.text, c0)
+        c1 = restart_point(self.text, c0, self._avoid)
         parts = [self.text[c0:c1], self.text[c1:]] if c1 > 0 else [self.text[c0:]]
         encoded = [self._backend.encode(part, add_special_tokens=False).ids for part in parts]  # not encode_batch:
         # its thread pool costs more than two short pieces
@@ -167,7 +188,7 @@ class Speller:
         if self.incremental:
             self.settled_text = decode(self.base_tokenizer, self.base_ids[self.skip:self._split()])
             self.settled = self._split()
-            c = restart_point(self.text, 0)
+            c = restart_point(self.text, 0, self._avoid)
             if c > 0:
                 self.restarts = [(c, len(self.draft_tokenizer.encode(self.text[:c], add_special_tokens=False)))]
         return ids, 0
