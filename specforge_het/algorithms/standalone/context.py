@@ -23,7 +23,7 @@ from specforge_het.models.base import BaseModel
 
 class DraftContext:
     """Committed base ids, their draft spelling (`draft_ids`), the draft cache over exactly those ids
-    (`cache`, `length`), and the draft's next-token logits after them (`root_logits` [Vd])."""
+    (`cache`, `length`), and the draft's final hidden state after them (`root_hidden` [H]; `root_logits` [Vd])."""
 
     def __init__(self, draft: BaseModel, base_tokenizer, identity: bool):
         self.draft, self.base_tokenizer, self.identity = draft, base_tokenizer, identity
@@ -36,7 +36,7 @@ class DraftContext:
         self.base_ids: list[int] = []
         self.draft_ids: list[int] = []
         self.cache = self.draft.new_cache()
-        self.root_logits: torch.Tensor | None = None
+        self.root_hidden: torch.Tensor | None = None
         if self.speller is not None:
             self.speller.reset()
         if base_ids:
@@ -66,9 +66,15 @@ class DraftContext:
         keep = min(common_prefix(self.draft_ids, ids, same), len(ids) - 1, self.length)
         self.cache.crop(keep)
         feed = torch.tensor([ids[keep:]], dtype=torch.long, device=self.draft.device)
-        out = self.draft(feed, self.cache, logits="last")
+        out = self.draft(feed, self.cache, logits="none")
         self.draft_ids = ids
-        self.root_logits = out.logits[0, -1]
+        self.root_hidden = out.hidden[0, -1]
+
+    @property
+    def root_logits(self) -> torch.Tensor:
+        """The draft's next-token logits after the committed ids [Vd] (the proposer reads `root_hidden` through
+        its own head over the shared vocabulary)."""
+        return self.draft.head(self.root_hidden)
 
     def rollback(self) -> None:
         """Drop every cache entry past the committed draft ids (after a tree was fed)."""

@@ -26,7 +26,7 @@ import torch
 
 from specforge_het.algorithms.standalone.context import DraftContext
 from specforge_het.algorithms.standalone.draws import draw_order, rank_scores
-from specforge_het.algorithms.standalone.vocab import SharedVocab
+from specforge_het.algorithms.standalone.vocab import SharedVocab, shared_head
 from specforge_het.inference.proposer import TreeSpec
 from specforge_het.inference.protocol import Proposal
 from specforge_het.inference.tree import build_dynamic_tree
@@ -56,6 +56,8 @@ class StandaloneProposer:
         vocab = vocab or SharedVocab.build(base_tokenizer, draft.tokenizer, base_vocab_size, draft.vocab_size)
         self.vocab = vocab.to(draft.device)
         self.top_k = min(self.tree.top_k, self.vocab.size)
+        # the LM head's shared rows only (none when every row is shared: the draft's own head is that)
+        self.head = shared_head(draft.lm_head, self.vocab.draft_ids) if self.vocab.size < draft.vocab_size else None
         self.context = DraftContext(draft, base_tokenizer, self.vocab.identity)
         self._device = draft.device
 
@@ -77,7 +79,7 @@ class StandaloneProposer:
         return self.tree.max_depth
 
     def fast_path_modules(self) -> tuple:
-        return (self.draft.model,)
+        return (self.draft.model,) if self.head is None else (self.draft.model, self.head)
 
     # ------------------------------------------------------------ decoder interface
     def start(self, prompt_ids: torch.Tensor, root: int, features=None) -> None:
@@ -93,7 +95,7 @@ class StandaloneProposer:
         self._new_rows()
         t = self.tree
         try:
-            root_scores = self._child_scores(self.context.root_logits[None])[0]
+            root_scores = self._child_scores(self.context.root_hidden[None])[0]
             tokens, parents, scores = build_dynamic_tree(self._step, root_scores, self.top_k, t.max_depth,
                                                          t.total_tokens)
         finally:
@@ -116,10 +118,18 @@ class StandaloneProposer:
         self._rows: list[tuple[int, int]] = []  # (parent row or -1 for the root, shared index), sampling only
         self._q: list[torch.Tensor] = []  # q [S] of the root and of each fed row (sampling)
 
-    def _child_scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Draft logits [K, Vd] of fed rows -> their children's scores over the shared vocabulary [K, S]:
+    def _shared_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Draft final hidden states [K, H] -> logits over the shared vocabulary [K, S] (softcapped as `head` does)."""
+        if self.head is None:
+            return self.vocab.restrict(self.draft.head(hidden))
+        cap = getattr(self.draft.config, "final_logit_softcapping", None)
+        logits = self.head(hidden)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def _child_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Draft hidden states [K, H] of fed rows -> their children's scores over the shared vocabulary [K, S]:
         log-probabilities (greedy), or rank scores of children drawn from q (sampling; q kept per row)."""
-        shared = self.vocab.restrict(logits).float()
+        shared = self._shared_logits(hidden).float()
         if not self.sampling:
             return torch.log_softmax(shared, dim=-1)
         rows = []
@@ -150,7 +160,7 @@ class StandaloneProposer:
         self._positions = torch.cat([self._positions, positions])
         anc = torch.cat([self._anc[rows], own], dim=1)  # [K, n_prev + K]
         self._anc = torch.cat([torch.cat([self._anc, own.new_zeros(n_prev + 1, k)], dim=1), anc])
-        return self._child_scores(self.draft.head(out.hidden[0]))
+        return self._child_scores(out.hidden[0])
 
     def _draft_probs(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """q [N, V_base]: row i the q node i's children were drawn from (its fed row's), uniform for leaves."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from specforge_het.algorithms.build import cached_token_strings
 from specforge_het.models.adapters import foreign_vocab_map
@@ -61,6 +62,18 @@ class SharedVocab:
         out = probs.new_zeros(*probs.shape[:-1], self.base_vocab_size)
         index = self.base_ids.to(probs.device).expand(*probs.shape[:-1], -1)
         return out.scatter_(-1, index, probs)
+
+
+def shared_head(lm_head: nn.Linear, draft_ids: torch.Tensor) -> nn.Linear:
+    """The rows `draft_ids` [S] of a draft's LM head as a Linear H -> S of their own (a copy, frozen): the
+    draft's logits over the shared vocabulary, without the rows no tree node can hold."""
+    w = lm_head.weight.detach()
+    head = nn.Linear(w.shape[1], draft_ids.shape[0], bias=lm_head.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        head.weight.copy_(w.index_select(0, draft_ids.to(w.device)))
+        if lm_head.bias is not None:
+            head.bias.copy_(lm_head.bias.detach().index_select(0, draft_ids.to(w.device)))
+    return head.requires_grad_(False)
 
 
 def same_tokenizer(a, b) -> bool:
