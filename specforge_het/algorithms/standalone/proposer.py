@@ -110,7 +110,7 @@ class StandaloneProposer:
     def _new_rows(self) -> None:
         """Empty tables of fed tree rows, row 0 standing for the root: depths [R+1], positions [R], and
         ancestor-or-self among the fed rows [R+1, R] (the root's row empty); fed row r is cache entry
-        `context.length + r`. Sampling also keeps (parent row, shared index) of each row and its q."""
+        `len(context.draft_ids) + r`. Sampling also keeps (parent row, shared index) of each row and its q."""
         dev = self.draft.device
         self._depth = torch.zeros(1, dtype=torch.long, device=dev)
         self._positions = torch.zeros(0, dtype=torch.long, device=dev)
