@@ -157,6 +157,10 @@ def test_walks_fed_row_by_row_equal_the_rules() -> None:
         walk2.feed(probs[walk2.node])
     want = tree_rejection_sample(GREEDY_TOKENS, GREEDY_PARENTS, probs, torch.Generator().manual_seed(1))
     assert walk2.result()[0].tolist() == want[0].tolist() and walk2.result()[1] == want[1]
+    with pytest.raises(RuntimeError, match="the walk is done"):
+        walk.feed(0)
+    with pytest.raises(RuntimeError, match="the walk is done"):
+        walk2.feed(probs[0])
 
 
 # ---------------------------------------------------------------- statistical tests

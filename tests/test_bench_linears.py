@@ -44,4 +44,6 @@ def test_main_writes_json(tmp_path, monkeypatch) -> None:
     bench_linears.main(model="tiny", rows="1,4", reps=1, outfile=str(out))
     data = json.loads(out.read_text())
     assert calls == ["tiny"] and [r["rows"] for r in data["results"]] == [1, 4]
+    bench_linears.main(model="tiny", rows=(1, 4, 16), reps=1, outfile=str(out))  # fire's form of --rows 1,4,16
+    assert [r["rows"] for r in json.loads(out.read_text())["results"]] == [1, 4, 16]
     assert data["command"].startswith("python -m specforge_het.bench.linears")

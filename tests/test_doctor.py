@@ -79,3 +79,23 @@ def test_full_size_needs_cuda():
     res = subprocess.run([sys.executable, "-m", "specforge_het.doctor", "--device", "cpu"], capture_output=True,
                          text=True, timeout=300)
     assert res.returncode != 0 and "--tiny" in res.stderr
+
+
+@pytest.mark.parametrize(("argv", "want"), [(["--tiny", "false"], (False, True)), (["--tiny", "--engine", "no"], (True, False)),
+                                            (["--tiny=True", "--engine=0"], (True, False))])
+def test_command_line_bool_flags(monkeypatch, argv, want):
+    """fire passes `--tiny false` as the string 'false'; the doctor's command line reads it as False."""
+    import inspect
+
+    import fire
+
+    got, sig = [], inspect.signature(doctor.main)
+
+    def fake(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        got.append((bound.arguments["tiny"], bound.arguments["engine"]))
+
+    monkeypatch.setattr(doctor, "main", fake)
+    fire.Fire(doctor.cli, command=argv)
+    assert got == [want]

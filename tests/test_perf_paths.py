@@ -166,7 +166,7 @@ def test_lean_draft_equals_hf_layers(bases, family) -> None:
 
 # ---------------------------------------------------------------- packed linears
 
-needs_onednn = pytest.mark.skipif(not packing_available(), reason="oneDNN not available in this torch build")
+needs_onednn = pytest.mark.skipif(not packing_available(), reason="neither MKL nor oneDNN packing in this torch build")
 
 
 @needs_onednn
@@ -200,26 +200,33 @@ def test_packed_linear_equals_f_linear_and_steps_aside() -> None:
 
 @needs_onednn
 def test_packed_linear_row_buckets() -> None:
-    """1-3 rows run F.linear itself; 4-64 rows run on a weight packed once per bucket (rows padded up),
-    equal to F.linear to float rounding."""
+    """With MKL packing: 1-3 rows run F.linear itself; 4-64 rows run on a weight packed once per bucket
+    (rows padded up). Without it: one oneDNN reorder for 1-64 rows. Equal to F.linear to float rounding."""
     torch.manual_seed(0)
     lin, plain = nn.Linear(96, 200), nn.Linear(96, 200)
     plain.load_state_dict(lin.state_dict())
-    assert [lean.bucket_rows(r) for r in (4, 5, 8, 9, 33, 64)] == [4, 8, 8, 16, 64, 64]
+    mkl = lean.mkl_packing_available()
+    want = [4, 8, 8, 16, 64, 64] if mkl else [0] * 6
+    assert [lean.bucket_rows(r) for r in (4, 5, 8, 9, 33, 64)] == want and lean.bucket_rows(65) == -1
     pack_linears(nn.Sequential(lin))
     try:
         with torch.no_grad():
             for rows in (1, 2, 3):
                 x = torch.randn(1, rows, 96)
-                assert torch.equal(lin(x), plain(x))
-            assert lin not in lean._PACKED  # nothing packed for the few-row path
-            for rows in (4, 5, 8, 13, 64):
-                x = torch.randn(1, rows, 96)
                 got = lin(x)
                 torch.testing.assert_close(got, plain(x), atol=1e-5, rtol=1e-5)
-            assert sorted(lean._PACKED[lin][1]) == [4, 8, 16, 64]
-            if lean.mkl_packing_available():
-                assert all(p[0] == "mkl" for p in lean._PACKED[lin][1].values())
+                if mkl:
+                    assert torch.equal(got, plain(x))
+            assert (lin not in lean._PACKED) == mkl  # with MKL nothing is packed for the few-row path
+            for rows in (4, 5, 8, 13, 64):
+                x = torch.randn(1, rows, 96)
+                torch.testing.assert_close(lin(x), plain(x), atol=1e-5, rtol=1e-5)
+            assert sorted(lean._PACKED[lin][1]) == ([4, 8, 16, 64] if mkl else [0])
+            assert all(p[0] == ("mkl" if mkl else "onednn") for p in lean._PACKED[lin][1].values())
+            assert lean.release_packed() >= 1 and lin not in lean._PACKED
+            x = torch.randn(1, 4, 96)
+            torch.testing.assert_close(lin(x), plain(x), atol=1e-5, rtol=1e-5)
+            assert lin in lean._PACKED  # packed again after the release
     finally:
         unpack_linears([lin])
 

@@ -260,3 +260,7 @@ def test_past_mask_feeds_a_level_as_refeeding_its_ancestors_does(bases, long_ids
     got = base(level2[None], cache, positions[2:], eye, logits="none", past_mask=seen, past_positions=past_pos)
     torch.testing.assert_close(got.hidden[0], ref, atol=1e-5, rtol=1e-5)
     assert cache.get_seq_length() == m + 4
+    with pytest.raises(ValueError, match=r"past_mask has shape \(2, 3\); it must be \[S, past\]"):
+        base(level2[None], cache, logits="none", past_mask=seen[:, :3])
+    with pytest.raises(ValueError, match=r"past_positions has shape \(3,\); it must be \[past\]"):
+        base(level2[None], cache, logits="none", past_positions=past_pos[:3])

@@ -121,3 +121,14 @@ def test_tokenizers_without_the_rules_are_respelled_whole(tok_a, tok_g):
     ids = odd_split(tok_a, TEXTS["multibyte"] + TEXTS["plain"])
     for part in commits(ids, 1):
         assert speller.spell(part)[0] == respell(part, tok_a, tok_g, draft_prefix(tok_g))[2]
+
+
+def test_an_id_without_a_token_string_does_not_break_the_speller(tok_c, tok_g):
+    """A base head row past the tokenizer's vocabulary has no token string: never a split point there,
+    and the incremental spelling still equals the full one."""
+    oov = len(tok_g)
+    assert tok_g.convert_ids_to_tokens(oov) is None
+    ids = tok_g.encode("Hello there, world.", add_special_tokens=False)
+    speller = Speller(tok_g, tok_c, draft_prefix(tok_c))
+    for upto in (ids, ids + [oov], ids + [oov] + ids[:2]):
+        assert speller.spell(upto)[0] == respell(upto, tok_g, tok_c, draft_prefix(tok_c))[2]

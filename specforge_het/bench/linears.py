@@ -56,7 +56,7 @@ def measure(linears: list[nn.Linear], rows: tuple[int, ...], reps: int) -> list[
     return out
 
 
-def main(model: str = "smollm2-135m-instruct", rows: str = "1,2,4,8,16", reps: int = 7,
+def main(model: str = "smollm2-135m-instruct", rows: str | tuple = "1,2,4,8,16", reps: int = 7,
          outfile: str = "docs/results/linears.json") -> None:
     """Time the base's linears, plain vs packed, for ROWS (comma-separated row counts); writes OUTFILE."""
     from specforge_het.models.base import BaseModel
@@ -66,7 +66,8 @@ def main(model: str = "smollm2-135m-instruct", rows: str = "1,2,4,8,16", reps: i
     base = BaseModel.load(model)
     base.train(False)
     linears = [m for m in base.layers.modules() if type(m) is nn.Linear]
-    counts = tuple(int(r) for r in str(rows).split(",") if str(r).strip())
+    parts = rows if isinstance(rows, (tuple, list)) else str(rows).split(",")  # fire gives "1,4,16" as a tuple
+    counts = tuple(int(r) for r in parts if str(r).strip())
     results = measure(linears, counts, reps)
     table = Table(title=f"{model}: {len(linears)} linears, float32, {torch.get_num_threads()} threads, best of {reps}")
     for col in ("rows", "plain ms", "packed ms", "plain vs 1 row", "packed vs 1 row", "packed speed-up"):

@@ -9,6 +9,7 @@ status 1 when a check fails. What each check measures: specforge_het/doctor/chec
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -169,6 +170,28 @@ def main(tiny: bool = False, device: str = "auto", out: str = "runs/doctor/docto
         raise SystemExit(1)
 
 
+_MAIN_SIGNATURE = inspect.signature(main)
+
+
+def cli(*args, **kwargs) -> None:
+    """main() from the command line: `--tiny false` / `--engine no` read as False (fire passes strings)."""
+    from specforge_het.cli import as_flag
+    from specforge_het.config import ConfigError
+
+    bound = _MAIN_SIGNATURE.bind(*args, **kwargs)
+    try:
+        for name in ("tiny", "engine"):
+            if name in bound.arguments:
+                bound.arguments[name] = as_flag(name, bound.arguments[name])
+    except ConfigError as e:
+        raise SystemExit(f"doctor: {e}") from None
+    main(*bound.args, **bound.kwargs)
+
+
+cli.__signature__ = _MAIN_SIGNATURE  # type: ignore[attr-defined]
+cli.__doc__ = main.__doc__
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fire.Fire(main)
+    fire.Fire(cli)

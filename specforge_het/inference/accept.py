@@ -110,6 +110,8 @@ class GreedyWalk:
         return self._stack[-1][0] if self._stack else None
 
     def feed(self, argmax: int) -> None:
+        if not self._stack:
+            raise RuntimeError("the walk is done (walk.node is None): read walk.result()")
         node, depth = self._stack.pop()
         self._tops[node] = t = int(argmax)
         if depth > self._best_depth or (depth == self._best_depth and node < self._best):
@@ -241,7 +243,8 @@ class RejectionWalk:
 
     def feed(self, probs: torch.Tensor) -> None:
         cur = self.node
-        assert cur is not None, "the walk is done"
+        if cur is None:
+            raise RuntimeError("the walk is done (walk.node is None): read walk.result()")
         p = _normalise(probs.to(torch.promote_types(probs.dtype, torch.float32)))  # [V]
         q = None if self._draft_probs is None else _normalise(self._draft_probs[cur].to(p.dtype))  # [V]
         nxt, p = _try_candidates(self._children[cur], self._tok, p, q, self._generator)

@@ -228,6 +228,12 @@ class BaseModel(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + s, device=input_ids.device)
         kv = cache.kv  # the lean forward writes a KVCache; HF's forward fills any other cache
+        if past_mask is not None and tuple(past_mask.shape) != (s, past):
+            raise ValueError(f"past_mask has shape {tuple(past_mask.shape)}; it must be [S, past] = [{s}, {past}] "
+                             "(one row per new token, one column per cached entry).")
+        if past_positions is not None and tuple(past_positions.shape) != (past,):
+            raise ValueError(f"past_positions has shape {tuple(past_positions.shape)}; it must be [past] = [{past}] "
+                             "(the position of every cached entry).")
         seen = (past_mask, past_positions)
         if kv is not None:
             hidden, taps = self._lean_forward(input_ids, kv, positions, tree_mask, frozenset(feature_layers), seen)

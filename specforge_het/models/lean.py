@@ -100,48 +100,59 @@ def packing_available() -> bool:
 
 
 def bucket_rows(rows: int) -> int:
-    """The MKL packing bucket for a call on `rows` rows (4 <= rows <= 64: the next bucket up)."""
-    return _BUCKET[rows]
+    """The packing bucket of a call on `rows` rows: with MKL packing, the next of MKL_BUCKETS up (rows are
+    padded to it); 0 for the one shared oneDNN reorder (hosts without MKL packing); -1: F.linear."""
+    return _BUCKET[rows] if 0 < rows <= PACK_MAX_ROWS else -1
 
 
 def _agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
     return torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6)
 
 
-def _pack(module: nn.Linear, rows: int) -> tuple | None:
-    """(kind, packed weight) for calls on `rows` rows: MKL's packed GEMM for that row count where torch
-    has it (the same MKL kernels as F.linear without re-packing the weight each call), else a oneDNN
-    reorder; None when neither reproduces F.linear on a probe."""
+def _pack(module: nn.Linear, bucket: int) -> tuple | None:
+    """(kind, packed weight) for one bucket: MKL's packed GEMM for `bucket` rows (the same MKL kernels as
+    F.linear without re-packing the weight each call), or for bucket 0 a oneDNN reorder; None when it
+    does not reproduce F.linear on a probe."""
     w = module.weight.detach()
-    probe = torch.randn(rows, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
+    probe = torch.randn(bucket or 3, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
     want = F.linear(probe, w)
     try:
-        if mkl_packing_available():
-            packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-            if _agrees(torch.ops.mkl._mkl_linear(probe, packed, w, None, rows), want):
-                return "mkl", packed
+        if bucket:
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(w, bucket)
+            ok = _agrees(torch.ops.mkl._mkl_linear(probe, packed, w, None, bucket), want)
+            return ("mkl", packed) if ok else None
         packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_HINT)
-        if _agrees(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""), want):
-            return "onednn", packed
+        ok = _agrees(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""), want)
+        return ("onednn", packed) if ok else None
     except RuntimeError:
-        pass
-    return None
+        return None
 
 
 # packed weights live beside the modules, never in them: an unpacked module is exactly HF's again
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (weight key, {bucket: pack})
 
+assert MKL_BUCKETS[-1] == PACK_MAX_ROWS
+_MKL = mkl_packing_available()
+# per row count: -1 = F.linear (with MKL, 1-3 rows: its few-row path reads each weight once already)
+_BUCKET = [-1] * (GEMV_MAX_ROWS + 1 if _MKL else 1) + [
+    next(b for b in MKL_BUCKETS if b >= r) if _MKL else 0 for r in range(GEMV_MAX_ROWS + 1 if _MKL else 1, PACK_MAX_ROWS + 1)]
 
-_BUCKET = [0] * (GEMV_MAX_ROWS + 1) + [next(b for b in MKL_BUCKETS if b >= r) for r in range(GEMV_MAX_ROWS + 1, 65)]
+
+def release_packed() -> int:
+    """Drop every cached packed copy (they are rebuilt on the next packed call); returns how many modules had one."""
+    n = len(_PACKED)
+    _PACKED.clear()
+    return n
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """nn.Linear.forward for inference on 4-64 rows: MKL's GEMM on a weight packed once per row bucket
-    (or oneDNN on a reordered one), repacked when the weight changed in place or moved; F.linear for
-    1-3 rows, many rows, under autograd, or off the CPU / float32. (Per call, so kept lean.)"""
+    """nn.Linear.forward for inference on few rows: MKL's GEMM on a weight packed once per row bucket
+    (4-64 rows), or oneDNN on one reordered copy (1-64 rows) where torch has no MKL packing; repacked
+    when the weight changed in place or moved. F.linear for other row counts, under autograd, or off
+    the CPU / float32. (Per call, so kept lean.)"""
     w = self.weight
     rows = x.numel() // x.shape[-1]
-    if (rows <= GEMV_MAX_ROWS or rows > PACK_MAX_ROWS or torch.is_grad_enabled() or x.dtype != torch.float32
+    if (rows > PACK_MAX_ROWS or _BUCKET[rows] < 0 or torch.is_grad_enabled() or x.dtype != torch.float32
             or w.dtype != torch.float32 or x.device.type != "cpu"):
         return F.linear(x, w, self.bias)
     bucket, key = _BUCKET[rows], (w._version, w.data_ptr())
@@ -171,10 +182,11 @@ def pack_linears(root: nn.Module) -> list[nn.Linear]:
     """Route small inference calls of every nn.Linear under `root` through `_packed_forward` (CPU, fp32).
 
     An instance-level `forward` is set on each; `unpack_linears` removes it again. Weights are packed
-    on first use and the packed copy is kept beside the module (memory grows by the linear weights)
-    so that packing again later costs nothing. Calls that need gradients, many rows, another device
-    or dtype run F.linear unchanged. Returns the layers routed by this call (none when oneDNN is
-    unavailable, or when they are routed already).
+    on first use and the packed copies are kept beside the module (memory grows by one copy of the
+    linear weights per MKL row bucket used; `release_packed` drops them) so that packing again later
+    costs nothing. Calls that need gradients, many rows, another device or dtype run F.linear
+    unchanged. Returns the layers routed by this call (none when neither MKL nor oneDNN packing is
+    available, or when they are routed already).
     """
     if not packing_available():
         return []

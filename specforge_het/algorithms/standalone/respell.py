@@ -55,9 +55,9 @@ def starts_mid_character(token: str) -> bool:
     return not token or byte_level_bytes().get(token[0], 0) in CONTINUATION
 
 
-def is_byte_token(token: str) -> bool:
-    """ByteFallback's byte tokens: "<0xE2>"."""
-    return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+def is_byte_token(token: str | None) -> bool:
+    """ByteFallback's byte tokens: "<0xE2>" (an id without a token string is none)."""
+    return isinstance(token, str) and len(token) == 6 and token.startswith("<0x") and token.endswith(">")
 
 
 def decode(tokenizer, ids: list[int]) -> str:
@@ -83,8 +83,11 @@ def decode_rule(tokenizer) -> str | None:
     return None
 
 
-def splits_at(rule: str, before: str, token: str) -> bool:
-    """Decoding splits between base tokens `before` and `token` (token strings) under `rule`."""
+def splits_at(rule: str, before: str | None, token: str | None) -> bool:
+    """Decoding splits between base tokens `before` and `token` (token strings) under `rule`; never next
+    to an id without a token string (e.g. a head row past the tokenizer's vocabulary)."""
+    if before is None or token is None:
+        return False
     if rule == "byte_level":
         return not starts_mid_character(token)
     return not (is_byte_token(before) and is_byte_token(token))
