@@ -197,6 +197,36 @@ $(WARM_B)/model.safetensors: $(WARM_A)/model.safetensors | features-smollm2-big-
 draft-smollm2-eagle3-breadth: $(WARM_B)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_B) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth"
 
+# More breadth data (part E) and stage C of the warm-started draft (issue 13, session 10):
+#   1. 1,700 more Magpie prompts from SmolLM2 (seed 1, bfloat16), appended after the first mix
+#      (no shuffle: rows 0-2322 stay the mix that parts A-D answered; duplicates of them are dropped);
+#   2. the base answers the new rows 2323-4007 (part E) in bfloat16; features for parts D and E;
+#   3. stage C: the stage-B draft trained on D + E (never seen by it), the full 7-step unroll, lr 6e-4.
+# Then `draft-smollm2-eagle3-breadth-c` ships it as smollm2-135m-instruct-eagle3 (when its bench is better).
+BIG_D := runs/data/smollm2_big_d
+BIG_E := runs/data/smollm2_big_e
+BIG_DE := runs/data/smollm2_big_de
+WARM_C := runs/smollm2_eagle3_warm3
+runs/prompts/smollm2_magpie_s1.jsonl: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 1700 --seed 1 --batch_size 64
+runs/prompts/smollm2_mix2.jsonl: runs/prompts/smollm2_mix.jsonl runs/prompts/smollm2_magpie_s1.jsonl
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix.jsonl runs/prompts/smollm2_magpie_s1.jsonl \
+		--shuffle=false --seed 0
+.PHONY: data-smollm2-big-e features-smollm2-big-de draft-smollm2-eagle3-breadth-c
+data-smollm2-big-e: runs/prompts/smollm2_mix2.jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix2.jsonl --@smollm2 \
+		--dataset_generation.dtype bfloat16 --dataset_generation.ds_range 2323,4008 --dataset_generation.output_dir $(BIG_E)
+$(BIG_DE)/meta.json: | data-smollm2-big-e
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_D) --@smollm2 --@eagle_v3
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_E) --@smollm2 --@eagle_v3
+	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG_DE) $(BIG_D) $(BIG_E) --allow_gaps
+features-smollm2-big-de: $(BIG_DE)/meta.json
+$(WARM_C)/model.safetensors: $(WARM_B)/model.safetensors | features-smollm2-big-de
+	$(call TRAIN_WARM,$(WARM_C)) --dataset.path $(BIG_DE) --modeling.init_draft $(WARM_B) --training.ttt_steps 7 \
+		--training.learning_rate 6e-4 --training.eval_steps 400
+draft-smollm2-eagle3-breadth-c: $(WARM_C)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_C) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-c"
+
 # Scaling study: τ on MT-Bench (10 questions x 2 turns, 128 tokens, the tree_cpu tree, no lookup) of
 # the run's checkpoints after SCALING_STEPS steps (2 conversations each; every 24 steps are kept) and
 # of the stage-1 and stage-2 drafts, each point's tokens read from its training log; then the table, JSON and plot in docs/results/.
