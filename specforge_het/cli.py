@@ -48,21 +48,27 @@ def as_flag(name: str, value: Any) -> bool:
     raise ConfigError(f"--{name} {value!r}: give true or false (e.g. --{name}=false, or --no{name}).")
 
 
+def read_flags(sig: inspect.Signature, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """(args, kwargs) as fire passed them for `sig`, with every bool-annotated parameter read by `as_flag`
+    (fire may pass a flag's value by position or by name)."""
+    flags = [p.name for p in sig.parameters.values() if p.annotation in (bool, "bool")]
+    if not flags:
+        return args, kwargs
+    bound = sig.bind(*args, **kwargs)
+    for name in flags:
+        if name in bound.arguments:
+            bound.arguments[name] = as_flag(name, bound.arguments[name])
+    return bound.args, bound.kwargs
+
+
 def bind_config(fn: Callable[..., Any], cfg: Config, presets: list[str]) -> Callable[..., Any]:
     """`fn(cfg, presets, **kwargs)` as a fire-friendly function of **kwargs only."""
 
-    params = list(inspect.signature(fn).parameters.values())[2:]
-    sig = inspect.Signature(params)
-    flags = [p.name for p in params if p.annotation in (bool, "bool")]
+    sig = inspect.Signature(list(inspect.signature(fn).parameters.values())[2:])
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if flags:  # fire may pass a flag's value by position or by name
-            bound = sig.bind(*args, **kwargs)
-            for name in flags:
-                if name in bound.arguments:
-                    bound.arguments[name] = as_flag(name, bound.arguments[name])
-            args, kwargs = bound.args, bound.kwargs
+        args, kwargs = read_flags(sig, args, kwargs)
         return fn(cfg, presets, *args, **kwargs)
 
     wrapper.__signature__ = sig  # type: ignore[attr-defined]

@@ -175,17 +175,14 @@ _MAIN_SIGNATURE = inspect.signature(main)
 
 def cli(*args, **kwargs) -> None:
     """main() from the command line: `--tiny false` / `--engine no` read as False (fire passes strings)."""
-    from specforge_het.cli import as_flag
+    from specforge_het.cli import read_flags
     from specforge_het.config import ConfigError
 
-    bound = _MAIN_SIGNATURE.bind(*args, **kwargs)
     try:
-        for name in ("tiny", "engine"):
-            if name in bound.arguments:
-                bound.arguments[name] = as_flag(name, bound.arguments[name])
+        args, kwargs = read_flags(_MAIN_SIGNATURE, args, kwargs)
     except ConfigError as e:
         raise SystemExit(f"doctor: {e}") from None
-    main(*bound.args, **bound.kwargs)
+    main(*args, **kwargs)
 
 
 cli.__signature__ = _MAIN_SIGNATURE  # type: ignore[attr-defined]
