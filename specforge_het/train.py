@@ -22,6 +22,7 @@ from rich.table import Table
 import specforge_het.algorithms  # noqa: F401  (registers the algorithms and their config sections)
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, ConfigError, save_json_config
+from specforge_het.models.precision import fast_bf16
 
 console = Console(stderr=True)
 
@@ -49,27 +50,6 @@ def algorithm_options(cfg: Config):
     options = options_of(cfg, algo.name)
     algo.check(options)
     return algo, options
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def fast_bf16(device: str) -> bool:
-    """bfloat16 matmuls that beat float32: CUDA with bf16 support, or a CPU with AMX-BF16 tiles.
-
-    AVX512-BF16 alone is not enough: on such a CPU (2 cores, no AMX exposed) bfloat16 GEMMs of
-    training shapes ran at ~60 % of float32's speed (docs/training.md)."""
-    if device.startswith("cuda") or device == "auto" and torch.cuda.is_available():
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return "amx_bf16" in cpu_flags()
 
 
 def draft_dtype(m) -> str:

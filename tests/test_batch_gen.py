@@ -87,8 +87,25 @@ def test_draw_matches_the_distribution_and_top_p() -> None:
     assert kept[2] == 0 and kept[3] == 0 and torch.allclose(kept[:2], torch.tensor([0.625, 0.375]), atol=0.015)
 
 
-def test_fastest_dtype_wants_amx(monkeypatch) -> None:
-    monkeypatch.setattr(batch_gen, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert batch_gen.fastest_dtype("cpu") == "float32"  # no AMX: bf16 matmuls measured slower than fp32
-    monkeypatch.setattr(batch_gen, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
-    assert batch_gen.fastest_dtype("cpu") == "bfloat16"
+def test_fastest_dtype_amx_or_measured(monkeypatch) -> None:
+    """AMX: bfloat16. AVX512-BF16 without AMX: bfloat16 only where it measured clearly faster. Else float32."""
+    from specforge_het.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(precision, "bf16_gemm_speedup", lambda: 0.5)  # never asked on AMX
+    assert precision.fastest_dtype("cpu") == "bfloat16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert precision.fastest_dtype("cpu") == "float32"  # measured slower than float32 on such a host
+    monkeypatch.setattr(precision, "bf16_gemm_speedup", lambda: 1.8)
+    assert precision.fastest_dtype("cpu") == "bfloat16"  # measured 1.76x faster on another
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f"})
+    assert precision.fastest_dtype("cpu") == "float32"  # no bfloat16 instructions: no measurement either
+
+
+def test_bf16_gemm_speedup_is_measured() -> None:
+    from specforge_het.models import precision
+
+    ratio = precision.bf16_gemm_speedup()
+    assert 0.01 < ratio < 100 and precision.bf16_gemm_speedup() == ratio  # measured once, then cached
+
+

@@ -191,11 +191,13 @@ def test_auto_precision_follows_the_draft_dtype(monkeypatch):
 
     cfg = Config()
     cfg.modeling.dtype = "bfloat16"
-    monkeypatch.setattr(train, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    from specforge_het.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
     assert not train.use_bf16(cfg)  # a bfloat16 draft under a bfloat16 base: plain bfloat16, as before
     cfg.modeling.draft_dtype = "float32"
     assert train.use_bf16(cfg)  # float32 master weights: bfloat16 autocast where it is fast
-    monkeypatch.setattr(train, "cpu_flags", lambda: set())
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set())
     assert not train.use_bf16(cfg, "cpu")
 
 

@@ -96,9 +96,14 @@ def test_precision_setting(monkeypatch, base_dirs, conv_file, tmp_path):
 
     cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "p", **V3)
     cfg.training.precision = "auto"
-    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert not train.use_bf16(cfg)  # AVX512-BF16 without AMX: bfloat16 GEMMs were slower than float32
-    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
+    from specforge_het.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(precision, "bf16_gemm_speedup", lambda: 0.6)
+    assert not train.use_bf16(cfg)  # AVX512-BF16 without AMX, where bfloat16 GEMMs measured slower than float32
+    monkeypatch.setattr(precision, "bf16_gemm_speedup", lambda: 1.8)
+    assert train.use_bf16(cfg)  # ... and where they measured clearly faster
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16", "amx_tile"})
     assert train.use_bf16(cfg)
     cfg.training.precision = "fp32"
     assert not train.use_bf16(cfg)

@@ -23,37 +23,11 @@ import bisect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from specforge_het.models.lean import _rope, attend_mask, layer_forward, supports_lean
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has AMX-BF16 tiles. AVX512-BF16 alone does not count: on such a CPU (no AMX)
-    bfloat16 matmuls ran slower than float32 (`data_gen bench_gen`, docs/results/gen_throughput_*.json)."""
-    return "amx_bf16" in cpu_flags()
-
-
-def fastest_dtype(device: torch.device | str) -> str:
-    """'bfloat16' where the device computes it fast (CUDA with bf16, a CPU with AMX-BF16), else 'float32'."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if device.type == "cpu" and cpu_has_fast_bf16() else "float32"
 
 
 def supports_batch_gen(base) -> bool:

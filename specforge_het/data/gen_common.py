@@ -66,12 +66,17 @@ def part_size(g) -> int:
 
 
 def resolved_dtype(cfg: Config) -> str:
-    """--dataset_generation.dtype, with auto resolved for this device (bfloat16 where it is fast)."""
-    from specforge_het.data.batch_gen import fastest_dtype
+    """--dataset_generation.dtype, with auto resolved for this device (bfloat16 where it is fast). A run
+    resuming into an output dir keeps the dtype recorded there, so a measured choice cannot flip mid-run."""
     from specforge_het.models.base import resolve_device
+    from specforge_het.models.precision import fastest_dtype
 
     d = cfg.dataset_generation.dtype
-    return fastest_dtype(resolve_device(cfg.modeling.device)) if d == "auto" else d
+    if d != "auto":
+        return d
+    out = Path(cfg.dataset_generation.output_dir)
+    recorded = store.read_meta(out).get("dtype") if (out / store.META).is_file() else None
+    return recorded or fastest_dtype(resolve_device(cfg.modeling.device))
 
 
 def token_row(tokenizer, c: Conv) -> tuple[list[int], list[int]]:

@@ -204,7 +204,7 @@ def load_chat_model(cfg: Config, dtype: str = "") -> tuple[Any, Any, UserTurnTem
     path = resolve_model_path(m.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     UserTurnTemplate(tokenizer, m.base_model)  # the refusal comes before the weights load
-    from specforge_het.data.batch_gen import fastest_dtype
+    from specforge_het.models.precision import fastest_dtype
 
     dtype = fastest_dtype(resolve_device(m.device)) if dtype == "auto" else (dtype or m.dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), attn_implementation=m.attn_implementation)
