@@ -42,7 +42,7 @@ class ModelingConfig:
     draft_first_input_norm: bool = _f(True, "EagleV2: false = layer 0 has no input_layernorm (the EAGLE-1/2 layout SGLang and EAGLE load)")
     feature_layers: list[int] = _f([], "base layers handed to the draft (HF hidden_states index, -1 = final normed); [] = algorithm default")
     vocab: str = _f("reduced", "draft vocabulary: base = full base vocab, reduced = subset of base ids, foreign = draft tokenizer", ("base", "reduced", "foreign"))
-    draft_vocab_size: int = _f(32000, "size of the reduced vocabulary (capped at the base vocabulary)")
+    draft_vocab_size: int = _f(32000, "rows of the draft head: the most frequent base ids of the training data (vocab reduced), or the most frequent of the foreign rows (vocab foreign); capped at what exists")
     draft_tokenizer: str = _f("", "foreign tokenizer (embedded name, folder or Hub id) when vocab = foreign")
     init_from: str = _f("", "pretrained LM whose layers (and embeddings) initialise the draft")
     init_layers: list[int] = _f([], "which layers of init_from to copy; [] = the first draft_num_layers")

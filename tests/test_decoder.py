@@ -324,3 +324,23 @@ def test_batch_size_above_one_rejected(bases, drafts, prompt_ids):
             Decoder(bases["llama"], proposer).generate(batch, 4)
     with pytest.raises(ValueError, match="batch size 1"):
         Decoder(bases["llama"]).generate(prompt_ids[0], 4)  # 1-D input
+
+
+def test_foreign_vocab_cut_to_the_most_frequent_rows_decodes_losslessly(bases, tok_b_dir, long_ids):
+    """--modeling.draft_vocab_size on a foreign vocabulary keeps the rows whose base ids the training data
+    uses most; the smaller head still decodes exactly the base-only greedy text."""
+    base = bases["llama"]
+    full = build_draft(draft_modeling(**DRAFT_KINDS["foreign_v3"], tok_dir=tok_b_dir, draft_vocab_size=10**6), base,
+                       torch.ones(base.vocab_size), seed=0)
+    d2t = full.vocab.d2t
+    counts = torch.zeros(base.vocab_size)
+    favourite = d2t[torch.randperm(d2t.numel(), generator=torch.Generator().manual_seed(0))[:12]]
+    counts[favourite] = torch.arange(12, 0, -1).float()  # twelve rows used, the first most often
+    cut = build_draft(draft_modeling(**DRAFT_KINDS["foreign_v3"], tok_dir=tok_b_dir, draft_vocab_size=8), base, counts,
+                      seed=0).eval()
+    assert sorted(cut.vocab.d2t.tolist()) == sorted(favourite[:8].tolist())
+    keep = torch.isin(d2t, favourite[:8])
+    assert torch.equal(cut.vocab.draft_token_ids, full.vocab.draft_token_ids[keep])  # rows kept in order
+    ref = Decoder(base).generate(long_ids, 30).tokens
+    for tree in ("chain4", "dynamic"):
+        assert Decoder(base, DraftProposer(cut, TREES[tree])).generate(long_ids, 30).tokens == ref, tree

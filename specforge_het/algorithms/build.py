@@ -11,7 +11,7 @@ from specforge_het.algorithms.io import build_from_config
 from specforge_het.algorithms.registry import get_algorithm
 from specforge_het.assets import resolve_model_path
 from specforge_het.config import ConfigError, ModelingConfig
-from specforge_het.models.adapters import VocabAdapter, foreign_vocab_map, reduced_vocab, token_strings
+from specforge_het.models.adapters import VocabAdapter, foreign_vocab_map, frequent_rows, reduced_vocab, token_strings
 from specforge_het.models.build import add_lora, init_from_pretrained, init_weights, rope_scaling_of, rope_theta_of
 from specforge_het.models.draft import DraftConfig, DraftModel
 
@@ -47,7 +47,10 @@ def _sizes(m: ModelingConfig, base) -> dict:
     return dict(hidden_size=hidden, num_heads=heads, num_kv_heads=kv, head_dim=head_dim, intermediate_size=inter)
 
 
-def _foreign_vocab(base, draft_tokenizer):
+def _foreign_vocab(base, draft_tokenizer, token_counts=None, size: int = 0):
+    """The foreign vocabulary: every draft-tokenizer token whose text is one base token; with token counts
+    of the training data, only the `size` rows whose base ids are most frequent there (EAGLE-3 picks its
+    draft vocabulary by frequency too)."""
     if draft_tokenizer is None:
         raise ConfigError("modeling.vocab = foreign needs modeling.draft_tokenizer (a tokenizer folder or embedded name).")
     if base.tokenizer is None:
@@ -56,6 +59,9 @@ def _foreign_vocab(base, draft_tokenizer):
         cached_token_strings(base.tokenizer), cached_token_strings(draft_tokenizer), draft_tokenizer)
     if rows.numel() == 0:
         raise ConfigError("the draft tokenizer shares no token string with the base tokenizer: nothing could be proposed")
+    if token_counts is not None and 0 < size < rows.numel():
+        keep = frequent_rows(d2t, token_counts, size)
+        rows, d2t = rows[keep], d2t[keep]
     adapter = VocabAdapter(d2t, base.vocab_size, input_map, draft_token_ids=rows)
     return adapter, rows.numel(), "foreign", len(draft_tokenizer), input_map.shape[1]
 
@@ -63,7 +69,7 @@ def _foreign_vocab(base, draft_tokenizer):
 def _vocab(m: ModelingConfig, algo, base, token_counts, draft_tokenizer):
     """Return (VocabAdapter | None, draft_vocab_size, embed kind, embed_vocab_size, input_map_width)."""
     if m.vocab == "foreign":
-        return _foreign_vocab(base, draft_tokenizer)
+        return _foreign_vocab(base, draft_tokenizer, token_counts, m.draft_vocab_size)
     if m.vocab == "base":
         if not algo.own_head_for_base_vocab:
             return None, 0, "base", 0, 0  # the base LM head reads the draft's output

@@ -142,6 +142,13 @@ class VocabAdapter(nn.Module):
         return coverage(self.d2t.cpu(), base_token_ids.cpu())
 
 
+def frequent_rows(d2t: torch.Tensor, token_counts: torch.Tensor, rows: int) -> torch.Tensor:
+    """The ``rows`` head rows (sorted) whose base ids ``d2t`` [Vd] are most frequent in ``token_counts``
+    [Vb] (ties: lower row). Pure."""
+    score = token_counts.double()[d2t]
+    return torch.sort(torch.argsort(-score, stable=True)[: max(1, rows)]).values
+
+
 def compact_foreign_vocab(d2t: torch.Tensor, input_map: torch.Tensor, token_counts: torch.Tensor, rows: int,
                           embed_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shrink a trained foreign vocabulary to what the data uses (pure).
@@ -154,8 +161,7 @@ def compact_foreign_vocab(d2t: torch.Tensor, input_map: torch.Tensor, token_coun
     rows, each row's pieces first and K' <= K the most any row keeps; pieces that were dropped are
     gone, so a base id unseen in the data may embed to zero).
     """
-    score = token_counts.double()[d2t]
-    keep_rows = torch.sort(torch.argsort(-score, stable=True)[: max(1, rows)]).values
+    keep_rows = frequent_rows(d2t, token_counts, rows)
     needed = token_counts > 0
     needed[d2t[keep_rows]] = True
     pieces = input_map[needed].flatten().long()
