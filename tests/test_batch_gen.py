@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specforge_het.data import batch_gen
 from specforge_het.data.batch_gen import BatchGenerator, Request, draw
 from specforge_het.testing import CORPUS_A
 
