@@ -76,3 +76,16 @@ def test_ship_vocab_rows_refuses_a_draft_without_foreign_vocabulary(llama_base, 
     with pytest.raises(SystemExit, match="foreign"):
         drafts_cli.ship(str(folder), "x", vocab_rows=10)
     assert not (tmp_path / "shipped" / "x").exists()  # a refusal leaves nothing behind
+
+
+def test_ship_over_a_shipped_draft_leaves_none_of_its_files(llama_base, tmp_path, monkeypatch):
+    """A draft shipped under a name that was shipped before keeps nothing of the old one's records."""
+    monkeypatch.setattr(drafts_cli, "SHIPPED_DRAFTS", tmp_path / "shipped")
+    old = save_draft(build_draft(draft_modeling(), llama_base), tmp_path / "old")
+    (old / "training_log.json").write_text("[]\n")
+    drafts_cli.ship(str(old), "d", dtype="float32")
+    assert (tmp_path / "shipped" / "d" / "training_log.json").is_file()
+    new = save_draft(build_draft(draft_modeling(), llama_base, seed=1), tmp_path / "checkpoint-48")
+    drafts_cli.ship(str(new), "d", dtype="float32")
+    assert not (tmp_path / "shipped" / "d" / "training_log.json").exists()
+    assert json.loads((tmp_path / "shipped" / "d" / "provenance.json").read_text())["shipped_from"].endswith("checkpoint-48")

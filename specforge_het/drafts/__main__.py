@@ -37,9 +37,11 @@ def ship(src: str, name: str, dtype: str = "bfloat16", rebuild: str = "", vocab_
     dst = SHIPPED_DRAFTS / name  # created only now: a refused compaction leaves nothing behind
     dst.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dst / WEIGHTS), metadata={"format": FORMAT})
-    for f in KEEP:
+    for f in KEEP:  # a file SRC lacks is removed, not left over from the draft shipped before
         if (Path(src) / f).is_file():
             shutil.copy(Path(src) / f, dst / f)
+        elif (dst / f).is_file():
+            (dst / f).unlink()
     (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for tok in Path(src).glob("tokenizer*"):
         shutil.copy(tok, dst / tok.name)
