@@ -108,3 +108,22 @@ def test_bf16_gemm_speedup_is_measured() -> None:
     assert 0.01 < ratio < 100 and precision.bf16_gemm_speedup() == ratio  # measured once, then cached
 
 
+
+
+def test_auto_dtype_resumes_with_the_recorded_dtype(monkeypatch, tmp_path) -> None:
+    """A resumed gen run with dtype auto keeps what its output dir recorded, whatever this host measures now."""
+    import json
+
+    from specforge_het.config import Config
+    from specforge_het.data import store
+    from specforge_het.data.gen_common import resolved_dtype
+    from specforge_het.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})
+    cfg = Config()
+    cfg.dataset_generation.output_dir = str(tmp_path)
+    assert resolved_dtype(cfg) == "bfloat16"  # a new run: measured / flags
+    (tmp_path / store.META).write_text(json.dumps({"format": "specforge_het.dataset", "version": 1, "dtype": "float32"}))
+    assert resolved_dtype(cfg) == "float32"  # resuming: the recorded dtype
+    cfg.dataset_generation.dtype = "bfloat16"
+    assert resolved_dtype(cfg) == "bfloat16"  # an explicit dtype is taken as given (check_resume then refuses a mismatch)
