@@ -37,7 +37,7 @@ from specforge_het.bench.summary import mismatches, summarise
 from specforge_het.config import InferenceConfig
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.harness import Record, measure
-from specforge_het.models.lean import is_packed, packed_linears, packing_available
+from specforge_het.models.linears import is_packed, packed_linears
 from specforge_het.testing import save_tiny_base
 
 ROWS = [
@@ -142,7 +142,7 @@ def test_hf_peers_run_on_the_plain_hf_model(bench_run):
     linears packed."""
     data, _, audit = bench_run
     assert audit["steps"] > 0 and audit["violations"] == []
-    assert audit["packed_in_ours"] and (max(audit["packed_in_ours"]) > 0) == packing_available()
+    assert audit["packed_in_ours"] and max(audit["packed_in_ours"]) > 0
     assert data["header"]["fast_paths"]["ours"]["mode"] == "auto" and "plain" in data["header"]["fast_paths"]["hf"]
 
 
@@ -157,9 +157,8 @@ def test_an_hf_peer_on_a_modified_model_is_refused(llama_base):
             measure(hf, ids, 2, llama_base.device, memory)
     finally:
         handle.remove()
-    if packing_available():
-        with packed_linears(llama_base.model), pytest.raises(RuntimeError, match="instance-level forward"):
-            measure(hf, ids, 2, llama_base.device, memory)
+    with packed_linears(llama_base.model), pytest.raises(RuntimeError, match="instance-level forward"):
+        measure(hf, ids, 2, llama_base.device, memory)
     assert plain_violations(llama_base.model) == []
 
 

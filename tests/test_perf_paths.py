@@ -3,8 +3,6 @@
 * lean base forward + KVCache == HF forward + DynamicCache (prefill, tree verify, rollback, decode),
   for every family, Gemma3 past its sliding window included; unsupported setups fall back to HF;
 * lean draft forward == HF draft layers;
-* oneDNN-packed linears == F.linear, and step aside for autograd, many rows and changed weights;
-  packing is undone exactly (plain nn.Linear again);
 * fast paths are opt-in and scoped: a loaded base is plain HF; the decoder packs only while it
   generates; `--inference.fast_paths auto` and `off` decode the same greedy tokens;
 * the per-row LM head runs the head only on the rows acceptance reads (tests/test_verify.py has
@@ -24,17 +22,10 @@ from specforge_het.inference.decoder import Decoder, Sampling
 from specforge_het.inference.fast_paths import FastPaths
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents
-from specforge_het.models import lean
 from specforge_het.models.base import BaseModel
 from specforge_het.models.cache import HFCache, KVCache
-from specforge_het.models.lean import (
-    attend_mask,
-    is_packed,
-    pack_linears,
-    packed_linears,
-    packing_available,
-    unpack_linears,
-)
+from specforge_het.models.lean import attend_mask
+from specforge_het.models.linears import is_packed
 
 FAMILIES = ("llama", "qwen3", "gemma3")
 T, F_ = True, False
@@ -164,92 +155,12 @@ def test_lean_draft_equals_hf_layers(bases, family) -> None:
     torch.testing.assert_close(outs["lean"][1], outs["hf"][1], atol=2e-5, rtol=1e-5)
 
 
-# ---------------------------------------------------------------- packed linears
-
-needs_onednn = pytest.mark.skipif(not packing_available(), reason="neither MKL nor oneDNN packing in this torch build")
-
-
-@needs_onednn
-def test_packed_linear_equals_f_linear_and_steps_aside() -> None:
-    torch.manual_seed(0)
-    lin = nn.Linear(64, 300)
-    plain = nn.Linear(64, 300)
-    plain.load_state_dict(lin.state_dict())
-    assert pack_linears(nn.Sequential(lin)) == [lin]
-    assert pack_linears(nn.Sequential(lin)) == []  # routed once
-    assert is_packed(lin) and not is_packed(plain)
-    x = torch.randn(1, 5, 64)
-    with torch.no_grad():
-        got = lin(x)
-        assert lean._PACKED[lin][1][8] is not None and "_packed_state" not in lin.__dict__  # kept beside the module
-        torch.testing.assert_close(got, plain(x), atol=1e-5, rtol=1e-5)
-        many = torch.randn(200, 64)
-        assert torch.equal(lin(many), plain(many))  # many rows: F.linear itself
-        lin.weight.mul_(2.0)  # in-place change: repacked on the next call
-        plain.weight.mul_(2.0)
-        torch.testing.assert_close(lin(x), plain(x), atol=1e-5, rtol=1e-5)
-    y = lin(x)  # autograd: F.linear, and gradients flow
-    assert torch.equal(y, plain(x))
-    y.sum().backward()
-    assert lin.weight.grad is not None
-    assert unpack_linears(nn.Sequential(lin)) == 1 and unpack_linears([lin]) == 0
-    assert "forward" not in lin.__dict__ and not is_packed(lin)
-    with torch.no_grad():
-        assert torch.equal(lin(x), plain(x))  # nn.Linear.forward again, bit for bit
-
-
-@needs_onednn
-def test_packed_linear_row_buckets() -> None:
-    """With MKL packing: 1-3 rows run F.linear itself; 4-64 rows run on a weight packed once per bucket
-    (rows padded up). Without it: one oneDNN reorder for 1-64 rows. Equal to F.linear to float rounding."""
-    torch.manual_seed(0)
-    lin, plain = nn.Linear(96, 200), nn.Linear(96, 200)
-    plain.load_state_dict(lin.state_dict())
-    mkl = lean.mkl_packing_available()
-    want = [4, 8, 8, 16, 64, 64] if mkl else [0] * 6
-    assert [lean.bucket_rows(r) for r in (4, 5, 8, 9, 33, 64)] == want and lean.bucket_rows(65) == -1
-    pack_linears(nn.Sequential(lin))
-    try:
-        with torch.no_grad():
-            for rows in (1, 2, 3):
-                x = torch.randn(1, rows, 96)
-                got = lin(x)
-                torch.testing.assert_close(got, plain(x), atol=1e-5, rtol=1e-5)
-                if mkl:
-                    assert torch.equal(got, plain(x))
-            assert (lin not in lean._PACKED) == mkl  # with MKL nothing is packed for the few-row path
-            for rows in (4, 5, 8, 13, 64):
-                x = torch.randn(1, rows, 96)
-                torch.testing.assert_close(lin(x), plain(x), atol=1e-5, rtol=1e-5)
-            assert sorted(lean._PACKED[lin][1]) == ([4, 8, 16, 64] if mkl else [0])
-            assert all(p[0] == ("mkl" if mkl else "onednn") for p in lean._PACKED[lin][1].values())
-            assert lean.release_packed() >= 1 and lin not in lean._PACKED
-            x = torch.randn(1, 4, 96)
-            torch.testing.assert_close(lin(x), plain(x), atol=1e-5, rtol=1e-5)
-            assert lin in lean._PACKED  # packed again after the release
-    finally:
-        unpack_linears([lin])
-
-
-@needs_onednn
-def test_packed_scope_restores_and_nests() -> None:
-    seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-    own = nn.Linear(8, 8)
-    own.forward = lambda x: x  # someone else's override: neither packed nor removed
-    with packed_linears(seq, None, nn.Sequential(own)) as outer:
-        assert len(outer) == 2 and all(is_packed(m) for m in (seq[0], seq[2]))
-        with packed_linears(seq) as inner:
-            assert inner == []  # already routed: the inner block owns nothing
-        assert is_packed(seq[0])  # the inner block did not undo the outer one
-    assert plain_violations(seq) == [] and "forward" in own.__dict__
-    with pytest.raises(RuntimeError), packed_linears(seq):
-        raise RuntimeError("boom")
-    assert plain_violations(seq) == []  # restored on errors too
+# ---------------------------------------------------------------- fast paths in the decoder (the few-row linears themselves: tests/test_linears.py)
 
 
 def test_fast_paths_resolve() -> None:
     auto, off = FastPaths.resolve("auto", torch.device("cpu")), FastPaths.resolve("off", torch.device("cpu"))
-    assert auto.per_row_head and auto.packed == packing_available() and auto.describe().startswith("auto (")
+    assert auto.per_row_head and auto.packed and auto.describe().startswith("auto (")
     assert not off.per_row_head and not off.packed and off.describe().startswith("off (plain modules")
     assert not FastPaths.resolve("auto", torch.device("meta")).packed  # packing is a CPU path
     with pytest.raises(ValueError, match="auto, off"):
@@ -269,7 +180,6 @@ def _packed_during_generate(decoder: Decoder, monkeypatch, modules: list[nn.Modu
     return seen
 
 
-@needs_onednn
 @pytest.mark.parametrize("mode", ["auto", "off"])
 def test_base_is_plain_and_the_decoder_packs_only_while_it_generates(base_dirs, tok_b_dir, mode, monkeypatch) -> None:
     base = BaseModel.load(base_dirs["qwen3"])

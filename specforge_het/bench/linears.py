@@ -1,10 +1,11 @@
-"""`python -m specforge_het.bench.linears`: what the packed-linear fast path buys on this host.
+"""`python -m specforge_het.bench.linears`: what the few-row linears fast path buys on this host.
 
-Times one pass over every `nn.Linear` of the base's decoder layers (the weights stream from
-memory as in a real forward) for a few row counts, plain `F.linear` against the packed path that
-`--inference.fast_paths auto` applies (models/lean.py), interleaved, best of N. Prints a table and
-writes JSON. A speculative step verifies ~4-16 rows, a base-only step 1: the `vs 1 row` columns
-say what a verify costs in its linears relative to a plain decoding step.
+Times one pass over every `nn.Linear` of the base's decoder layers and, as its own row, the LM head
+(the weights stream from memory as in a real forward) for a few row counts: plain `F.linear` against
+the few-row path that `--inference.fast_paths auto` applies (models/linears.py: the kernel measured
+fastest per shape and row bucket), best of N. Prints a table and writes JSON with the kernels chosen.
+A speculative step verifies ~4-16 rows, a base-only step 1: the `vs 1 row` columns say what a
+verify costs relative to a plain decoding step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from specforge_het.models import lean
+from specforge_het.models import linears as fast
 
 console = Console()
 
@@ -28,11 +29,11 @@ console = Console()
 def _pass_ms(linears: list[nn.Linear], rows: int, reps: int, packed: bool) -> float:
     """Best-of-`reps` time (ms) of one pass over `linears` on `rows` rows, packed or plain."""
     xs = {n: torch.randn(1, rows, n) for n in {m.in_features for m in linears}}
-    routed = lean.pack_linears(nn.ModuleList(linears)) if packed else []
+    routed = fast.pack_linears(nn.ModuleList(linears)) if packed else []
     best = float("inf")
     try:
         with torch.no_grad():
-            for m in linears:  # first use packs (not timed)
+            for m in linears:  # first use chooses the kernel (not timed)
                 m(xs[m.in_features])
             for _ in range(reps):
                 t = time.perf_counter()
@@ -40,7 +41,7 @@ def _pass_ms(linears: list[nn.Linear], rows: int, reps: int, packed: bool) -> fl
                     m(xs[m.in_features])
                 best = min(best, time.perf_counter() - t)
     finally:
-        lean.unpack_linears(routed)
+        fast.unpack_linears(routed)
     return best * 1e3
 
 
@@ -61,26 +62,32 @@ def main(model: str = "smollm2-135m-instruct", rows: str | tuple = "1,2,4,8,16",
     """Time the base's linears, plain vs packed, for ROWS (comma-separated row counts); writes OUTFILE."""
     from specforge_het.models.base import BaseModel
 
-    if not lean.packing_available():
-        raise SystemExit("this torch build has neither MKL nor oneDNN packing: the fast path runs F.linear.")
     base = BaseModel.load(model)
     base.train(False)
-    linears = [m for m in base.layers.modules() if type(m) is nn.Linear]
+    layers = [m for m in base.layers.modules() if type(m) is nn.Linear]
     parts = rows if isinstance(rows, (tuple, list)) else str(rows).split(",")  # fire gives "1,4,16" as a tuple
     counts = tuple(int(r) for r in parts if str(r).strip())
-    results = measure(linears, counts, reps)
-    table = Table(title=f"{model}: {len(linears)} linears, float32, {torch.get_num_threads()} threads, best of {reps}")
-    for col in ("rows", "plain ms", "packed ms", "plain vs 1 row", "packed vs 1 row", "packed speed-up"):
+    groups = {"layers": layers}
+    head = getattr(base, "lm_head", None)
+    if type(head) is nn.Linear:
+        groups["lm_head"] = [head]
+    results = {}
+    table = Table(title=f"{model}: float32, {torch.get_num_threads()} threads, best of {reps}; "
+                        "fast = the few-row path (kernel measured per shape)")
+    for col in ("linears", "rows", "plain ms", "fast ms", "plain vs 1 row", "fast vs 1 row", "fast speed-up"):
         table.add_column(col, justify="right")
-    for r in results:
-        table.add_row(str(r["rows"]), f"{r['plain_ms']:.1f}", f"{r['packed_ms']:.1f}", f"{r['plain_vs_1row']:.2f}×",
-                      f"{r['packed_vs_1row']:.2f}×", f"{r['speedup']:.2f}×")
+    for name, mods in groups.items():
+        results[name] = measure(mods, counts, reps)
+        for r in results[name]:
+            table.add_row(f"{name} ({len(mods)})", str(r["rows"]), f"{r['plain_ms']:.1f}", f"{r['packed_ms']:.1f}",
+                          f"{r['plain_vs_1row']:.2f}×", f"{r['packed_vs_1row']:.2f}×", f"{r['speedup']:.2f}×")
     console.print(table)
     out = Path(outfile)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"command": "python -m specforge_het.bench.linears " + " ".join(sys.argv[1:]), "model": model,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "mkl_packing": lean.mkl_packing_available(), "results": results}
+            "mkl_packing": fast.mkl_packing_available(), "results": results["layers"],
+            "lm_head": results.get("lm_head"), "kernels": fast.kernel_choices()}
     out.write_text(json.dumps(info, indent=1) + "\n")
     console.print(f"wrote {out}")
 

@@ -23,7 +23,7 @@ from specforge_het.inference.decoder import Decoder, eos_ids
 from specforge_het.inference.harness import Generation, Method, decoder_method
 from specforge_het.inference.lookup import LookupProposer
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
-from specforge_het.models.lean import packed_linears
+from specforge_het.models.linears import packed_linears
 
 BASELINE = "hf"
 # name -> what it is; the table and the plot keep this order

@@ -27,7 +27,7 @@ from specforge_het.inference.cost_model import (
 from specforge_het.inference.prompts import load_conversations
 from specforge_het.inference.proposer import TreeSpec
 
-SCHEMA = 2  # 2: LM head rows measured apart from the verify forward
+SCHEMA = 3  # 2: LM head rows measured apart from the verify forward; 3: few-row linears with measured kernels (models/linears.py)
 SHOW = 8  # candidates shown in the report
 
 

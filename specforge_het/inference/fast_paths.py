@@ -1,8 +1,9 @@
 """The decoder's CPU fast paths, as named strategies that its caller picks (`--inference.fast_paths`).
 
 * `auto` (the decoder's default): where they apply,
-  - packed linears: every nn.Linear of the base and of the draft runs 4-64-row calls on a weight
-    packed once per row bucket (MKL, else oneDNN; CPU, float32; models/lean.py `packed_linears`), and
+  - few-row linears: every nn.Linear of the base and of the draft (the LM heads included) runs its
+    1-64-row calls on the kernel measured fastest for its shape and row bucket on this host: F.linear,
+    MKL's packed GEMM, or the swapped GEMM `mm(W, x^T)^T` (CPU, float32; models/linears.py), and
   - the per-row LM head (CPU): verification runs the base LM head only on the tree rows the
     acceptance rule reads (the accepted path, ~τ rows) instead of all N tree rows: the host
     verification strategy `PerRowHead` (inference/verify.py), beside the tensor-only rules it walks.
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from specforge_het.inference.verify import AllRows, PerRowHead, Verifier
-from specforge_het.models.lean import packed_linears, packing_available
+from specforge_het.models.linears import packed_linears
 
 FAST_PATHS = ("auto", "off")
 
@@ -35,17 +36,17 @@ FAST_PATHS = ("auto", "off")
 @dataclass(frozen=True)
 class FastPaths:
     mode: str  # auto | off
-    packed: bool  # packed CPU linears, entered per generation
+    packed: bool  # few-row CPU linears (models/linears.py), entered per generation
     per_row_head: bool  # LM head only on the tree rows the acceptance rule reads (host-driven, CPU)
 
     @classmethod
     def resolve(cls, mode: str, device: torch.device) -> FastPaths:
-        """`auto`: on a CPU, packed linears (with MKL or oneDNN) and the per-row head; elsewhere the device
+        """`auto`: on a CPU, few-row linears and the per-row head; elsewhere the device
         strategy. `off`: the device strategy (plain modules, head over all rows), on any device."""
         if mode not in FAST_PATHS:
             raise ValueError(f"fast_paths must be one of {', '.join(FAST_PATHS)}, got '{mode}'")
         cpu_auto = mode == "auto" and torch.device(device).type == "cpu"
-        return cls(mode, cpu_auto and packing_available(), cpu_auto)
+        return cls(mode, cpu_auto, cpu_auto)
 
     @property
     def on_device(self) -> bool:
@@ -63,8 +64,7 @@ class FastPaths:
             return f"off (plain modules, {device})"
         if self.on_device:
             return f"auto (accelerator: plain modules, {device})"
-        linears = "packed CPU linears" if self.packed else "plain linears (packing needs a CPU with MKL or oneDNN)"
-        return f"auto ({linears}, per-row LM head)"
+        return "auto (few-row CPU linears, kernel measured per shape; per-row LM head)"
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "packed_linears": self.packed, "per_row_head": self.per_row_head,

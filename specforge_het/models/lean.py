@@ -18,14 +18,9 @@ tokens); only the glue is new:
   masked call expands K/V per head first (HF's `repeat_kv`), because SDPA takes `enable_gqa` only
   in its flash kernel, which takes no mask: anything else would fall back to the quadratic math kernel.
 
-`packed_linears` is the other half, a fast path that only the decoder's caller opts into
-(`--inference.fast_paths auto`, inference/fast_paths.py); nothing packs a model on construction.
-On a CPU, MKL's fp32 GEMM for 4-64 rows re-packs the weight on every call, so verifying a few
-tokens cost up to ~1.7x decoding 1 (1-3 rows take a cheaper path and are left alone). MKL's packed
-GEMM on weights packed once per row bucket (4, 8, 16, 32, 64; rows padded up) removes that, with the
-same kernels: results agree with F.linear to float rounding.
-Without MKL packing, a oneDNN reorder is the fallback. Packing is scoped: when the block ends every
-nn.Linear is HF's plain module again (the packed copies, one per bucket used, stay cached beside them).
+The decoder's other CPU fast path, few-row linears with a kernel measured per shape, is
+models/linears.py (`packed_linears`), which only the decoder's caller opts into
+(`--inference.fast_paths auto`, inference/fast_paths.py); nothing changes a model on construction.
 
 Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention, all on
 one device without accelerate hooks; anything else (a base sharded with a device map included) runs
@@ -34,15 +29,11 @@ through HF (`supports_lean` says which).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import types
-import weakref
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
 from transformers.models.qwen3 import modeling_qwen3 as q3
@@ -76,152 +67,6 @@ def on_one_device(modules) -> bool:
             devices.update(t.device for t in module.parameters(recurse=False))
             devices.update(t.device for t in module.buffers(recurse=False))
     return len(devices) <= 1 and all(d.type != "meta" for d in devices)
-
-
-# ---------------------------------------------------------------- packed linears
-
-PACK_MAX_ROWS = 64  # larger calls (training, data generation, long prefills) keep F.linear
-GEMV_MAX_ROWS = 3  # 1-3 rows keep F.linear: MKL's few-row path reads each weight once already
-MKL_BUCKETS = (4, 8, 16, 32, 64)  # MKL packs a weight for one row count: rows are padded up to a bucket
-PACK_HINT = 16  # oneDNN weight layout tuned for this many rows (the fallback without MKL packing)
-
-
-def mkl_packing_available() -> bool:
-    ops = getattr(torch.ops, "mkl", None)
-    return bool(torch.backends.mkl.is_available() and ops is not None
-                and hasattr(ops, "_mkl_reorder_linear_weight") and hasattr(ops, "_mkl_linear"))
-
-
-def packing_available() -> bool:
-    ops = getattr(torch.ops, "mkldnn", None)
-    onednn = bool(torch.backends.mkldnn.is_available() and ops is not None
-                  and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
-    return onednn or mkl_packing_available()
-
-
-def bucket_rows(rows: int) -> int:
-    """The packing bucket of a call on `rows` rows: with MKL packing, the next of MKL_BUCKETS up (rows are
-    padded to it); 0 for the one shared oneDNN reorder (hosts without MKL packing); -1: F.linear."""
-    return _BUCKET[rows] if 0 < rows <= PACK_MAX_ROWS else -1
-
-
-def _agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
-    return torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6)
-
-
-def _pack(module: nn.Linear, bucket: int) -> tuple | None:
-    """(kind, packed weight) for one bucket: MKL's packed GEMM for `bucket` rows (the same MKL kernels as
-    F.linear without re-packing the weight each call), or for bucket 0 a oneDNN reorder; None when it
-    does not reproduce F.linear on a probe."""
-    w = module.weight.detach()
-    probe = torch.randn(bucket or 3, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
-    want = F.linear(probe, w)
-    try:
-        if bucket:
-            packed = torch.ops.mkl._mkl_reorder_linear_weight(w, bucket)
-            ok = _agrees(torch.ops.mkl._mkl_linear(probe, packed, w, None, bucket), want)
-            return ("mkl", packed) if ok else None
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_HINT)
-        ok = _agrees(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""), want)
-        return ("onednn", packed) if ok else None
-    except RuntimeError:
-        return None
-
-
-# packed weights live beside the modules, never in them: an unpacked module is exactly HF's again
-_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (weight key, {bucket: pack})
-
-assert MKL_BUCKETS[-1] == PACK_MAX_ROWS
-_MKL = mkl_packing_available()
-# per row count: -1 = F.linear (with MKL, 1-3 rows: its few-row path reads each weight once already)
-_BUCKET = [-1] * (GEMV_MAX_ROWS + 1 if _MKL else 1) + [
-    next(b for b in MKL_BUCKETS if b >= r) if _MKL else 0 for r in range(GEMV_MAX_ROWS + 1 if _MKL else 1, PACK_MAX_ROWS + 1)]
-
-
-def release_packed() -> int:
-    """Drop every cached packed copy (they are rebuilt on the next packed call); returns how many modules had one."""
-    n = len(_PACKED)
-    _PACKED.clear()
-    return n
-
-
-def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """nn.Linear.forward for inference on few rows: MKL's GEMM on a weight packed once per row bucket
-    (4-64 rows), or oneDNN on one reordered copy (1-64 rows) where torch has no MKL packing; repacked
-    when the weight changed in place or moved. F.linear for other row counts, under autograd, or off
-    the CPU / float32. (Per call, so kept lean.)"""
-    w = self.weight
-    rows = x.numel() // x.shape[-1]
-    if (rows > PACK_MAX_ROWS or _BUCKET[rows] < 0 or torch.is_grad_enabled() or x.dtype != torch.float32
-            or w.dtype != torch.float32 or x.device.type != "cpu"):
-        return F.linear(x, w, self.bias)
-    bucket, key = _BUCKET[rows], (w._version, w.data_ptr())
-    state = _PACKED.get(self)
-    if state is None or state[0] != key:
-        state = _PACKED[self] = (key, {})
-    packs: dict[int, tuple | None] = state[1]
-    pack = packs[bucket] if bucket in packs else packs.setdefault(bucket, _pack(self, bucket))
-    if pack is None:
-        return F.linear(x, w, self.bias)
-    if pack[0] == "onednn":
-        return torch.ops.mkldnn._linear_pointwise(x, pack[1], self.bias, "none", [], "")
-    flat = x.reshape(rows, x.shape[-1])
-    if rows < bucket:
-        flat = F.pad(flat, (0, 0, 0, bucket - rows))
-    out = torch.ops.mkl._mkl_linear(flat, pack[1], w, self.bias, bucket)
-    return (out if rows == bucket else out[:rows]).view(*x.shape[:-1], out.shape[-1])
-
-
-def is_packed(module: nn.Module) -> bool:
-    """True while `module.forward` is routed through `_packed_forward` (an instance-level override)."""
-    fwd = module.__dict__.get("forward")
-    return getattr(fwd, "__func__", None) is _packed_forward
-
-
-def pack_linears(root: nn.Module) -> list[nn.Linear]:
-    """Route small inference calls of every nn.Linear under `root` through `_packed_forward` (CPU, fp32).
-
-    An instance-level `forward` is set on each; `unpack_linears` removes it again. Weights are packed
-    on first use and the packed copies are kept beside the module (memory grows by one copy of the
-    linear weights per MKL row bucket used; `release_packed` drops them) so that packing again later
-    costs nothing. Calls that need gradients, many rows, another device or dtype run F.linear
-    unchanged. Returns the layers routed by this call (none when neither MKL nor oneDNN packing is
-    available, or when they are routed already).
-    """
-    if not packing_available():
-        return []
-    routed = []
-    for module in root.modules():
-        if type(module) is nn.Linear and "forward" not in module.__dict__:
-            module.forward = types.MethodType(_packed_forward, module)
-            routed.append(module)
-    return routed
-
-
-def unpack_linears(modules: nn.Module | list[nn.Module]) -> int:
-    """Remove the packed routing from `modules` (a list, or every module under a root): plain nn.Linear
-    again. Other instance-level overrides are left alone. Returns the number of modules restored."""
-    found = list(modules.modules()) if isinstance(modules, nn.Module) else list(modules)
-    n = 0
-    for module in found:
-        if is_packed(module):
-            del module.__dict__["forward"]
-            n += 1
-    return n
-
-
-@contextlib.contextmanager
-def packed_linears(*roots: nn.Module | None):
-    """Packed linears under `roots` for the duration of the block; nested use is harmless (the outermost
-    block restores what it routed, an inner one routes nothing new)."""
-    routed: list[nn.Linear] = []
-    try:
-        for root in roots:
-            if root is not None:
-                routed += pack_linears(root)
-        yield routed
-    finally:
-        unpack_linears(routed)
 
 
 # ---------------------------------------------------------------- masks
