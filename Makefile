@@ -236,8 +236,9 @@ draft-smollm2-eagle3-breadth-c: $(WARM_C)/model.safetensors
 # picked from the first 71k-token data, cover 91.7 % of these answer tokens; the 8192 most used Gemma ids 99.5 %).
 GEMMA_BIG := runs/data/gemma_big
 GEMMA_WARM := runs/gemma_het_big
-# 740 of the 982 steps one epoch would take at batch 4 (2,960 conversations): what fitted the session
-GEMMA_STEPS ?= 740
+# one epoch at batch 4 (3,928 conversations): the first 740 steps ran in one session (shipped then), the
+# rest resumed from checkpoint-740 in the next with the 982-step schedule (lr 2.5e-4 decaying to 0), same data order
+GEMMA_STEPS ?= 982
 .PHONY: data-gemma-big features-gemma-big draft-gemma3-het-big
 data-gemma-big: runs/prompts/smollm2_mix2.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix2.jsonl --@gemma3 \
