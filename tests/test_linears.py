@@ -217,3 +217,14 @@ def test_a_copy_in_use_by_another_bucket_is_kept(monkeypatch) -> None:
         x = torch.randn(6, 96)
         torch.testing.assert_close(lin(x), plain(x), atol=1e-5, rtol=1e-5)
     assert linears.kernel_choices() == {"200x96+bias rows<=2": "swapped", "200x96+bias rows<=8": "onednn"}
+
+
+def test_the_scope_packs_every_module_that_needs_it_on_entry(monkeypatch) -> None:
+    _needs("onednn")
+    _force("onednn", monkeypatch)
+    a, plain = _pair()
+    b, _ = _pair()  # same shape: its choice is a's, its reorder its own
+    with torch.no_grad(), packed_linears(nn.Sequential(a, b)):
+        assert linears._PACKED[a][1][0] is not None and linears._PACKED[b][1][0] is not None
+        x = torch.randn(3, 96)
+        torch.testing.assert_close(b(x), plain(x), atol=1e-5, rtol=1e-5)

@@ -308,7 +308,8 @@ def unpack_linears(modules: nn.Module | list[nn.Module]) -> int:
 
 def choose_kernels(modules: list[nn.Linear]) -> int:
     """Choose the kernel of the `EAGER_BUCKETS` for each shape among `modules` that has none yet (CPU,
-    float32), so that a decoding step times no choice later; returns how many were timed."""
+    float32), and make each module's packed copies for them, so that a decoding step neither times nor
+    packs; returns how many choices were timed."""
     n = 0
     with torch.no_grad():
         for m in modules:
@@ -320,6 +321,8 @@ def choose_kernels(modules: list[nn.Linear]) -> int:
                 if key not in _CHOICE:
                     _CHOICE[key] = _tune(m, bucket)
                     n += 1
+                if _CHOICE[key] in PACKED_KERNELS:  # every module's copy now, not in its first decoding step
+                    _packed_copy(m, pack_bucket(_CHOICE[key], bucket))
     return n
 
 
