@@ -207,7 +207,8 @@ def test_ours_standalone_uses_the_uag_assistant_and_records_tau(bench_run):
 
 def test_json_schema_and_plot(bench_run):
     data, out, _ = bench_run
-    assert set(data) == {"header", "methods", "skipped", "summary", "records", "config"}
+    assert set(data) == {"header", "methods", "skipped", "summary", "records", "config", "kernels"}
+    assert data["kernels"] and set(data["kernels"].values()) <= {"linear", "mkl", "onednn", "swapped"}  # ours ran on them
     assert set(data["header"]) >= {"device", "dtype", "torch_threads", "torch", "transformers", "base", "draft", "command",
                                   "fast_paths"}
     assert data["header"]["command"].startswith("python -m specforge_het.bench --modeling.base_model")

@@ -59,7 +59,7 @@ def measure(linears: list[nn.Linear], rows: tuple[int, ...], reps: int) -> list[
 
 def main(model: str = "smollm2-135m-instruct", rows: str | tuple = "1,2,4,8,16", reps: int = 7,
          outfile: str = "docs/results/linears.json") -> None:
-    """Time the base's linears, plain vs packed, for ROWS (comma-separated row counts); writes OUTFILE."""
+    """Time the base's linears and LM head, plain vs the few-row path, for ROWS (comma-separated row counts); writes OUTFILE."""
     from specforge_het.models.base import BaseModel
 
     base = BaseModel.load(model)

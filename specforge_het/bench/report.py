@@ -13,6 +13,7 @@ from rich.table import Table
 
 from specforge_het.bench.methods import BASELINE
 from specforge_het.inference.fast_paths import FastPaths
+from specforge_het.models.linears import kernel_choices
 
 
 def header_info(base, draft_name: str, command: str, memory_kind: str, fast_paths: str = "auto") -> dict:
@@ -105,6 +106,7 @@ def write_json(path: str | Path, info: dict, labels: dict, skipped: dict, summar
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"header": info, "methods": labels, "skipped": skipped, "summary": summary,
-               "records": [r.to_json() for r in records], "config": config}
+               "records": [r.to_json() for r in records], "config": config,
+               "kernels": kernel_choices()}  # the few-row kernels our rows ran on (models/linears.py)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path

@@ -3,7 +3,8 @@
 * `auto` (the decoder's default): where they apply,
   - few-row linears: every nn.Linear of the base and of the draft (the LM heads included) runs its
     1-64-row calls on the kernel measured fastest for its shape and row bucket on this host: F.linear,
-    MKL's packed GEMM, or the swapped GEMM `mm(W, x^T)^T` (CPU, float32; models/linears.py), and
+    MKL's packed GEMM, oneDNN on a reordered copy, or the swapped GEMM `mm(W, x^T)^T` (CPU, float32;
+    models/linears.py), and
   - the per-row LM head (CPU): verification runs the base LM head only on the tree rows the
     acceptance rule reads (the accepted path, ~τ rows) instead of all N tree rows: the host
     verification strategy `PerRowHead` (inference/verify.py), beside the tensor-only rules it walks.

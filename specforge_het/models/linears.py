@@ -17,13 +17,13 @@ the shape, and the spread is large. Measured on a 2-core AMD EPYC (AVX512-BF16, 
 * `swapped`: the same product as ``mm(W, x^T)^T`` (rows padded up to the bucket, at least 2), a GEMM
   with the weight as its left operand; no copy of the weight.
 
-So nothing is assumed: the first call of a (weight shape, row bucket) on a routed module times the
-kernels on that shape, interleaved, best of a few, each over a pass of copies of the weight that
-streams them from memory (as a forward does, where all other weights pass between two calls of one
-module; a hot-cache timing of one small weight favours kernels that a real forward runs ~2x slower),
-and keeps the fastest for the rest of the process (another kernel replaces F.linear only when it
-takes under `MARGIN` of its time; a kernel whose output differs from F.linear beyond float rounding is never chosen). `kernel_choices()` says
-what was chosen. Results agree with F.linear to float rounding, not bit for bit: the decoder's
+So nothing is assumed: for each (weight shape, row bucket) the kernels are timed on that shape, best
+of a few, each over a pass of copies of the weight that streams them from memory (as a forward
+does, where all other weights pass between two calls of one module; a hot-cache timing of one small
+weight favours kernels that a real forward runs ~2x slower), and the fastest is kept for the rest of
+the process: buckets 1-16 on entering `packed_linears`, larger ones on first use. Another kernel
+replaces F.linear only when it takes under `MARGIN` of its time, and a kernel whose output differs
+from F.linear beyond float rounding is never chosen. `kernel_choices()` says what was chosen. Results agree with F.linear to float rounding, not bit for bit: the decoder's
 greedy output equals base-only decoding's (the tests check it on every tree shape), and a
 different kernel can flip a near-tie against a peer that runs F.linear (inference/divergence.py).
 
@@ -96,7 +96,7 @@ def pack_bucket(kernel: str, bucket: int) -> int:
     return next(b for b in MKL_BUCKETS if b >= bucket) if kernel == "mkl" else 0
 
 
-# ---------------------------------------------------------------- the three kernels
+# ---------------------------------------------------------------- the kernels
 
 
 def swapped_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad_to: int) -> torch.Tensor:
