@@ -227,6 +227,28 @@ $(WARM_C)/model.safetensors: $(WARM_B)/model.safetensors | features-smollm2-big-
 draft-smollm2-eagle3-breadth-c: $(WARM_C)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_C) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-c"
 
+# Stage D of the warm-started draft (issue 13, session 13): the shipped stage-C draft, one more epoch over
+# all four breadth parts (A, B, D, E: the 4,008 conversations answered so far, 2.19M answer tokens), the
+# full 7-step unroll, learning rate 3e-4 decaying to 0. The references train for several epochs (SpecForge's
+# default is 10); every earlier stage here saw its data once. Features are stored per part, then merged.
+SMOL_ALL := runs/data/smollm2_all
+WARM_D := runs/smollm2_eagle3_warm4
+SMOL_PARTS := runs/data/smollm2_big $(BIG_B) $(BIG_D) $(BIG_E)
+.PHONY: features-smollm2-all draft-smollm2-eagle3-breadth-d
+$(SMOL_ALL)/meta.json: | data-smollm2-big-b data-smollm2-big-d data-smollm2-big-e
+	for d in $(SMOL_PARTS); do $(BIN)/python -m specforge_het.data_gen add_features $$d --@smollm2 --@eagle_v3 || exit 1; done
+	$(BIN)/python -m specforge_het.data_gen merge_datasets $(SMOL_ALL) $(SMOL_PARTS) --allow_gaps
+features-smollm2-all: $(SMOL_ALL)/meta.json
+# WARM_D_INIT: the stage-C run; session 13 started from the shipped stage-C draft (the same weights in bfloat16),
+# as that run's folder keeps no weights here: WARM_D_INIT=specforge_het/drafts/smollm2-135m-instruct-eagle3.
+WARM_D_INIT ?= $(WARM_C)
+$(WARM_D)/model.safetensors: | features-smollm2-all
+	[ -f $(WARM_D_INIT)/model.safetensors ] || $(MAKE) $(WARM_C)/model.safetensors
+	$(call TRAIN_WARM,$(WARM_D)) --dataset.path $(SMOL_ALL) --modeling.init_draft $(WARM_D_INIT) --training.ttt_steps 7 \
+		--training.learning_rate 3e-4 --training.eval_steps 400
+draft-smollm2-eagle3-breadth-d: $(WARM_D)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_D) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-d"
+
 # The heterogeneous pair on breadth data (issue 13): Gemma-3-270M (a base model: plain User:/Assistant:
 # layout, no chat template) answers the 4,008 prompts of the SmolLM2 mix2 (SmolLM2's Magpie prompts, the
 # shipped training prompts with GSM8K train; evaluation sets kept out) with up to 256 new tokens each, in

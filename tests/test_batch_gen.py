@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specforge_het.data.batch_gen import BatchGenerator, Request, draw
+from specforge_het.data import batch_gen
+from specforge_het.data.batch_gen import BatchGenerator, Request, attention_spans, draw
 from specforge_het.testing import CORPUS_A
 
 
@@ -23,9 +24,12 @@ def hf_greedy(base, prompt: list[int], max_new: int, eos: int) -> list[int]:
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
-def test_greedy_equals_unbatched_hf_with_rows_swapped(bases, family) -> None:
+def test_greedy_equals_unbatched_hf_with_rows_swapped(bases, family, monkeypatch) -> None:
     """7 prompts of different lengths through 3 slots, budgets from 3 to 40 tokens (Gemma3's window is 16,
-    so long rows attend past it): every row equals HF generate alone, finish reasons included."""
+    so long rows attend past it): every row equals HF generate alone, finish reasons included. Attention
+    runs in blocks of 2 slots, each as wide as its own longest row (always, whatever they save)."""
+    monkeypatch.setattr(batch_gen, "ATTN_ROWS", 2)
+    monkeypatch.setattr(batch_gen, "ATTN_SAVING", 1.0)
     base = bases[family]
     eos = base.tokenizer.eos_token_id
     ps = prompts_of(base, 7)
@@ -39,6 +43,13 @@ def test_greedy_equals_unbatched_hf_with_rows_swapped(bases, family) -> None:
         want = hf_greedy(base, p, b, eos)
         assert got[i].tokens == want, f"row {i}"
         assert got[i].finish_reason == ("stop" if want[-1] == eos and len(want) <= b else "length")
+
+
+def test_attention_spans_widen_only_their_own_block() -> None:
+    assert attention_spans([5, 900, 7, 8, 9], rows=2) == [(0, 2, 901), (2, 4, 9), (4, 5, 10)]
+    assert attention_spans([3], rows=16) == [(0, 1, 4)]
+    assert attention_spans([90, 100, 95, 99, 80], rows=2) == [(0, 5, 101)]  # blocks would save < 20 %: one call
+    assert attention_spans(list(range(40)), rows=16) == [(0, 16, 16), (16, 32, 32), (32, 40, 40)]
 
 
 def test_follow_up_requests_and_capacity(bases) -> None:
@@ -127,3 +138,22 @@ def test_auto_dtype_resumes_with_the_recorded_dtype(monkeypatch, tmp_path) -> No
     assert resolved_dtype(cfg) == "float32"  # resuming: the recorded dtype
     cfg.dataset_generation.dtype = "bfloat16"
     assert resolved_dtype(cfg) == "bfloat16"  # an explicit dtype is taken as given (check_resume then refuses a mismatch)
+
+
+def test_bench_gen_compares_attention_blocks_side_by_side(base_dirs, prompts, tmp_path) -> None:
+    """`data_gen bench_gen --attn_rows 2,0`: one row per setting (0 = the engine's default) plus HF generate,
+    in one JSON; greedy float32 rows generate the same tokens whatever the attention blocks."""
+    import json
+
+    from specforge_het.config import Config
+    from specforge_het.data.gen_bench import bench_gen
+
+    cfg = Config()
+    cfg.modeling.base_model = base_dirs["llama"]
+    out = tmp_path / "gen.json"
+    bench_gen(cfg, [], prompts=prompts, n=6, max_new=12, dtypes="float32", batches="4", hf_batches="3",
+              attn_rows="2,0", outfile=str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["engine"], r["batch"], r.get("attn_rows")) for r in rows] == [
+        ("continuous", 4, 2), ("continuous", 4, batch_gen.ATTN_ROWS), ("hf-generate", 3, None)]
+    assert rows[0]["tokens"] == rows[1]["tokens"] == rows[2]["tokens"] > 0

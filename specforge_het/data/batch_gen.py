@@ -112,11 +112,31 @@ class _PrefillWriter:
         return k, v
 
 
+ATTN_ROWS = 16  # rows per attention block: each block of slots reads only as far as its own longest row
+ATTN_SAVING = 0.8  # blocks are used only when they read at most this share of the cache one call would
+
+
+def attention_spans(lens: list[int], rows: int | None = None) -> list[tuple[int, int, int]]:
+    """(first, end, width) of each attention call over the slots with cached lengths `lens`.
+
+    Blocks of `rows` slots, each as wide as its longest row plus the new token, so one long row widens
+    its own block only; when the blocks would save little (they read > ATTN_SAVING of what one call over
+    all rows at the widest width reads), one call over all rows."""
+    r = rows or ATTN_ROWS
+    blocks = [(a, min(a + r, len(lens)), max(lens[a: a + r]) + 1) for a in range(0, len(lens), r)]
+    width = max(w for _, _, w in blocks)
+    if sum((b - a) * w for a, b, w in blocks) > ATTN_SAVING * len(lens) * width:
+        return [(0, len(lens), width)]
+    return blocks
+
+
 def _decode_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                  kv: _SlotKV, i: int, lens: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+                  kv: _SlotKV, i: int, lens: torch.Tensor, rows: torch.Tensor,
+                  spans: list[tuple[int, int, int]]) -> torch.Tensor:
     """One layer for one new token per row. h [n, 1, H]; lens [n] = entries cached before this token;
-    mask [n, 1, 1, width] (additive: 0 = attend). Query heads are grouped by their K/V head, so grouped-query
-    attention reads the cache without copying it per head."""
+    mask [n, 1, 1, width] (additive: 0 = attend); `spans` blocks of rows with their widths (attention_spans).
+    Query heads are grouped by their K/V head, so grouped-query attention reads the cache without copying it
+    per head."""
     attn = layer.self_attn
     n = h.shape[0]
     x = layer.input_layernorm(h)
@@ -131,10 +151,10 @@ def _decode_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     k = _rope(k.transpose(1, 2), cos, sin)  # [n, H_kv, 1, D]
     kv.k[i][rows, :, lens] = k[:, :, 0]
     kv.v[i][rows, :, lens] = v[:, 0]
-    keys, values = kv.k[i][:n, :, :width], kv.v[i][:n, :, :width]
-    hkv = keys.shape[1]
-    qg = q.reshape(n, hkv, -1, d)  # head j*g + r uses K/V head j (HF's repeat_kv order)
-    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=attn.scaling)
+    qg = q.reshape(n, kv.k[i].shape[1], -1, d)  # head j*g + r uses K/V head j (HF's repeat_kv order)
+    out = torch.cat([F.scaled_dot_product_attention(qg[a:b], kv.k[i][a:b, :, :w], kv.v[i][a:b, :, :w],
+                                                    attn_mask=mask[a:b, ..., :w], scale=attn.scaling)
+                     for a, b, w in spans])
     out = attn.o_proj(out.reshape(n, 1, -1))
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
         h = h + layer.post_attention_layernorm(out)
@@ -156,6 +176,7 @@ class BatchGenerator:
         attn = base.layers[0].self_attn
         self.kv = _SlotKV(base.num_layers, self.slots, cfg.num_key_value_heads, attn.head_dim, self.capacity,
                           base.dtype, base.device)
+        self.attn_rows = ATTN_ROWS  # slots per attention call (attention_spans)
         self.steps = 0
         self.prefills = 0
 
@@ -195,7 +216,8 @@ class BatchGenerator:
     def _step(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """One token for each of the first n slots. tokens [n], lens [n] (cached entries). Logits [n, V]."""
         base, dev = self.base, self.base.device
-        width = int(lens.max()) + 1
+        spans = attention_spans(lens.tolist(), self.attn_rows)
+        width = max(w for _, _, w in spans)
         key_pos = torch.arange(width, device=dev)
         valid = key_pos[None] <= lens[:, None]  # [n, width]
         rows = torch.arange(lens.shape[0], device=dev)  # row index of every slot, for the K/V writes
@@ -212,7 +234,7 @@ class BatchGenerator:
                 # additive float mask: CPU SDPA runs about twice as fast with it as with a boolean one
                 masks[kind] = torch.zeros(m.shape, dtype=h.dtype, device=dev).masked_fill_(
                     ~m, torch.finfo(h.dtype).min)[:, None, None]
-            h = _decode_layer(layer, h, *rope[kind], masks[kind], self.kv, i, lens, rows, width)
+            h = _decode_layer(layer, h, *rope[kind], masks[kind], self.kv, i, lens, rows, spans)
         self.steps += 1
         return base.head(base.norm(h[:, 0])).float()
 
