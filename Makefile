@@ -231,6 +231,7 @@ draft-smollm2-eagle3-breadth-c: $(WARM_C)/model.safetensors
 # all four breadth parts (A, B, D, E: the 4,008 conversations answered so far, 2.19M answer tokens), the
 # full 7-step unroll, learning rate 3e-4 decaying to 0. The references train for several epochs (SpecForge's
 # default is 10); every earlier stage here saw its data once. Features are stored per part, then merged.
+# Measured (session 13, docs/results.md): +0.03 τ over stage C on MT-Bench and held-out prompts; not shipped.
 SMOL_ALL := runs/data/smollm2_all
 WARM_D := runs/smollm2_eagle3_warm4
 SMOL_PARTS := runs/data/smollm2_big $(BIG_B) $(BIG_D) $(BIG_E)
