@@ -152,9 +152,9 @@ def _decode_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     kv.k[i][rows, :, lens] = k[:, :, 0]
     kv.v[i][rows, :, lens] = v[:, 0]
     qg = q.reshape(n, kv.k[i].shape[1], -1, d)  # head j*g + r uses K/V head j (HF's repeat_kv order)
-    out = torch.cat([F.scaled_dot_product_attention(qg[a:b], kv.k[i][a:b, :, :w], kv.v[i][a:b, :, :w],
-                                                    attn_mask=mask[a:b, ..., :w], scale=attn.scaling)
-                     for a, b, w in spans])
+    outs = [F.scaled_dot_product_attention(qg[a:b], kv.k[i][a:b, :, :w], kv.v[i][a:b, :, :w],
+                                           attn_mask=mask[a:b, ..., :w], scale=attn.scaling) for a, b, w in spans]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
     out = attn.o_proj(out.reshape(n, 1, -1))
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
         h = h + layer.post_attention_layernorm(out)
@@ -213,10 +213,12 @@ class BatchGenerator:
         return base.head(base.norm(last)).float()
 
     @torch.no_grad()
-    def _step(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """One token for each of the first n slots. tokens [n], lens [n] (cached entries). Logits [n, V]."""
+    def _step(self, tokens: torch.Tensor, lens: torch.Tensor,
+              spans: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
+        """One token for each of the first n slots. tokens [n], lens [n] (cached entries); spans: the attention
+        blocks (None = from lens, which reads lens back from the device). Logits [n, V]."""
         base, dev = self.base, self.base.device
-        spans = attention_spans(lens.tolist(), self.attn_rows)
+        spans = spans or attention_spans(lens.tolist(), self.attn_rows)
         width = max(w for _, _, w in spans)
         key_pos = torch.arange(width, device=dev)
         valid = key_pos[None] <= lens[:, None]  # [n, width]
@@ -302,7 +304,7 @@ class BatchGenerator:
         dev = self.base.device
         toks = torch.tensor([r.tokens[-1] for r in active], device=dev)
         lt = torch.tensor(lens, device=dev)
-        logits = self._step(toks, lt)
+        logits = self._step(toks, lt, attention_spans(lens, self.attn_rows))  # from the host list: no device sync
         for row, tok in zip(active, self._choose(logits, active)):
             row.tokens.append(tok)
         lens[:] = [n + 1 for n in lens]
