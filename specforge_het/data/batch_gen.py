@@ -213,12 +213,10 @@ class BatchGenerator:
         return base.head(base.norm(last)).float()
 
     @torch.no_grad()
-    def _step(self, tokens: torch.Tensor, lens: torch.Tensor,
-              spans: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
+    def _step(self, tokens: torch.Tensor, lens: torch.Tensor, spans: list[tuple[int, int, int]]) -> torch.Tensor:
         """One token for each of the first n slots. tokens [n], lens [n] (cached entries); spans: the attention
-        blocks (None = from lens, which reads lens back from the device). Logits [n, V]."""
+        blocks, from the host's list of lengths (`attention_spans`). Logits [n, V]."""
         base, dev = self.base, self.base.device
-        spans = spans or attention_spans(lens.tolist(), self.attn_rows)
         width = max(w for _, _, w in spans)
         key_pos = torch.arange(width, device=dev)
         valid = key_pos[None] <= lens[:, None]  # [n, width]
