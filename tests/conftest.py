@@ -25,6 +25,14 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversub
 REPO = Path(__file__).resolve().parent.parent
 
 
+def real_model_threads() -> int:
+    """Threads for a test on a real (embedded) model: this machine's cores shared among the parallel test
+    workers (`pytest -n`), so workers never oversubscribe the cores (OpenMP threads then spin and a
+    7 s test takes 90)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI run in a subprocess: one thread there too (the same arithmetic, no oversubscribed
     cores), wide help text, then `extra`."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import draft_modeling
+from conftest import draft_modeling, real_model_threads
 from rich.console import Console
 
 import specforge_het.assets as assets
@@ -355,7 +355,7 @@ def test_bench_cli_on_embedded_smollm2(tmp_path):
     base = BaseModel.load(cfg.modeling.base_model)
     if find_shipped_draft(base.describe(), "eagle_v3", "reduced") is None:
         args += ["--modeling.draft_path", str(save_draft(build_draft(cfg.modeling, base), tmp_path / "draft"))]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(real_model_threads()), "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "specforge_het.bench", *args], capture_output=True, text=True,
                           env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

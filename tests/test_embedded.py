@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import real_model_threads, subprocess_env
 
 from specforge_het.algorithms import get_algorithm
 from specforge_het.algorithms.build import build_draft
@@ -26,9 +27,9 @@ _BASES: dict[str, BaseModel] = {}
 
 @pytest.fixture(autouse=True, scope="module")
 def _two_threads():
-    """Real models use both cores (conftest pins tiny-model tests to one thread)."""
+    """Real models use this worker's share of the cores (conftest pins tiny-model tests to one thread)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(real_model_threads())
     yield
     torch.set_num_threads(before)
 
@@ -100,7 +101,8 @@ def test_inference_compare_on_embedded_default():
     cmd = [sys.executable, "-m", "specforge_het.inference", "--@smollm2", "--@tree_cpu", "--modeling.draft_path",
            "smollm2-135m-instruct-eagle3", "--inference.lookup_tokens", "10", "--inference.compare", "--mtbench",
            "mtbench:3", "--inference.max_new_tokens", "12"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                         env=subprocess_env(OMP_NUM_THREADS=str(real_model_threads())))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "identical outputs: 6/6" in out.stdout
 

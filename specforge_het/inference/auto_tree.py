@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import time
@@ -141,8 +142,10 @@ def choose_tree(base, draft, inf, draft_path: str = "", console: Console | None 
                 acc = calibrate.measure_acceptance(base, draft, prompts, inf)
         measured_s = round(time.perf_counter() - t0, 2)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "costs": costs.to_json(), "raw_costs": raw.to_json(),
-                                    "acceptance": acc.to_json(), "measured_s": measured_s}, indent=1) + "\n")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # a reader never sees a half-written file
+        tmp.write_text(json.dumps({"key": key, "costs": costs.to_json(), "raw_costs": raw.to_json(),
+                                   "acceptance": acc.to_json(), "measured_s": measured_s}, indent=1) + "\n")
+        tmp.replace(path)
         console.print(f"tree auto: measured in {measured_s:.1f} s, cached in {path}")
     ranked = search(costs, acc)
     decision = Decision(ranked[0], ranked, costs, acc, path, measured_s)
