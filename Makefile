@@ -132,7 +132,7 @@ data-smollm2-big: runs/prompts/smollm2_mix.jsonl
 BIG := runs/data/smollm2_big_768
 $(BIG)/meta.json: | setup
 	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG) runs/data/smollm2_big --allow_gaps
-.PHONY: features-smollm2-big draft-smollm2-eagle3-big scaling-smollm2
+.PHONY: features-smollm2-big draft-smollm2-eagle3-big scaling-smollm2 scaling-smollm2-warm
 features-smollm2-big: $(BIG)/meta.json
 	$(BIN)/python -m specforge_het.data_gen add_features $(BIG) --@smollm2 --@eagle_v3
 
@@ -297,4 +297,19 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 	    --outfile $$d/bench.json || exit 1; \
 	done
 	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2 --outfile docs/results/scaling_smollm2.json \
+		--title "SmolLM2-135M EagleV3 draft: τ on MT-Bench vs training tokens"
+
+# The warm-started lineage that was shipped (stages A, B, C above: 0.42M, 0.95M, 2.15M answer tokens trained on
+# since the earlier 874-conversation draft) as a second series of the same plot, with the same bench. Its first
+# init_draft is the shipped folder, which stage C replaced: --count_from starts the count there. The drafts'
+# weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
+WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C)
+scaling-smollm2-warm: | setup
+	for p in $(WARM_POINTS); do n=$${p%%:*}; d=runs/scaling/smollm2_warm_started/$$n; mkdir -p $$d; \
+	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
+	    --modeling.draft_path $${p#*:} --prompts mtbench:10 --inference.max_new_tokens 128 --methods ours-tree \
+	    --outfile $$d/bench.json || exit 1; \
+	done
+	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2,runs/scaling/smollm2_warm_started \
+		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3 --outfile docs/results/scaling_smollm2.json \
 		--title "SmolLM2-135M EagleV3 draft: τ on MT-Bench vs training tokens"

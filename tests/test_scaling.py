@@ -84,3 +84,22 @@ def test_unfinished_or_missing_points_are_named(tmp_path) -> None:
         scaling.main(str(tmp_path / "b"), str(tmp_path / "x.json"))
     with pytest.raises(ConfigError, match="no scaling points"):
         scaling.main(str(tmp_path / "none"), str(tmp_path / "x.json"))
+
+
+def test_series_and_a_lineage_counted_from_a_replaced_folder(tmp_path, monkeypatch) -> None:
+    """Two folders are two series; a lineage whose first init_draft was replaced by its own last stage
+    (a shipped draft trained on from its predecessor) loops, is named, and counts from --count_from."""
+    monkeypatch.chdir(tmp_path)
+    _point(tmp_path / "fresh", "s24", 100.0, 500, 1.3)
+    warm = tmp_path / "warm"
+    _checkpoint_point(warm, "w1", Path("w1"), (30_000.0, 40_000.0), 1.5, log_name="training_log.json")
+    _checkpoint_point(warm, "w2", Path("shipped"), (20_000.0, 25_000.0), 1.7, log_name="training_log.json")
+    (Path("w1") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "shipped"}}))
+    (Path("shipped") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "w1"}}))
+    with pytest.raises(ValueError, match="form a loop"):
+        scaling.main(f"{tmp_path / 'fresh'},{warm}", str(tmp_path / "x.json"))
+    scaling.main(f"{tmp_path / 'fresh'},{warm}", str(tmp_path / "x.json"), count_from="shipped")
+    got = [(p["series"], p["name"], p["answer_tokens"], p["tau"])
+           for p in json.loads((tmp_path / "x.json").read_text())["points"]]
+    assert got == [("fresh", "s24", 50_000, 1.3), ("warm", "w1", 30_000, 1.5), ("warm", "w2", 50_000, 1.7)]
+    assert (tmp_path / "x.png").stat().st_size > 1000

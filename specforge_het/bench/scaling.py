@@ -9,7 +9,10 @@ Each point is a folder `DIR/<name>/` holding what `make scaling-smollm2` writes 
   train.log    optional: a separate training run's output; its `throughput:` line gives the same two
                counts (tokens/s x seconds) and takes precedence
 The summary (one row per point, sorted by tokens) is printed, written as JSON, and plotted (PNG
-beside the JSON, log-scaled token axis).
+beside the JSON, log-scaled token axis). Several DIRs (comma-separated) are several series, one line
+each, named by their folder. `--count_from DRAFT` counts a lineage's tokens from that draft folder on
+(its own tokens and those before it left out): for a lineage whose starting folder has since been
+replaced (a shipped draft trained on from its predecessor, as `make` does).
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ def _tokens_from_log(log: Path) -> tuple[int, int]:
     return round(loss_rate * secs), round(seq_rate * secs)
 
 
-def _tokens_from_draft(draft: Path) -> tuple[int, int]:
+def _tokens_from_draft(draft: Path, count_from: Path | None = None, seen: tuple[Path, ...] = ()) -> tuple[int, int]:
+    if draft.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, draft.resolve()))
+        raise ValueError(f"the drafts' init_draft links form a loop ({chain}): a folder was replaced by a later "
+                         "stage. Give --count_from the folder where the lineage starts.")
     for name in _LOGS:
         if (draft / name).is_file():
             history = json.loads((draft / name).read_text())
@@ -49,8 +56,8 @@ def _tokens_from_draft(draft: Path) -> tuple[int, int]:
                                  "was trained before they were logged, so give its point a train.log.")
             answer, seq = totals[-1]["train_loss_tokens_total"], totals[-1]["train_seq_tokens_total"]
             before = _init_draft(draft)  # a later stage (--modeling.init_draft) adds its predecessor's tokens
-            if before is not None:
-                prev = _tokens_from_draft(before)
+            if before is not None and not (count_from and before.resolve() == count_from.resolve()):
+                prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()))
                 answer, seq = answer + prev[0], seq + prev[1]
             return round(answer), round(seq)
     raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from.")
@@ -69,8 +76,8 @@ def _init_draft(draft: Path) -> Path | None:
     return Path(init)
 
 
-def read_point(folder: Path) -> dict:
-    """{name, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
+def read_point(folder: Path, count_from: Path | None = None) -> dict:
+    """{name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
     bench = folder / "bench.json"
     if not bench.is_file():
         raise FileNotFoundError(f"scaling point '{folder}' has no bench.json; rerun its bench.")
@@ -78,12 +85,12 @@ def read_point(folder: Path) -> dict:
     if (folder / "train.log").is_file():
         answer, seq = _tokens_from_log(folder / "train.log")
     else:
-        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")))
+        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")), count_from)
     summary = data["summary"]
     if METHOD not in summary:
         raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
     s = summary[METHOD]
-    return {"name": folder.name, "answer_tokens": answer, "seq_tokens": seq,
+    return {"name": folder.name, "series": folder.parent.name, "answer_tokens": answer, "seq_tokens": seq,
             "tau": s["tau"], "speedup_median": s["speedup_median"], "identical": s["identical"],
             "compared": s["compared"]}
 
@@ -95,8 +102,12 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs, ys = [p["answer_tokens"] for p in points], [p["tau"] for p in points]
-    ax.plot(xs, ys, "o-")
+    series = list(dict.fromkeys(p["series"] for p in points))
+    for name in series:
+        mine = [p for p in points if p["series"] == name]
+        ax.plot([p["answer_tokens"] for p in mine], [p["tau"] for p in mine], "o-", label=name)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
     for p in points:
         ax.annotate(f"{p['tau']:.2f}", (p["answer_tokens"], p["tau"]), textcoords="offset points", xytext=(0, 6),
                     ha="center", fontsize=8)
@@ -111,18 +122,22 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
     return png
 
 
-def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "") -> None:
-    """Summarise the scaling points under FOLDER (one subfolder each) into OUTFILE (+ .png)."""
-    root = Path(folder)
-    dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if not dirs:
-        raise ConfigError(f"no scaling points under '{folder}': run `make scaling-smollm2` first.")
-    points = sorted((read_point(d) for d in dirs), key=lambda p: p["answer_tokens"])
+def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "", count_from: str = "") -> None:
+    """Summarise the scaling points under FOLDER (one subfolder each; FOLDER,FOLDER2: one series each) into
+    OUTFILE (+ .png). count_from: a draft folder where the lineages' token counts start (see above)."""
+    points: list[dict] = []
+    for one in str(folder).split(","):
+        root = Path(one)
+        dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if not dirs:
+            raise ConfigError(f"no scaling points under '{one}': run `make scaling-smollm2` first.")
+        points += [read_point(d, Path(count_from) if count_from else None) for d in dirs]
+    points.sort(key=lambda p: (p["series"], p["answer_tokens"]))
     table = Table(title=f"τ against training tokens · {folder}")
-    for col in ("point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):
-        table.add_column(col, justify="left" if col == "point" else "right")
+    for col in ("series", "point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):
+        table.add_column(col, justify="left" if col in ("series", "point") else "right")
     for p in points:
-        table.add_row(p["name"], f"{p['answer_tokens']:,}", f"{p['seq_tokens']:,}", f"{p['tau']:.3f}",
+        table.add_row(p["series"], p["name"], f"{p['answer_tokens']:,}", f"{p['seq_tokens']:,}", f"{p['tau']:.3f}",
                       f"{p['speedup_median']:.2f}×", f"{p['identical']}/{p['compared']}")
     console.print(table)
     out = Path(outfile)
