@@ -48,6 +48,7 @@ class ModelingConfig:
     init_layers: list[int] = _f([], "which layers of init_from to copy; [] = the first draft_num_layers")
     lora_rank: int = _f(0, "LoRA rank for layers copied from init_from; 0 = full fine-tuning")
     init_draft: str = _f("", "train on from this trained draft folder: its architecture, vocabulary and weights ('' = a new draft)")
+    widen_vocab: int = _f(0, "with init_draft (vocab reduced): widen the draft's vocabulary to this many rows, adding the training data's most frequent answer tokens it cannot propose yet; each new head row starts as the base's LM-head row (0 = keep its vocabulary)")
     dtype: str = _f("float32", "dtype of base and draft", ("float32", "bfloat16", "float16"))
     draft_dtype: str = _f("", "training: dtype of the draft's trained weights ('' = modeling.dtype); float32 under a bfloat16 base keeps float32 master weights (with training.precision bf16). Inference loads drafts in the base's dtype", ("", "float32", "bfloat16", "float16"))
     device: str = _f("cpu", "torch device: cpu, cuda, cuda:1, ... or auto")

@@ -105,16 +105,26 @@ def training_arguments(cfg: Config, has_eval: bool, plan=None):
 
 def _new_draft(cfg: Config, base, rows):
     """The draft to train: a trained folder to continue (modeling.init_draft), else a new one; in training dtype."""
-    from specforge_het.algorithms.build import build_draft, warm_start_draft
+    from specforge_het.algorithms.build import build_draft, warm_start_draft, widen_vocab
     from specforge_het.models.base import resolve_dtype
     from specforge_het.training.data import token_counts
 
     m = cfg.modeling
+    if m.widen_vocab and not m.init_draft:
+        raise ConfigError("modeling.widen_vocab widens a trained draft's vocabulary: give --modeling.init_draft, or "
+                          "choose a new draft's size with --modeling.draft_vocab_size.")
     if m.init_draft:
         draft = warm_start_draft(m, base)
         console.print(f"modeling.init_draft: architecture and vocabulary from {m.init_draft} "
                       f"({draft.cfg.family}, width {draft.cfg.hidden_size}, vocab {draft.cfg.vocab} "
                       f"{draft.cfg.draft_vocab_size}); other modeling.* architecture keys are not used")
+        if m.widen_vocab:
+            counts = token_counts(rows.rows, base.vocab_size)
+            share = lambda d: float(counts[d.vocab.d2t.cpu()].sum() / counts.sum().clamp(min=1))  # noqa: E731
+            before = share(draft) if draft.vocab is not None else 0.0
+            draft = widen_vocab(draft, base, counts, m.widen_vocab)
+            console.print(f"modeling.widen_vocab: {draft.cfg.draft_vocab_size} rows; the training answers' tokens it "
+                          f"can propose: {before:.1%} -> {share(draft):.1%}")
     else:
         draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=cfg.training.seed)
     return draft.to(dtype=resolve_dtype(draft_dtype(m))).train(True)

@@ -55,6 +55,9 @@ def test_init_draft_foreign_vocabulary_keeps_its_tokenizer(bases, base_dirs, con
     trainer.save_model(str(tmp_path / "more"))
     again = load_draft(tmp_path / "more", bases["llama"])  # the saved folder carries the tokenizer on
     assert again.cfg.embed == "foreign" and again.draft_tokenizer is not None
+    wide = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide", init_draft=str(first), widen_vocab=500, **kw)
+    with pytest.raises(ConfigError, match="widens a reduced vocabulary.*'foreign'"):
+        build_trainer(wide, [])
 
 
 def test_init_draft_bad_inputs_fail_clearly(base_dirs, conv_file, trained, tok_a, tmp_path):
@@ -112,3 +115,48 @@ def test_precision_setting(monkeypatch, base_dirs, conv_file, tmp_path):
         build_trainer(cfg, [])
     cfg.training.precision = "auto"
     assert train.use_bf16(cfg)
+
+
+def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(bases, base_dirs, conv_file, tmp_path):
+    """--modeling.widen_vocab: the trained rows stay (same logits), the added rows are the base's head rows of
+    the most frequent answer tokens the draft could not propose, and the widened draft decodes losslessly."""
+    from specforge_het.inference.decoder import Decoder
+    from specforge_het.inference.proposer import DraftProposer, TreeSpec
+    from specforge_het.training.data import load_rows, token_counts
+
+    base = bases["llama"]
+    narrow = tmp_path / "narrow"  # half the answer tokens the data uses
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, narrow, **V3)
+    counts = token_counts(load_rows(cfg.dataset, base).rows, base.vocab_size)
+    used = int((counts > 0).sum())
+    cfg.modeling.draft_vocab_size, cfg.training.max_steps = used // 2, 4
+    main(cfg, ["test"])
+    first = load_draft(narrow, base)
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide", init_draft=str(narrow), widen_vocab=used + 5, **V3)
+    trainer, _ = build_trainer(cfg, [])
+    wide = trainer.model.draft
+    old, new = first.vocab.d2t, wide.vocab.d2t
+    assert old.numel() == used // 2 and torch.equal(new, new.sort().values)
+    assert used <= new.numel() < used + 5  # only ids the data uses are added (the narrow rows may hold an unused EOS)
+    assert set(old.tolist()) <= set(new.tolist()) and wide.cfg.draft_vocab_size == new.numel()
+    pos = torch.searchsorted(new, old)
+    torch.testing.assert_close(wide.lm_head.weight[pos], first.lm_head.weight)
+    added = torch.ones(new.numel(), dtype=torch.bool)
+    added[pos] = False
+    torch.testing.assert_close(wide.lm_head.weight[added], base.lm_head.weight[new[added]])
+    left = torch.ones(base.vocab_size, dtype=torch.bool)
+    left[new] = False
+    assert counts[new[added]].min() > 0 and counts[new[added]].min() >= counts[left].max()
+    for k, v in first.state_dict().items():  # every other weight carried over
+        if k not in ("lm_head.weight", "vocab.d2t"):
+            torch.testing.assert_close(wide.state_dict()[k], v, msg=k)
+    wide.eval()
+    ids = base.tokenizer("the cat sat on the", return_tensors="pt").input_ids
+    spec = Decoder(base, DraftProposer(wide, TreeSpec("dynamic", 3, 3, 8))).generate(ids, 16)
+    assert spec.tokens == Decoder(base).generate(ids, 16).tokens
+    bad = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", widen_vocab=used // 2, init_draft=str(narrow), **V3)
+    with pytest.raises(ConfigError, match=f"must exceed the draft's {used // 2} rows"):
+        build_trainer(bad, [])
+    bad = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", widen_vocab=200, **V3)
+    with pytest.raises(ConfigError, match="give --modeling.init_draft"):
+        build_trainer(bad, [])

@@ -5,6 +5,8 @@ and layout through the registry; the layer-level parts are models/build.py's."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from specforge_het.algorithms.io import build_from_config
@@ -154,3 +156,33 @@ def warm_start_draft(m: ModelingConfig, base) -> DraftModel:
         raise ConfigError(f"modeling.init_draft '{m.init_draft}' is a {draft.cfg.algorithm} draft but the run trains "
                           f"{m.algorithm}: use the matching --@{draft.cfg.algorithm} preset.")
     return draft
+
+
+@torch.no_grad()
+def widen_vocab(draft: DraftModel, base, token_counts: torch.Tensor, rows: int) -> DraftModel:
+    """A trained reduced-vocabulary draft with `rows` head rows: the base ids it already proposes keep their
+    trained rows, and the most frequent ids of `token_counts` [Vb] it cannot propose are added (only ids the
+    data uses), each new row starting as the base's LM-head row of that id. Everything else is unchanged, so
+    the old rows' logits are the same as before. d2t stays sorted by base id."""
+    cfg = draft.cfg
+    if cfg.vocab != "reduced" or draft.lm_head is None or draft.vocab is None:
+        raise ConfigError(f"modeling.widen_vocab widens a reduced vocabulary (a subset of base ids); this draft's "
+                          f"vocabulary is '{cfg.vocab}'. Drop --modeling.widen_vocab.")
+    old = draft.vocab.d2t.cpu()
+    if rows <= old.numel():
+        raise ConfigError(f"modeling.widen_vocab {rows} must exceed the draft's {old.numel()} rows (0 keeps them).")
+    free = token_counts.double().clone()
+    free[old] = -1.0
+    extra = torch.argsort(-free, stable=True)[: rows - old.numel()]
+    extra = extra[free[extra] > 0]  # ids the training data uses
+    d2t = torch.sort(torch.cat([old, extra])).values
+    new = build_from_config(dataclasses.replace(cfg, draft_vocab_size=int(d2t.numel())),
+                            VocabAdapter(d2t, cfg.base["vocab_size"]))
+    keep = {k: v for k, v in draft.state_dict().items() if not k.startswith("vocab.") and k != "lm_head.weight"}
+    missing, unexpected = new.load_state_dict(keep, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight", "vocab.d2t"}, (missing, unexpected)
+    assert new.lm_head is not None  # a reduced vocabulary has its own head
+    head = base.lm_head.weight.detach().float().cpu()[d2t].clone()
+    head[torch.searchsorted(d2t, old)] = draft.lm_head.weight.detach().float().cpu()
+    new.lm_head.weight.copy_(head)
+    return new.attach(base).to(device=base.device, dtype=draft.lm_head.weight.dtype)
