@@ -301,7 +301,7 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 
 # The warm-started lineage that was shipped (stages A, B, C above: 0.42M, 0.95M, 2.15M answer tokens trained on
 # since the earlier 874-conversation draft) as a second series of the same plot, with the same bench. Its first
-# init_draft is the shipped folder, which stage C replaced: --count_from starts the count there. The drafts'
+# init_draft is the shipped folder, which stage C replaced (or WARM_INIT in a rebuild): --count_from starts the count there. The drafts'
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
 WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C)
 scaling-smollm2-warm: | setup
@@ -311,5 +311,5 @@ scaling-smollm2-warm: | setup
 	    --outfile $$d/bench.json || exit 1; \
 	done
 	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2,runs/scaling/smollm2_warm_started \
-		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3 --outfile docs/results/scaling_smollm2.json \
+		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3,$(WARM_INIT) --outfile docs/results/scaling_smollm2.json \
 		--title "SmolLM2-135M EagleV3 draft: τ on MT-Bench vs training tokens"

@@ -30,7 +30,8 @@ def real_model_threads() -> int:
     workers (`pytest -n`), so workers never oversubscribe the cores (OpenMP threads then spin and a
     7 s test takes 90)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, (os.cpu_count() or 1) // workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

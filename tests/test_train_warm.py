@@ -154,6 +154,14 @@ def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(
     ids = base.tokenizer("the cat sat on the", return_tensors="pt").input_ids
     spec = Decoder(base, DraftProposer(wide, TreeSpec("dynamic", 3, 3, 8))).generate(ids, 16)
     assert spec.tokens == Decoder(base).generate(ids, 16).tokens
+    k = 3  # fewer than the missing ids: the k most frequent of them are added
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide3", init_draft=str(narrow), widen_vocab=old.numel() + k,
+                   **V3)
+    some = build_trainer(cfg, [])[0].model.draft.vocab.d2t
+    added3 = sorted(set(some.tolist()) - set(old.tolist()))
+    missing = torch.ones(base.vocab_size, dtype=torch.bool)
+    missing[old] = False
+    assert len(added3) == k and counts[added3].min() >= counts[missing].sort(descending=True).values[k]
     bad = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", widen_vocab=used // 2, init_draft=str(narrow), **V3)
     with pytest.raises(ConfigError, match=f"must exceed the draft's {used // 2} rows"):
         build_trainer(bad, [])

@@ -3,7 +3,7 @@
 # 874-conversation data of the draft it was warm-started from, and cover 85.8 % of the base's greedy tokens on
 # MT-Bench 10x2 (runs/s15/vocab_coverage.py). Two arms, identical but for --modeling.widen_vocab:
 #   ce:   the shipped draft trained on for STEPS steps (the control: more training alone moves tau)
-#   wide: the same, after widening it to 16384 rows (the data's frequent answer tokens it could not propose,
+#   wide: the same, after widening it to 16384 rows (capped at the tokens the data uses: 11,422 here; the answer tokens it could not propose,
 #         new head rows from the base's LM head)
 # offline over runs/data/smollm2_big_768, 7 unroll steps, lr 3e-4 decaying to 0, the same shuffled order.
 # Then greedy tau (bench, tree_cpu, 128 tokens) on MT-Bench 10x2 and the 24 held-out prompts.

@@ -175,6 +175,9 @@ def widen_vocab(draft: DraftModel, base, token_counts: torch.Tensor, rows: int) 
     free[old] = -1.0
     extra = torch.argsort(-free, stable=True)[: rows - old.numel()]
     extra = extra[free[extra] > 0]  # ids the training data uses
+    if extra.numel() == 0:
+        raise ConfigError(f"modeling.widen_vocab: the draft's {old.numel()} rows already hold every answer token of the "
+                          "training data; nothing to add. Drop --modeling.widen_vocab.")
     d2t = torch.sort(torch.cat([old, extra])).values
     new = build_from_config(dataclasses.replace(cfg, draft_vocab_size=int(d2t.numel())),
                             VocabAdapter(d2t, cfg.base["vocab_size"]))

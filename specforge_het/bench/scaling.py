@@ -10,9 +10,10 @@ Each point is a folder `DIR/<name>/` holding what `make scaling-smollm2` writes 
                counts (tokens/s x seconds) and takes precedence
 The summary (one row per point, sorted by tokens) is printed, written as JSON, and plotted (PNG
 beside the JSON, log-scaled token axis). Several DIRs (comma-separated) are several series, one line
-each, named by their folder. `--count_from DRAFT` counts a lineage's tokens from that draft folder on
-(its own tokens and those before it left out): for a lineage whose starting folder has since been
-replaced (a shipped draft trained on from its predecessor, as `make` does).
+each, named by their folder. `--count_from DRAFT[,DRAFT]`: a lineage's count stops at the first of these
+folders its init_draft chain reaches (that folder's tokens and those before it are left out, unless a point's
+own draft is that folder): for a lineage whose starting folder has since been replaced (a shipped draft
+trained on from its predecessor, as `make` does).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _tokens_from_log(log: Path) -> tuple[int, int]:
     return round(loss_rate * secs), round(seq_rate * secs)
 
 
-def _tokens_from_draft(draft: Path, count_from: Path | None = None, seen: tuple[Path, ...] = ()) -> tuple[int, int]:
+def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tuple[Path, ...] = ()) -> tuple[int, int]:
     if draft.resolve() in seen:
         chain = " -> ".join(str(p) for p in (*seen, draft.resolve()))
         raise ValueError(f"the drafts' init_draft links form a loop ({chain}): a folder was replaced by a later "
@@ -56,7 +57,7 @@ def _tokens_from_draft(draft: Path, count_from: Path | None = None, seen: tuple[
                                  "was trained before they were logged, so give its point a train.log.")
             answer, seq = totals[-1]["train_loss_tokens_total"], totals[-1]["train_seq_tokens_total"]
             before = _init_draft(draft)  # a later stage (--modeling.init_draft) adds its predecessor's tokens
-            if before is not None and not (count_from and before.resolve() == count_from.resolve()):
+            if before is not None and before.resolve() not in {p.resolve() for p in count_from}:
                 prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()))
                 answer, seq = answer + prev[0], seq + prev[1]
             return round(answer), round(seq)
@@ -76,7 +77,7 @@ def _init_draft(draft: Path) -> Path | None:
     return Path(init)
 
 
-def read_point(folder: Path, count_from: Path | None = None) -> dict:
+def read_point(folder: Path, count_from: tuple[Path, ...] = ()) -> dict:
     """{name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
     bench = folder / "bench.json"
     if not bench.is_file():
@@ -124,14 +125,16 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
 
 def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "", count_from: str = "") -> None:
     """Summarise the scaling points under FOLDER (one subfolder each; FOLDER,FOLDER2: one series each) into
-    OUTFILE (+ .png). count_from: a draft folder where the lineages' token counts start (see above)."""
+    OUTFILE (+ .png). count_from: draft folders (comma-separated) where the lineages' token counts start."""
     points: list[dict] = []
     for one in str(folder).split(","):
         root = Path(one)
         dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if not dirs:
-            raise ConfigError(f"no scaling points under '{one}': run `make scaling-smollm2` first.")
-        points += [read_point(d, Path(count_from) if count_from else None) for d in dirs]
+            raise ConfigError(f"no scaling points under '{one}': run its bench first (`make scaling-smollm2`, "
+                              "`make scaling-smollm2-warm`).")
+        starts = tuple(Path(p) for p in str(count_from).split(",") if p)
+        points += [read_point(d, starts) for d in dirs]
     points.sort(key=lambda p: (p["series"], p["answer_tokens"]))
     table = Table(title=f"τ against training tokens · {folder}")
     for col in ("series", "point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):
