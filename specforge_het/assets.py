@@ -118,10 +118,10 @@ def resolve_model_path(name: str) -> str:
     if not (out / "config.json").exists():
         from rich.console import Console
 
-        Console(stderr=True).print(f"[cyan]converting embedded model {name} from GGUF once into {out} (~30 s)[/]")
         out.parent.mkdir(parents=True, exist_ok=True)
         with _cache_lock(out):
             if not (out / "config.json").exists():  # another process may have converted it while we waited
+                Console(stderr=True).print(f"[cyan]converting embedded model {name} from GGUF once into {out} (~30 s)[/]")
                 _convert(name, out)
     return str(out)
 

@@ -98,7 +98,7 @@ def test_series_and_a_lineage_counted_from_a_replaced_folder(tmp_path, monkeypat
     (Path("shipped") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "w1"}}))
     with pytest.raises(ValueError, match="form a loop"):
         scaling.main(f"{tmp_path / 'fresh'},{warm}", str(tmp_path / "x.json"))
-    scaling.main(f"{tmp_path / 'fresh'},{warm}", str(tmp_path / "x.json"), count_from="shipped")
+    scaling.main((str(tmp_path / "fresh"), str(warm)), str(tmp_path / "x.json"), count_from=("shipped",))  # as fire parses a,b
     got = [(p["series"], p["name"], p["answer_tokens"], p["tau"])
            for p in json.loads((tmp_path / "x.json").read_text())["points"]]
     assert got == [("fresh", "s24", 50_000, 1.3), ("warm", "w1", 30_000, 1.5), ("warm", "w2", 50_000, 1.7)]

@@ -123,17 +123,23 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
     return png
 
 
+def _paths(value) -> list[str]:
+    """A comma-separated string, or the tuple fire makes of `a,b` when it parses as a literal."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(x) for x in items if str(x)]
+
+
 def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "", count_from: str = "") -> None:
     """Summarise the scaling points under FOLDER (one subfolder each; FOLDER,FOLDER2: one series each) into
     OUTFILE (+ .png). count_from: draft folders (comma-separated) where the lineages' token counts start."""
     points: list[dict] = []
-    for one in str(folder).split(","):
+    for one in _paths(folder):
         root = Path(one)
         dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if not dirs:
             raise ConfigError(f"no scaling points under '{one}': run its bench first (`make scaling-smollm2`, "
                               "`make scaling-smollm2-warm`).")
-        starts = tuple(Path(p) for p in str(count_from).split(",") if p)
+        starts = tuple(Path(p) for p in _paths(count_from))
         points += [read_point(d, starts) for d in dirs]
     points.sort(key=lambda p: (p["series"], p["answer_tokens"]))
     table = Table(title=f"τ against training tokens · {folder}")
