@@ -253,6 +253,39 @@ $(WARM_D)/model.safetensors: | features-smollm2-all
 draft-smollm2-eagle3-breadth-d: $(WARM_D)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_D) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-d"
 
+# Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
+# (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
+# 150 from part B), 150 of part D get a generic request that reworks the answer (--requests shipped), the base answers both turns (<= 512 new tokens each, float32), features, then the shipped
+# draft trains one epoch over them (7 unroll steps, lr 3e-4). Results: docs/results.md, "Multi-turn data".
+MT_PROMPTS := runs/prompts/smollm2_followups
+MT_DATA := runs/data/smollm2_mt
+WARM_MT := runs/smollm2_eagle3_mt
+# WARM_MT_INIT: the stage-C run; session 16 started from the shipped stage-C draft (the same weights in bfloat16):
+# WARM_MT_INIT=specforge_het/drafts/smollm2-135m-instruct-eagle3 while that is still stage C.
+WARM_MT_INIT ?= $(WARM_C)
+FOLLOWUPS = $(BIN)/python -m specforge_het.data_gen gen_followups $(1) $(2) --@smollm2 --n $(3) --batch_size 32 \
+	--max_answer_tokens 384 --seed 0
+.PHONY: data-smollm2-mt draft-smollm2-eagle3-mt
+$(MT_PROMPTS).jsonl: | data-smollm2-big data-smollm2-big-b data-smollm2-big-d
+	[ -f $(MT_PROMPTS)_a.jsonl ] || $(call FOLLOWUPS,$(MT_PROMPTS)_a.jsonl,runs/data/smollm2_big,250)
+	[ -f $(MT_PROMPTS)_b.jsonl ] || $(call FOLLOWUPS,$(MT_PROMPTS)_b.jsonl,$(BIG_B),150)
+	[ -f $(MT_PROMPTS)_c.jsonl ] || $(call FOLLOWUPS,$(MT_PROMPTS)_c.jsonl,$(BIG_D),150) --requests shipped
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ $(MT_PROMPTS)_a.jsonl $(MT_PROMPTS)_b.jsonl \
+		$(MT_PROMPTS)_c.jsonl --seed 0
+data-smollm2-mt: $(MT_PROMPTS).jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset $< --@smollm2 --dataset_generation.output_dir $(MT_DATA) \
+		--dataset_generation.max_new_tokens 512 --dataset_generation.batch_size 64
+	$(BIN)/python -m specforge_het.data_gen add_features $(MT_DATA) --@smollm2 --@eagle_v3
+$(WARM_MT)/model.safetensors: | data-smollm2-mt
+	[ -f $(WARM_MT_INIT)/model.safetensors ] || $(MAKE) $(WARM_C)/model.safetensors
+	$(BIN)/python -m specforge_het.train --@smollm2 --@eagle_v3 --training.mode offline --dataset.path $(MT_DATA) \
+		--modeling.init_draft $(WARM_MT_INIT) --training.ttt_steps 7 \
+		--training.per_device_batch_size 2 --training.learning_rate 3e-4 --training.warmup_ratio 0.02 \
+		--training.num_epochs 1 --dataset.max_length 2048 --dataset.eval_fraction 0.03 --training.logging_steps 10 \
+		--training.eval_steps 100 --training.save_steps 40 --training.save_total_limit 2 --training.output_dir $(WARM_MT) \
+		$(if $(wildcard $(WARM_MT)/checkpoint-*),--training.resume_from_checkpoint last)
+draft-smollm2-eagle3-mt: $(WARM_MT)/model.safetensors
+
 # The heterogeneous pair on breadth data (issue 13): Gemma-3-270M (a base model: plain User:/Assistant:
 # layout, no chat template) answers the 4,008 prompts of the SmolLM2 mix2 (SmolLM2's Magpie prompts, the
 # shipped training prompts with GSM8K train; evaluation sets kept out) with up to 256 new tokens each, in

@@ -6,6 +6,7 @@
     probe_datasets PATH [PATH ...]                 rows, tokens, loss-masked share, lengths, storage
     view PATH --index I [J ...]                    samples with loss-masked tokens in green, the rest in red
     gen_prompts OUT.jsonl --n N                    a chat model writes its own user prompts (Magpie-style), filtered
+    gen_followups OUT.jsonl DIR --n N              a chat model writes second user turns for answered conversations
     mix_prompts OUT.jsonl SRC[:N] [SRC ...]        prompt files -> one deduplicated, eval-filtered, shuffled file
     check_prompts FILE                             prompts that overlap an evaluation set (MT-Bench, GSM8K test)
     add_features DIR                               store base features in a dataset folder (for offline training)
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from specforge_het.cli import run_cli
 from specforge_het.config import Config, save_json_config
+from specforge_het.data.followups import gen_followups
 from specforge_het.data.gen_bench import bench_gen
 from specforge_het.data.inspect import probe_datasets, view
 from specforge_het.data.magpie import gen_prompts
@@ -111,7 +113,7 @@ def _without_console(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 VERBS: dict[str, Callable[..., Any]] = {"prepare_data": _without_console(prepare_data), "gen_dataset": gen_dataset,
          "merge_datasets": merge_datasets, "probe_datasets": _without_console(probe_datasets),
-         "view": _without_console(view), "gen_prompts": gen_prompts,
+         "view": _without_console(view), "gen_prompts": gen_prompts, "gen_followups": gen_followups,
          "mix_prompts": mix_prompts, "check_prompts": check_prompts, "bench_gen": bench_gen,
          "add_features": add_features}
 

@@ -34,6 +34,23 @@ def real_model_threads() -> int:
     return max(1, cores // workers)
 
 
+def bias_end_of_turn(monkeypatch, module) -> None:
+    """`module.load_chat_model` loads a random chat model that ends its turn about once in 20 tokens (+4 on the
+    end-of-turn logit), so gen_prompts / gen_followups keep some of what it writes."""
+    from specforge_het.data import magpie
+
+    real = magpie.load_chat_model
+
+    def load(cfg, dtype=""):
+        model, tok, turn = real(cfg, dtype)
+        bias = torch.zeros(model.config.vocab_size)
+        bias[turn.end_of_turn] = 4.0
+        model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
+        return model, tok, turn
+
+    monkeypatch.setattr(module, "load_chat_model", load)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI run in a subprocess: one thread there too (the same arithmetic, no oversubscribed
     cores), wide help text, then `extra`."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import bias_end_of_turn
 
 from specforge_het.config import Config
 from specforge_het.data import magpie
@@ -53,16 +54,7 @@ def plain_dir(tmp_path_factory, tok_a):
 @pytest.fixture()
 def biased(monkeypatch):
     """A random model says <|end|> about once in 20 tokens only if told to: +4 on its logit."""
-    real = magpie.load_chat_model
-
-    def load(cfg, dtype=""):
-        model, tok, turn = real(cfg, dtype)
-        bias = torch.zeros(model.config.vocab_size)
-        bias[turn.end_of_turn] = 4.0
-        model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
-        return model, tok, turn
-
-    monkeypatch.setattr(magpie, "load_chat_model", load)
+    bias_end_of_turn(monkeypatch, magpie)
 
 
 def cfg_for(path: str) -> Config:

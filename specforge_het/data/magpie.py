@@ -99,6 +99,11 @@ class UserTurnTemplate:
     def prefix_ids(self, system: str) -> list[int]:
         return self.tokenizer(self.prefix(system), add_special_tokens=False)["input_ids"]
 
+    def prefix_after(self, head: list[dict]) -> list[int]:
+        """Token ids of the messages `head` rendered up to the first character of the next user turn's content."""
+        text = self._render(head)
+        return self.tokenizer(text[: text.index(SENTINEL_USER)], add_special_tokens=False)["input_ids"]
+
     def finish(self, ids: list[int]) -> tuple[str, str]:
         """(user text, finish reason) of generated ids: 'stop' at an end-of-turn token, 'special' at
         another special token, 'length' when none came."""
