@@ -34,6 +34,15 @@ def real_model_threads() -> int:
     return max(1, cores // workers)
 
 
+def chat_cfg(path: str):
+    """A Config whose base (the chat model of gen_prompts / gen_followups) is the folder `path`."""
+    from specforge_het.config import Config
+
+    cfg = Config()
+    cfg.modeling.base_model = path
+    return cfg
+
+
 def bias_end_of_turn(monkeypatch, module) -> None:
     """`module.load_chat_model` loads a random chat model that ends its turn about once in 20 tokens (+4 on the
     end-of-turn logit), so gen_prompts / gen_followups keep some of what it writes."""

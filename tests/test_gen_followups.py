@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import bias_end_of_turn
+from conftest import bias_end_of_turn, chat_cfg
 
-from specforge_het.config import Config
 from specforge_het.data import followups, magpie, store
 from specforge_het.data.followups import answered, gen_followups
 from specforge_het.data.formats import tokenize_conversation
@@ -33,10 +32,7 @@ def biased(monkeypatch):
     bias_end_of_turn(monkeypatch, followups)
 
 
-def cfg_for(path: str) -> Config:
-    cfg = Config()
-    cfg.modeling.base_model = path
-    return cfg
+cfg_for = chat_cfg
 
 
 def answered_folder(root: Path, tok, n: int = 8) -> tuple[Path, Path]:
@@ -116,7 +112,7 @@ def test_followups_are_filtered_and_the_writer_sees_the_answer(chat_dir, tmp_pat
         seen.extend(tok_a.decode(p) for p in prompt_ids)
         return [tok_a(texts[i % len(texts)], add_special_tokens=False)["input_ids"] + [end] for i in range(len(prompt_ids))]
 
-    monkeypatch.setattr(followups, "complete", fake_complete)
+    monkeypatch.setattr(magpie, "complete", fake_complete)
     out = gen_followups(cfg_for(chat_dir), [], str(tmp_path / "f.jsonl"), str(folder), n=5, batch_size=2)
     rows = [json.loads(line) for line in Path(out).read_text().splitlines()]
     assert [r["conversations"][1]["content"] for r in rows] == [FRESH]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import bias_end_of_turn
+from conftest import bias_end_of_turn, chat_cfg
 
 from specforge_het.config import Config
 from specforge_het.data import magpie
@@ -57,10 +57,7 @@ def biased(monkeypatch):
     bias_end_of_turn(monkeypatch, magpie)
 
 
-def cfg_for(path: str) -> Config:
-    cfg = Config()
-    cfg.modeling.base_model = path
-    return cfg
+cfg_for = chat_cfg
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:

@@ -26,18 +26,23 @@ has the base answer turn 1 again (its own answer) and then the follow-up. Resuma
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from specforge_het.config import Config
-from specforge_het.data.completions import complete
 from specforge_het.data.dedup import FILES, EvalSets, FilterSettings, PromptFilter, text_problem
 from specforge_het.data.formats import read_conversations, write_conversations
-from specforge_het.data.magpie import _append_raw, _read_raw, _temperature_range, _write_raw, load_chat_model
+from specforge_het.data.magpie import (
+    _append_raw,
+    _read_raw,
+    _temperature_range,
+    _write_raw,
+    load_chat_model,
+    read_json,
+    write_turns,
+)
 from specforge_het.data.prompt_mix import console, print_report, write_report
 from specforge_het.data.report import BadInputReport
 from specforge_het.data.store import iter_rows, read_meta
@@ -102,12 +107,7 @@ def load_requests(requests: str) -> list[str]:
     """Follow-up requests of --requests: 'shipped' (files/followup_requests.json) or a JSON file holding a list of
     strings or {"requests": [...]}."""
     path = REQUESTS_FILE if requests == "shipped" else Path(requests)
-    if not path.is_file():
-        raise FileNotFoundError(f"requests file {path} not found; use --requests shipped or a JSON list of strings")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"requests file {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, "requests file", "use --requests shipped or a JSON list of strings")
     texts = data.get("requests") if isinstance(data, dict) else data
     if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t.strip() for t in texts)):
         raise ValueError(f"requests file {path}: expected a non-empty list of strings, or {{'requests': [...]}}")
@@ -230,17 +230,8 @@ class _Writer:
         heads = [[{"role": "system", "content": WRITER_SYSTEM.format(kind=p["kind"])}] * bool(self.turn.system)
                  + [{"role": "user", "content": c["user"]}, {"role": "assistant", "content": c["answer"]}]
                  for p, c in zip(plans, convs)]
-        t0 = time.perf_counter()
-        done = complete(self.model, [self.turn.prefix_after(h) for h in heads], self.max_new_tokens,
-                        [p["temperature"] for p in plans], [p["seed"] for p in plans], self.turn.stop_ids, self.pad,
-                        self.top_p, slots=self.batch_size)
-        stats["seconds"] += time.perf_counter() - t0
-        rows = []
-        for p, ids in zip(plans, done):
-            text, finish = self.turn.finish(ids)
-            rows.append({**p, "text": text, "finish": finish, "new_tokens": len(ids)})
-            stats["new_tokens"] += len(ids)
-        return rows
+        return write_turns(self.model, self.turn, [self.turn.prefix_after(h) for h in heads], plans,
+                           self.max_new_tokens, self.top_p, self.batch_size, self.pad, stats)
 
 
 def _take(rows: list[dict], filt: PromptFilter, quality: tuple, kept: list[dict], n: int, stats: dict) -> None:

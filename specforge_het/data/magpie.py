@@ -118,15 +118,20 @@ class UserTurnTemplate:
 
 # ---------------------------------------------------------------- plans: what prompt i asks for
 
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """The JSON in `path`; a missing file or invalid JSON is an error naming `what` (and `fix` when missing)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def load_seeds(path: str | Path = "") -> dict:
     """Personas and categories {name: {asks: [... {topic} ...], topics: [...]}} (the shipped file by default)."""
     path = Path(path) if path else SEEDS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"seeds file {path} not found; omit --seeds to use the shipped {SEEDS_FILE.name}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"seeds file {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, "seeds file", f"omit --seeds to use the shipped {SEEDS_FILE.name}")
     cats = data.get("categories") if isinstance(data, dict) else None
     fix = f"seeds file {path}: expected {{'personas': [str], 'categories': {{name: {{'asks': [str with {{topic}}], 'topics': [str]}}}}}}"
     if not (isinstance(data.get("personas"), list) and data["personas"] and isinstance(cats, dict) and cats):
@@ -317,17 +322,24 @@ class _Writer:
 
     def write(self, plans: list[dict], stats: dict) -> list[dict]:
         """One call: the raw rows (plan, text, finish reason, new tokens) of `plans`; adds time and tokens to stats."""
-        t0 = time.perf_counter()
-        done = complete(self.model, [self.turn.prefix_ids(p["system"]) for p in plans], self.max_new_tokens,
-                        [p["temperature"] for p in plans], [p["seed"] for p in plans], self.turn.stop_ids, self.pad,
-                        self.top_p, slots=self.batch_size)
-        stats["seconds"] += time.perf_counter() - t0
-        batch = []
-        for p, ids in zip(plans, done):
-            text, finish = self.turn.finish(ids)
-            batch.append({**p, "text": text, "finish": finish, "new_tokens": len(ids)})
-            stats["new_tokens"] += len(ids)
-        return batch
+        return write_turns(self.model, self.turn, [self.turn.prefix_ids(p["system"]) for p in plans], plans,
+                           self.max_new_tokens, self.top_p, self.batch_size, self.pad, stats)
+
+
+def write_turns(model: Any, turn: UserTurnTemplate, prefixes: list[list[int]], plans: list[dict], max_new_tokens: int,
+                top_p: float, slots: int, pad: int, stats: dict) -> list[dict]:
+    """User turns sampled after each prefix with its plan's temperature and seed: raw rows {**plan, text, finish,
+    new_tokens}; adds the time and new tokens to stats."""
+    t0 = time.perf_counter()
+    done = complete(model, prefixes, max_new_tokens, [p["temperature"] for p in plans], [p["seed"] for p in plans],
+                    turn.stop_ids, pad, top_p, slots=slots)
+    stats["seconds"] += time.perf_counter() - t0
+    rows = []
+    for p, ids in zip(plans, done):
+        text, finish = turn.finish(ids)
+        rows.append({**p, "text": text, "finish": finish, "new_tokens": len(ids)})
+        stats["new_tokens"] += len(ids)
+    return rows
 
 
 def _generate(writer: _Writer, kept: _Kept, raw: Path, index: int, max_generated: int) -> int:
