@@ -55,7 +55,7 @@ def answered_folder(root: Path, tok, n: int = 8) -> tuple[Path, Path]:
     return folder, prompts
 
 
-def test_answered_keeps_single_turn_answers_that_ended_within_the_budget(tmp_path, tok_a):
+def test_answered_keeps_single_turn_answers_that_ended_within_the_budget(tmp_path, tok_a, capsys):
     folder, prompts = answered_folder(tmp_path, tok_a)
     got = answered(folder, prompts, tok_a, max_answer_tokens=60)
     # p2/p6 ("Yes, " x 40) are over budget, p3/p7 were cut (length), "two" has two user turns
@@ -64,6 +64,10 @@ def test_answered_keeps_single_turn_answers_that_ended_within_the_budget(tmp_pat
     assert got[1]["answer"] == ANSWERS[1]
     with pytest.raises(ValueError, match="(?s)no single-turn conversation.*--max_answer_tokens"):
         answered(folder, prompts, tok_a, max_answer_tokens=1)
+    with prompts.open("a") as fh:  # a malformed line of the prompt file is reported and skipped, nothing else lost
+        fh.write("{not json\n")
+    assert answered(folder, prompts, tok_a, max_answer_tokens=60) == got
+    assert "prompts.jsonl" in capsys.readouterr().err
 
 
 def test_prefix_after_renders_the_conversation_up_to_the_next_user_content(chat_dir, tok_a):
@@ -169,3 +173,11 @@ def test_requests_mode_draws_generic_follow_ups_without_loading_weights(chat_dir
     own.write_text(json.dumps({"requests": []}))
     with pytest.raises(ValueError, match="non-empty list of strings"):
         gen_followups(cfg_for(chat_dir), [], str(tmp_path / "d.jsonl"), str(folder), requests=str(own))
+
+
+def test_a_folder_that_is_not_a_dataset_is_named_even_with_prompts(chat_dir, tmp_path, tok_a):
+    _, prompts = answered_folder(tmp_path, tok_a)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a generated dataset.*--dataset_generation.output_dir"):
+        gen_followups(cfg_for(chat_dir), [], str(tmp_path / "o.jsonl"), str(tmp_path / "empty"), prompts=str(prompts),
+                      requests="shipped")

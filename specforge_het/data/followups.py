@@ -35,12 +35,12 @@ from specforge_het.config import Config
 from specforge_het.data.dedup import FILES, EvalSets, FilterSettings, PromptFilter, text_problem
 from specforge_het.data.formats import read_conversations, write_conversations
 from specforge_het.data.magpie import (
-    _append_raw,
-    _read_raw,
-    _temperature_range,
-    _write_raw,
+    append_raw,
     load_chat_model,
     read_json,
+    read_raw,
+    temperature_range,
+    write_raw,
     write_turns,
 )
 from specforge_het.data.prompt_mix import console, print_report, write_report
@@ -74,6 +74,8 @@ def answered(dataset: str | Path, prompts: str | Path, tokenizer: Any, max_answe
     report = BadInputReport()
     users = {c["id"]: [m["content"] for m in c["conversations"] if m["role"] == "user"]
              for c in read_conversations(prompts, report)}
+    if report.problems:  # bad lines of the prompt file are skipped, and said
+        report.print_summary(console)
     out = []
     for row in sorted(iter_rows(dataset), key=lambda r: r["index"]):
         turns = users.get(row["id"])
@@ -137,10 +139,11 @@ def gen_followups(cfg: Config, presets: list[str], out: str, dataset: str, promp
         eval_overlap: word 5-gram containment at which a turn overlaps an evaluation prompt; eval_files: more sets.
         dtype: auto (bfloat16 where the device computes it fast), float32, bfloat16.
     """
-    temps = _temperature_range(temperature)
+    temps = temperature_range(temperature)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("--n, --batch_size and --max_new_tokens must be at least 1")
-    prompts = prompts or read_meta(dataset).get("source", "")
+    source = read_meta(dataset).get("source", "")  # first: a folder that is not a gen_dataset output is named as such
+    prompts = prompts or source
     if not prompts or not Path(prompts).is_file():
         raise FileNotFoundError(f"prompt file '{prompts}' of {dataset} not found; pass --prompts FILE "
                                 "(the conversations JSONL gen_dataset read)")
@@ -174,15 +177,15 @@ def _run(writer: _Writer, convs: list[dict], out_path: Path, meta: dict, filt: P
     """Follow-ups for `convs` in calls of 4 x batch_size, each appended to OUT.raw.jsonl, until n are kept."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     raw = out_path.with_name(out_path.stem + ".raw.jsonl")
-    rows = _read_raw(raw, meta)
-    _write_raw(raw, meta, rows)  # drops a torn last batch
+    rows = read_raw(raw, meta)
+    write_raw(raw, meta, rows)  # drops a torn last batch
     kept: list[dict] = []
     stats = {"resumed": len(rows), "examined": 0, "new_tokens": 0, "seconds": 0.0}
     _take(rows, filt, quality, kept, n, stats)
     index = len(rows)
     while len(kept) < n and index < len(convs):
         batch = writer.write(convs[index: index + 4 * writer.batch_size], index, stats)
-        _append_raw(raw, batch)
+        append_raw(raw, batch)
         _take(batch, filt, quality, kept, n, stats)
         index += len(batch)
         rate = f" ({stats['new_tokens'] / stats['seconds']:.0f} new tokens/s)" if stats["seconds"] else ""

@@ -158,7 +158,7 @@ def plan(seeds: dict, seed: int, index: int, temperature: tuple[float, float], o
 
 # ---------------------------------------------------------------- resumable raw file
 
-def _read_raw(raw: Path, meta: dict) -> list[dict]:
+def read_raw(raw: Path, meta: dict) -> list[dict]:
     """Completions of an earlier run with the same settings, whole batches only (a torn batch is redone,
     so the result equals an uninterrupted run)."""
     if not raw.is_file():
@@ -167,7 +167,7 @@ def _read_raw(raw: Path, meta: dict) -> list[dict]:
     try:
         old = json.loads(lines[0])["meta"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{raw} is not a gen_prompts raw file; delete it or choose another OUT") from None
+        raise ValueError(f"{raw} is not a raw file of gen_prompts / gen_followups; delete it or choose another OUT") from None
     diff = [k for k in sorted(set(meta) | set(old)) if meta.get(k) != old.get(k)]
     if diff:
         k = diff[0]
@@ -185,14 +185,14 @@ def _read_raw(raw: Path, meta: dict) -> list[dict]:
     return rows[: len(rows) - len(rows) % (4 * meta["batch_size"])]  # whole calls: a call decodes its rows together
 
 
-def _write_raw(raw: Path, meta: dict, rows: list[dict]) -> None:
+def write_raw(raw: Path, meta: dict, rows: list[dict]) -> None:
     tmp = raw.with_name(raw.name + ".tmp")
     tmp.write_text(json.dumps({"meta": meta}) + "\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                    encoding="utf-8")
     tmp.replace(raw)
 
 
-def _append_raw(raw: Path, rows: list[dict]) -> None:
+def append_raw(raw: Path, rows: list[dict]) -> None:
     with raw.open("a", encoding="utf-8") as fh:
         fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         fh.flush()
@@ -245,7 +245,7 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
         eval_overlap: word 5-gram containment at which a prompt overlaps an evaluation prompt (MT-Bench, GSM8K test).
         eval_files: more evaluation sets (JSONL) to keep out. seeds: own personas/topics JSON (see magpie_seeds.json).
     """
-    temps = _temperature_range(temperature)
+    temps = temperature_range(temperature)
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("--n, --batch_size and --max_new_tokens must be at least 1")
     extra = [eval_files] if isinstance(eval_files, str) and eval_files else list(eval_files or ())
@@ -259,8 +259,8 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     raw = out_path.with_name(out_path.stem + ".raw.jsonl")
-    rows = _read_raw(raw, meta)
-    _write_raw(raw, meta, rows)  # drops a torn last batch
+    rows = read_raw(raw, meta)
+    write_raw(raw, meta, rows)  # drops a torn last batch
     kept = _Kept(filt, n, seed, resumed=len(rows))
     kept.take(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else turn.stop_ids[0]
@@ -270,7 +270,7 @@ def gen_prompts(cfg: Config, presets: list[str], out: str, n: int = 1000, seed: 
     return str(out_path)
 
 
-def _temperature_range(temperature: tuple[float, float] | float) -> tuple[float, float]:
+def temperature_range(temperature: tuple[float, float] | float) -> tuple[float, float]:
     temps = tuple(float(t) for t in (temperature if isinstance(temperature, (tuple, list)) else [temperature] * 2))
     if len(temps) != 2 or not 0 <= temps[0] <= temps[1]:
         raise ValueError(f"--temperature {temperature!r}: give one value or 'lo,hi' with 0 <= lo <= hi, e.g. 0.7,1.1")
@@ -348,7 +348,7 @@ def _generate(writer: _Writer, kept: _Kept, raw: Path, index: int, max_generated
     stats = kept.stats
     while not kept.full() and index < max_generated:
         batch = writer.write(writer.plans(index, min(index + 4 * writer.batch_size, max_generated)), stats)
-        _append_raw(raw, batch)
+        append_raw(raw, batch)
         kept.take(batch)
         stats["generated"] += len(batch)
         index += len(batch)
