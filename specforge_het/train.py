@@ -122,7 +122,7 @@ def _new_draft(cfg: Config, base, rows):
             counts = token_counts(rows.rows, base.vocab_size)
             share = lambda d: float(counts[d.vocab.d2t.cpu()].sum() / counts.sum().clamp(min=1))  # noqa: E731
             before = share(draft) if draft.vocab is not None else 0.0
-            draft = widen_vocab(draft, base, counts, m.widen_vocab)
+            draft = widen_vocab(draft, base, counts, m.widen_vocab, m.widen_init)
             console.print(f"modeling.widen_vocab: {draft.cfg.draft_vocab_size} rows (asked {m.widen_vocab}; only tokens "
                           f"the data uses are added); the data's answer tokens it can propose: {before:.1%} -> "
                           f"{share(draft):.1%}")

@@ -262,3 +262,15 @@ def test_cli_gen_probe_view(tmp_path, prompts, base_dirs) -> None:
         res = subprocess.run(py + args, cwd=REPO, env=subprocess_env(), capture_output=True, timeout=300)
         assert res.returncode == 0, f"{args[0]}: {res.stderr.decode()[-3000:]}"
     assert "conv-1" in (res.stdout + res.stderr).decode()
+
+
+def test_a_log_file_gets_one_progress_line_per_committed_part(tmp_path, prompts, base_dirs, capsys) -> None:
+    """Written to a file (not a terminal), the live bar shows nothing until the run ends; each committed part
+    prints a line with the running counts instead, so a background run's log shows where it is."""
+    cfg = make_cfg(base_dirs["llama"], tmp_path / "out", batch_size=2)
+    cfg.dataset_generation.part_size = 2
+    gen_dataset(cfg, [], prompts)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("committed a part")]
+    done = len(rows_of(tmp_path / "out"))
+    assert len(lines) == -(-done // 2) >= 2
+    assert f"{done} conversations done this run" in lines[-1] and "tok/s" in lines[-1]

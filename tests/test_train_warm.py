@@ -119,7 +119,8 @@ def test_precision_setting(monkeypatch, base_dirs, conv_file, tmp_path):
 
 def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(bases, base_dirs, conv_file, tmp_path):
     """--modeling.widen_vocab: the trained rows stay (same logits), the added rows are the base's head rows of
-    the most frequent answer tokens the draft could not propose, and the widened draft decodes losslessly."""
+    the most frequent answer tokens the draft could not propose (widen_init base; map: test_new_head_rows_*),
+    and the widened draft decodes losslessly."""
     from specforge_het.inference.decoder import Decoder
     from specforge_het.inference.proposer import DraftProposer, TreeSpec
     from specforge_het.training.data import load_rows, token_counts
@@ -132,7 +133,8 @@ def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(
     cfg.modeling.draft_vocab_size, cfg.training.max_steps = used // 2, 4
     main(cfg, ["test"])
     first = load_draft(narrow, base)
-    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide", init_draft=str(narrow), widen_vocab=used + 5, **V3)
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide", init_draft=str(narrow), widen_vocab=used + 5,
+                   widen_init="base", **V3)
     trainer, _ = build_trainer(cfg, [])
     wide = trainer.model.draft
     old, new = first.vocab.d2t, wide.vocab.d2t
@@ -154,6 +156,13 @@ def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(
     ids = base.tokenizer("the cat sat on the", return_tensors="pt").input_ids
     spec = Decoder(base, DraftProposer(wide, TreeSpec("dynamic", 3, 3, 8))).generate(ids, 16)
     assert spec.tokens == Decoder(base).generate(ids, 16).tokens
+    from specforge_het.algorithms.build import new_head_rows
+
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide_map", init_draft=str(narrow), widen_vocab=used + 5,
+                   **V3)  # the default widen_init: map
+    mapped = build_trainer(cfg, [])[0].model.draft
+    torch.testing.assert_close(mapped.lm_head.weight, new_head_rows(base.lm_head.weight.detach(), old,
+                                                                    first.lm_head.weight.detach(), new, "map"))
     k = 3  # fewer than the missing ids: the k most frequent of them are added
     cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide3", init_draft=str(narrow), widen_vocab=old.numel() + k,
                    **V3)
@@ -168,3 +177,30 @@ def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(
     bad = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", widen_vocab=200, **V3)
     with pytest.raises(ConfigError, match="give --modeling.init_draft"):
         build_trainer(bad, [])
+
+
+@pytest.mark.parametrize("width", [32, 48])  # the tiny base's width, and a draft wider than its base
+def test_new_head_rows_map_recovers_a_linear_relation_between_base_and_draft_rows(width):
+    """widen_init map: when the trained rows are the base's rows through some linear map, the new rows are the
+    base's rows through that same map, at any draft width; the trained rows stay as they were. widen_init base
+    copies the base's rows, and across widths it is a clear error."""
+    from specforge_het.algorithms.build import new_head_rows
+
+    g = torch.Generator().manual_seed(0)
+    base_head, true_map = torch.randn(400, 32, generator=g), torch.randn(32, width, generator=g) / 6
+    old = torch.arange(0, 400, 3)  # 134 ids the draft holds, more than the base's width
+    trained = base_head[old] @ true_map
+    d2t = torch.sort(torch.cat([old, torch.tensor([1, 5, 302, 399])])).values
+    head = new_head_rows(base_head, old, trained, d2t, "map")
+    torch.testing.assert_close(head, base_head[d2t] @ true_map, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(head[torch.searchsorted(d2t, old)], trained, rtol=0, atol=0)
+    if width == 32:
+        plain = new_head_rows(base_head, old, trained, d2t, "base")
+        added = ~torch.isin(d2t, old)
+        torch.testing.assert_close(plain[added], base_head[d2t[added]])
+        assert not torch.allclose(plain[added], head[added], atol=1e-2)
+    else:
+        with pytest.raises(ConfigError, match="widen_init map"):
+            new_head_rows(base_head, old, trained, d2t, "base")
+    with pytest.raises(ConfigError, match="choose map or base"):
+        new_head_rows(base_head, old, trained, d2t, "mean")

@@ -159,11 +159,11 @@ def warm_start_draft(m: ModelingConfig, base) -> DraftModel:
 
 
 @torch.no_grad()
-def widen_vocab(draft: DraftModel, base, token_counts: torch.Tensor, rows: int) -> DraftModel:
+def widen_vocab(draft: DraftModel, base, token_counts: torch.Tensor, rows: int, init: str = "map") -> DraftModel:
     """A trained reduced-vocabulary draft with `rows` head rows: the base ids it already proposes keep their
     trained rows, and the most frequent ids of `token_counts` [Vb] it cannot propose are added (only ids the
-    data uses), each new row starting as the base's LM-head row of that id. Everything else is unchanged, so
-    the old rows' logits are the same as before. d2t stays sorted by base id."""
+    data uses), each new row starting from the base's LM-head row of that id (`init`: see `new_head_rows`).
+    Everything else is unchanged, so the old rows' logits are the same as before. d2t stays sorted by base id."""
     cfg = draft.cfg
     if cfg.vocab != "reduced" or draft.lm_head is None or draft.vocab is None:
         raise ConfigError(f"modeling.widen_vocab widens a reduced vocabulary (a subset of base ids); this draft's "
@@ -185,7 +185,30 @@ def widen_vocab(draft: DraftModel, base, token_counts: torch.Tensor, rows: int) 
     missing, unexpected = new.load_state_dict(keep, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight", "vocab.d2t"}, (missing, unexpected)
     assert new.lm_head is not None  # a reduced vocabulary has its own head
-    head = base.lm_head.weight.detach().float().cpu()[d2t].clone()
-    head[torch.searchsorted(d2t, old)] = draft.lm_head.weight.detach().float().cpu()
+    head = new_head_rows(base.lm_head.weight.detach().float().cpu(), old, draft.lm_head.weight.detach().float().cpu(),
+                         d2t, init)
     new.lm_head.weight.copy_(head)
     return new.attach(base).to(device=base.device, dtype=draft.lm_head.weight.dtype)
+
+
+def new_head_rows(base_head: torch.Tensor, old: torch.Tensor, trained: torch.Tensor, d2t: torch.Tensor,
+                  init: str) -> torch.Tensor:
+    """Head rows for the ids `d2t` [N]: the `trained` rows [len(old), Hd] where `old` (sorted base ids) has them,
+    new ids from `base_head` [Vb, Hb]. init "base": the base's row as it is (needs Hb == Hd). init "map": the
+    base's row times the ridge-regularised least-squares map A [Hb, Hd] with base_head[old] @ A ~ trained, so a
+    new row lands where the draft's own trained rows sit (their scale and rotation) and any width works."""
+    if init == "base":
+        if base_head.shape[1] != trained.shape[1]:
+            raise ConfigError(f"modeling.widen_init base copies the base's head rows (width {base_head.shape[1]}) into "
+                              f"a draft head of width {trained.shape[1]}: use --modeling.widen_init map.")
+        head = base_head[d2t].clone()
+    elif init == "map":
+        x = base_head[old].double()
+        gram = x.T @ x
+        ridge = 1e-4 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+        a = torch.linalg.solve(gram + ridge, x.T @ trained.double())
+        head = (base_head[d2t].double() @ a).float()
+    else:
+        raise ConfigError(f"modeling.widen_init '{init}': choose map or base.")
+    head[torch.searchsorted(d2t, old)] = trained
+    return head

@@ -139,6 +139,10 @@ def commit(out: Path, convs: list[Conv], rows: list[dict], skipped: list[dict], 
     stats.skipped += len(skipped)
     stats.failed += sum(1 for c in convs if c.failed)
     stats.new_tokens += sum(c.new_tokens for c in convs)
+    if not console.is_terminal:  # a log file: the live bar prints nothing until the run ends, so one line a part
+        rate = stats.new_tokens / max(time.perf_counter() - stats.started, 1e-9)
+        console.print(f"committed a part of {len(convs)}: {stats.done} conversations done this run, {stats.skipped} "
+                      f"skipped, {stats.failed} failed; {stats.new_tokens} new tokens, {rate:.0f} tok/s", highlight=False, soft_wrap=True)
 
 
 def progress_bar() -> Progress:
