@@ -253,6 +253,32 @@ $(WARM_D)/model.safetensors: | features-smollm2-all
 draft-smollm2-eagle3-breadth-d: $(WARM_D)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_D) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-d"
 
+# Part F and stage E (issue 13, session 17): more breadth data, the lever the scaling study points at.
+#   1. 1,700 more Magpie prompts from SmolLM2 (seed 2), appended after mix2 (no shuffle: rows 0-4007 stay what
+#      parts A-E answered; duplicates of them and evaluation overlaps are dropped);
+#   2. the base answers the new rows (part F), dtype auto (float32 on a CPU without AMX), batch 128; resumable;
+#   3. stage E: the shipped draft trained on part F (never seen by it), 7 unroll steps, lr 6e-4 as stage C.
+# Then `draft-smollm2-eagle3-breadth-e` ships it as smollm2-135m-instruct-eagle3 (when its bench is better).
+BIG_F := runs/data/smollm2_big_f
+WARM_E := runs/smollm2_eagle3_warm5
+WARM_E_INIT ?= specforge_het/drafts/smollm2-135m-instruct-eagle3
+runs/prompts/smollm2_magpie_s2.jsonl: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 1700 --seed 2 --batch_size 64
+runs/prompts/smollm2_mix3.jsonl: runs/prompts/smollm2_mix2.jsonl runs/prompts/smollm2_magpie_s2.jsonl
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix2.jsonl \
+		runs/prompts/smollm2_magpie_s2.jsonl --shuffle=false --seed 0
+.PHONY: data-smollm2-big-f features-smollm2-big-f draft-smollm2-eagle3-breadth-e
+data-smollm2-big-f: runs/prompts/smollm2_mix3.jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix3.jsonl --@smollm2 \
+		--dataset_generation.batch_size 128 --dataset_generation.ds_range 4008,5708 --dataset_generation.output_dir $(BIG_F)
+features-smollm2-big-f: | data-smollm2-big-f
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_F) --@smollm2 --@eagle_v3
+$(WARM_E)/model.safetensors: | features-smollm2-big-f
+	$(call TRAIN_WARM,$(WARM_E)) --dataset.path $(BIG_F) --modeling.init_draft $(WARM_E_INIT) --training.ttt_steps 7 \
+		--training.learning_rate 6e-4 --training.eval_steps 200
+draft-smollm2-eagle3-breadth-e: $(WARM_E)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_E) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-e"
+
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
 # 150 from part B), 150 of part D get a generic request that reworks the answer (--requests shipped), the base answers both turns (<= 512 new tokens each, float32), features, then the shipped
