@@ -27,9 +27,11 @@ def hf_greedy(base, prompt: list[int], max_new: int, eos: int) -> list[int]:
 def test_greedy_equals_unbatched_hf_with_rows_swapped(bases, family, monkeypatch) -> None:
     """7 prompts of different lengths through 3 slots, budgets from 3 to 40 tokens (Gemma3's window is 16,
     so long rows attend past it): every row equals HF generate alone, finish reasons included. Attention
-    runs in blocks of 2 slots, each as wide as its own longest row (always, whatever they save)."""
+    runs in blocks of 2 slots, each as wide as its own longest row (always, whatever they save); the K/V
+    buffers grow in steps of 8 entries as the rows get longer."""
     monkeypatch.setattr(batch_gen, "ATTN_ROWS", 2)
     monkeypatch.setattr(batch_gen, "ATTN_SAVING", 1.0)
+    monkeypatch.setattr(batch_gen, "KV_GROW_STEP", 8)  # the K/V buffers grow several times while rows decode
     base = bases[family]
     eos = base.tokenizer.eos_token_id
     ps = prompts_of(base, 7)
@@ -39,6 +41,8 @@ def test_greedy_equals_unbatched_hf_with_rows_swapped(bases, family, monkeypatch
     engine.run([Request(i, p, b) for i, (p, b) in enumerate(zip(ps, budgets))],
                lambda r: got.__setitem__(r.key, r) or [])
     assert engine.prefills > 1  # slots were refilled while other rows decoded
+    longest = max(len(p) + len(got[i].tokens) for i, p in enumerate(ps))
+    assert longest - 1 <= engine.kv.allocated < 128  # grew with the longest row, not to the capacity
     for i, (p, b) in enumerate(zip(ps, budgets)):
         want = hf_greedy(base, p, b, eos)
         assert got[i].tokens == want, f"row {i}"

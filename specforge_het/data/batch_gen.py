@@ -3,9 +3,10 @@
 `BatchGenerator.run` keeps up to `slots` sequences decoding together. Every step feeds one token
 per active row; a row that finishes (a stop token, or its token budget) is swapped out at once and
 a waiting prompt is prefilled into its slot, so no row idles as padding. The K/V of all rows live
-in one preallocated buffer per layer [slots, H_kv, capacity, D]; each row has its own length, and
-the active rows are kept at the front (a finished row is replaced by the last active one), so a
-step works on views, never on copies of the cache.
+in one buffer per layer [slots, H_kv, length, D]; each row has its own length, and the active rows
+are kept at the front (a finished row is replaced by the last active one), so a step works on views,
+never on copies of the cache. The buffers grow with the longest row (doubling, in steps of
+KV_GROW_STEP entries, up to `capacity`), so memory follows the answers, not `dataset.max_length`.
 
 Layers run through HF's own modules (the lean forward of models/lean.py): Llama, Qwen3 and Gemma3
 (sliding windows included). `supports_batch_gen` says whether a base qualifies; others use HF
@@ -85,14 +86,34 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
 
 
+KV_GROW_STEP = 256  # K/V buffers grow in multiples of this many entries per slot
+
+
 class _SlotKV:
-    """K/V buffers per layer [slots, H_kv, capacity, D]; rows are slots, `lens` their valid entries."""
+    """K/V buffers per layer [slots, H_kv, allocated, D]; rows are slots, `lens` their valid entries.
+    `allocated` grows on demand (`ensure`) up to `capacity`."""
 
     def __init__(self, num_layers: int, slots: int, kv_heads: int, head_dim: int, capacity: int, dtype, device):
-        shape = (slots, kv_heads, capacity, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.capacity = capacity
+        self.slots, self.kv_heads, self.head_dim, self.dtype, self.device = slots, kv_heads, head_dim, dtype, device
+        self.k: list[torch.Tensor] = [torch.zeros(0)] * num_layers
+        self.v: list[torch.Tensor] = [torch.zeros(0)] * num_layers
+        self.capacity, self.allocated = capacity, 0
+        self.ensure(1)
+
+    def ensure(self, length: int) -> None:
+        """Room for `length` entries per slot: grow every buffer (at least doubling, a multiple of KV_GROW_STEP,
+        at most `capacity`), keeping what it holds. One layer's new buffer exists beside the old ones at a time."""
+        if length <= self.allocated:
+            return
+        step = KV_GROW_STEP
+        new = min(self.capacity, -(-max(length, 2 * self.allocated) // step) * step)
+        for bufs in (self.k, self.v):
+            for i, old in enumerate(bufs):
+                grown = torch.zeros((self.slots, self.kv_heads, new, self.head_dim), dtype=self.dtype, device=self.device)
+                if self.allocated:
+                    grown[:, :, : self.allocated] = old
+                bufs[i] = grown
+        self.allocated = new
 
     def move(self, src: int, dst: int, length: int) -> None:
         for buf in (*self.k, *self.v):
@@ -193,6 +214,7 @@ class BatchGenerator:
         base, dev = self.base, self.base.device
         lens = [len(r.req.prompt) for r in rows]
         s = max(lens)
+        self.kv.ensure(s)
         ids = torch.zeros(len(rows), s, dtype=torch.long)
         for j, r in enumerate(rows):
             ids[j, : lens[j]] = torch.tensor(r.req.prompt)
@@ -218,6 +240,7 @@ class BatchGenerator:
         blocks, from the host's list of lengths (`attention_spans`). Logits [n, V]."""
         base, dev = self.base, self.base.device
         width = max(w for _, _, w in spans)
+        self.kv.ensure(width)
         key_pos = torch.arange(width, device=dev)
         valid = key_pos[None] <= lens[:, None]  # [n, width]
         rows = torch.arange(lens.shape[0], device=dev)  # row index of every slot, for the K/V writes
