@@ -3,6 +3,8 @@ in and out, follow-up requests, budgets, seeded sampling, the sampler, dtype cho
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -37,16 +39,40 @@ def test_greedy_equals_unbatched_hf_with_rows_swapped(bases, family, monkeypatch
     ps = prompts_of(base, 7)
     budgets = [3 + 6 * i for i in range(7)]
     got = {}
-    engine = BatchGenerator(base, 3, [eos], 128)
+    engine = BatchGenerator(base, 3, [eos], 256)
     engine.run([Request(i, p, b) for i, (p, b) in enumerate(zip(ps, budgets))],
                lambda r: got.__setitem__(r.key, r) or [])
     assert engine.prefills > 1  # slots were refilled while other rows decoded
-    longest = max(len(p) + len(got[i].tokens) for i, p in enumerate(ps))
-    assert longest - 1 <= engine.kv.allocated < 128  # grew with the longest row, not to the capacity
+    widest = max(len(p) + len(got[i].tokens) - 1 for i, p in enumerate(ps))  # entries the last step of a row needs
+    assert engine.kv.allocated == 8 * 2 ** math.ceil(math.log2(widest / 8))  # doubled from 8 as rows grew, not 256
     for i, (p, b) in enumerate(zip(ps, budgets)):
         want = hf_greedy(base, p, b, eos)
         assert got[i].tokens == want, f"row {i}"
         assert got[i].finish_reason == ("stop" if want[-1] == eos and len(want) <= b else "length")
+
+
+def test_growing_buffers_give_the_tokens_of_full_length_ones(bases, monkeypatch) -> None:
+    """A resumed run starts a part with small buffers where the run it resumes had grown them: the same
+    requests through buffers that grow in steps of 8 and through buffers at full length from the start
+    give the same tokens. Asking past the capacity, or more memory than is free, says so."""
+    base = bases["qwen3"]
+    eos = base.tokenizer.eos_token_id
+    reqs = [Request(i, p, 10 + 3 * i) for i, p in enumerate(prompts_of(base, 6))]
+    monkeypatch.setattr(batch_gen, "KV_GROW_STEP", 8)
+    out = []
+    for full in (False, True):
+        engine, got = BatchGenerator(base, 2, [eos], 128), {}
+        if full:
+            engine.kv.ensure(128)
+        engine.run(reqs, lambda r, got=got: got.__setitem__(r.key, r.tokens) or [])
+        out.append((got, engine.kv.allocated))
+    assert out[0][0] == out[1][0] and out[0][1] < out[1][1] == 128
+    with pytest.raises(ValueError, match="capacity 128"):
+        engine.kv.ensure(129)
+    assert batch_gen.kv_memory_note(engine.kv, engine.kv.nbytes(128)) is None
+    note = batch_gen.kv_memory_note(engine.kv, engine.kv.nbytes(128) - 1)
+    assert note and "2 slots x 128 entries" in note and "--dataset_generation.batch_size" in note
+    assert isinstance(batch_gen.free_memory("cpu"), int)
 
 
 def test_attention_spans_widen_only_their_own_block() -> None:

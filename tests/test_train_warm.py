@@ -117,23 +117,33 @@ def test_precision_setting(monkeypatch, base_dirs, conv_file, tmp_path):
     assert train.use_bf16(cfg)
 
 
-def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(bases, base_dirs, conv_file, tmp_path):
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory, bases, base_dirs, conv_file):
+    """A trained draft whose rows hold half the answer tokens the data uses: (folder, answer-token counts, used)."""
+    from specforge_het.training.data import load_rows, token_counts
+
+    base = bases["llama"]
+    out = tmp_path_factory.mktemp("widen") / "narrow"
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, out, **V3)
+    counts = token_counts(load_rows(cfg.dataset, base).rows, base.vocab_size)
+    used = int((counts > 0).sum())
+    cfg.modeling.draft_vocab_size, cfg.training.max_steps = used // 2, 4
+    main(cfg, ["test"])
+    return out, counts, used
+
+
+def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(bases, base_dirs, conv_file, narrow,
+                                                                                tmp_path):
     """--modeling.widen_vocab: the trained rows stay (same logits), the added rows are the base's head rows of
     the most frequent answer tokens the draft could not propose (widen_init base; map: test_new_head_rows_*),
     and the widened draft decodes losslessly."""
     from specforge_het.inference.decoder import Decoder
     from specforge_het.inference.proposer import DraftProposer, TreeSpec
-    from specforge_het.training.data import load_rows, token_counts
 
     base = bases["llama"]
-    narrow = tmp_path / "narrow"  # half the answer tokens the data uses
-    cfg = tiny_cfg(base_dirs["llama"], conv_file, narrow, **V3)
-    counts = token_counts(load_rows(cfg.dataset, base).rows, base.vocab_size)
-    used = int((counts > 0).sum())
-    cfg.modeling.draft_vocab_size, cfg.training.max_steps = used // 2, 4
-    main(cfg, ["test"])
-    first = load_draft(narrow, base)
-    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide", init_draft=str(narrow), widen_vocab=used + 5,
+    path, counts, used = narrow
+    first = load_draft(path, base)
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide", init_draft=str(path), widen_vocab=used + 5,
                    widen_init="base", **V3)
     trainer, _ = build_trainer(cfg, [])
     wide = trainer.model.draft
@@ -156,22 +166,31 @@ def test_widen_vocab_keeps_the_trained_rows_and_adds_the_data_s_frequent_tokens(
     ids = base.tokenizer("the cat sat on the", return_tensors="pt").input_ids
     spec = Decoder(base, DraftProposer(wide, TreeSpec("dynamic", 3, 3, 8))).generate(ids, 16)
     assert spec.tokens == Decoder(base).generate(ids, 16).tokens
+
+
+def test_widen_vocab_defaults_to_the_map_adds_the_k_most_frequent_and_refuses_bad_sizes(bases, base_dirs, conv_file,
+                                                                                        narrow, tmp_path):
     from specforge_het.algorithms.build import new_head_rows
 
-    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide_map", init_draft=str(narrow), widen_vocab=used + 5,
+    base = bases["llama"]
+    path, counts, used = narrow
+    first = load_draft(path, base)
+    old = first.vocab.d2t
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide_map", init_draft=str(path), widen_vocab=used + 5,
                    **V3)  # the default widen_init: map
     mapped = build_trainer(cfg, [])[0].model.draft
     torch.testing.assert_close(mapped.lm_head.weight, new_head_rows(base.lm_head.weight.detach(), old,
-                                                                    first.lm_head.weight.detach(), new, "map"))
+                                                                    first.lm_head.weight.detach(),
+                                                                    mapped.vocab.d2t, "map"))
     k = 3  # fewer than the missing ids: the k most frequent of them are added
-    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide3", init_draft=str(narrow), widen_vocab=old.numel() + k,
+    cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "wide3", init_draft=str(path), widen_vocab=old.numel() + k,
                    **V3)
     some = build_trainer(cfg, [])[0].model.draft.vocab.d2t
     added3 = sorted(set(some.tolist()) - set(old.tolist()))
     missing = torch.ones(base.vocab_size, dtype=torch.bool)
     missing[old] = False
     assert len(added3) == k and counts[added3].min() >= counts[missing].sort(descending=True).values[k]
-    bad = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", widen_vocab=used // 2, init_draft=str(narrow), **V3)
+    bad = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", widen_vocab=used // 2, init_draft=str(path), **V3)
     with pytest.raises(ConfigError, match=f"must exceed the draft's {used // 2} rows"):
         build_trainer(bad, [])
     bad = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", widen_vocab=200, **V3)

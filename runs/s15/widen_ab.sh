@@ -14,7 +14,7 @@ OUT=runs/widen_ab
 mkdir -p $OUT
 for A in ce wide; do
   D=$OUT/$A
-  EXTRA=$( [ $A = wide ] && echo --modeling.widen_vocab 16384 )
+  EXTRA=$( [ $A = wide ] && echo --modeling.widen_vocab 16384 --modeling.widen_init base )  # base: as measured (session 17 made map the default)
   [ -f $D/model.safetensors ] || $PY -m specforge_het.train --@smollm2 --@eagle_v3 --training.mode offline \
     --dataset.path runs/data/smollm2_big_768 --modeling.init_draft specforge_het/drafts/smollm2-135m-instruct-eagle3 $EXTRA \
     --training.ttt_steps 7 --training.per_device_batch_size 2 --training.learning_rate 3e-4 --training.warmup_ratio 0.02 \

@@ -6,7 +6,8 @@ a waiting prompt is prefilled into its slot, so no row idles as padding. The K/V
 in one buffer per layer [slots, H_kv, length, D]; each row has its own length, and the active rows
 are kept at the front (a finished row is replaced by the last active one), so a step works on views,
 never on copies of the cache. The buffers grow with the longest row (doubling, in steps of
-KV_GROW_STEP entries, up to `capacity`), so memory follows the answers, not `dataset.max_length`.
+KV_GROW_STEP entries, up to `capacity`), so memory follows the answers, not
+`dataset_generation.max_length`; `kv_memory_note` warns at the start when full-length buffers would not fit.
 
 Layers run through HF's own modules (the lean forward of models/lean.py): Llama, Qwen3 and Gemma3
 (sliding windows included). `supports_batch_gen` says whether a base qualifies; others use HF
@@ -100,24 +101,63 @@ class _SlotKV:
         self.capacity, self.allocated = capacity, 0
         self.ensure(1)
 
+    def nbytes(self, length: int) -> int:
+        """Bytes of all K/V buffers at `length` entries per slot."""
+        item = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * len(self.k) * self.slots * self.kv_heads * length * self.head_dim * item
+
     def ensure(self, length: int) -> None:
         """Room for `length` entries per slot: grow every buffer (at least doubling, a multiple of KV_GROW_STEP,
         at most `capacity`), keeping what it holds. One layer's new buffer exists beside the old ones at a time."""
         if length <= self.allocated:
             return
+        if length > self.capacity:
+            raise ValueError(f"{length} K/V entries asked of a slot cache of capacity {self.capacity}")
         step = KV_GROW_STEP
         new = min(self.capacity, -(-max(length, 2 * self.allocated) // step) * step)
-        for bufs in (self.k, self.v):
-            for i, old in enumerate(bufs):
-                grown = torch.zeros((self.slots, self.kv_heads, new, self.head_dim), dtype=self.dtype, device=self.device)
-                if self.allocated:
-                    grown[:, :, : self.allocated] = old
-                bufs[i] = grown
+        try:
+            for bufs in (self.k, self.v):
+                for i, old in enumerate(bufs):
+                    grown = torch.zeros((self.slots, self.kv_heads, new, self.head_dim), dtype=self.dtype,
+                                        device=self.device)
+                    if self.allocated:
+                        grown[:, :, : self.allocated] = old
+                    bufs[i] = grown
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(
+                f"the K/V buffers of {self.slots} slots could not grow to {new} entries ({self.nbytes(new) / 2**30:.1f} "
+                "GiB): lower --dataset_generation.batch_size or --dataset_generation.max_length, with a new "
+                "output_dir (both are part of a run's identity; merge_datasets joins the parts of both folders)") from e
         self.allocated = new
 
     def move(self, src: int, dst: int, length: int) -> None:
         for buf in (*self.k, *self.v):
             buf[dst, :, :length] = buf[src, :, :length]
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on `device`: CUDA's free memory, or MemAvailable on a Linux CPU; None where unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def kv_memory_note(kv: _SlotKV, free: int | None) -> str | None:
+    """A warning when the slot cache at full length (every slot at `capacity`) would not fit in `free` bytes."""
+    full = kv.nbytes(kv.capacity)
+    if free is None or full <= free:
+        return None
+    return (f"at full length the K/V buffers of {kv.slots} slots x {kv.capacity} entries need {full / 2**30:.1f} GiB, "
+            f"{free / 2**30:.1f} GiB is free: they grow with the longest row, so the run stops for memory only if its "
+            "rows get that long; to be safe, lower --dataset_generation.batch_size or --dataset_generation.max_length")
 
 
 class _PrefillWriter:
@@ -197,6 +237,7 @@ class BatchGenerator:
         attn = base.layers[0].self_attn
         self.kv = _SlotKV(base.num_layers, self.slots, cfg.num_key_value_heads, attn.head_dim, self.capacity,
                           base.dtype, base.device)
+        self.memory_note = kv_memory_note(self.kv, free_memory(base.device))
         self.attn_rows = ATTN_ROWS  # slots per attention call (attention_spans)
         self.steps = 0
         self.prefills = 0

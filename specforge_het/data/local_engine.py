@@ -10,7 +10,16 @@ import torch
 
 from specforge_het.chat import eos_ids, render
 from specforge_het.config import Config
-from specforge_het.data.gen_common import Conv, RunStats, commit, finalize, part_size, progress_bar, resolved_dtype
+from specforge_het.data.gen_common import (
+    Conv,
+    RunStats,
+    commit,
+    console,
+    finalize,
+    part_size,
+    progress_bar,
+    resolved_dtype,
+)
 
 if TYPE_CHECKING:
     from specforge_het.data.batch_gen import BatchGenerator
@@ -110,6 +119,8 @@ class LocalEngine:
 
         if self._batcher is None:
             self._batcher = BatchGenerator(self.base, self.g.batch_size, self.eos, self.g.max_length)
+            if self._batcher.memory_note:
+                console.print(f"[yellow]warning:[/] {self._batcher.memory_note}", soft_wrap=True)
         batcher = self._batcher
         by_index = {c.index: c for c in part}
         temp = self.g.temperature
