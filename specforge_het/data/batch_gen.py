@@ -5,7 +5,7 @@ per active row; a row that finishes (a stop token, or its token budget) is swapp
 a waiting prompt is prefilled into its slot, so no row idles as padding. The K/V of all rows live
 in one buffer per layer [slots, H_kv, length, D]; each row has its own length, and the active rows
 are kept at the front (a finished row is replaced by the last active one), so a step works on views,
-never on copies of the cache. The buffers grow with the longest row (doubling, in steps of
+never on copies of the cache. The buffers grow with the longest row (in steps of
 KV_GROW_STEP entries, up to `capacity`), so memory follows the answers, not
 `dataset_generation.max_length`; `kv_memory_note` warns at the start when full-length buffers would not fit.
 
@@ -107,14 +107,16 @@ class _SlotKV:
         return 2 * len(self.k) * self.slots * self.kv_heads * length * self.head_dim * item
 
     def ensure(self, length: int) -> None:
-        """Room for `length` entries per slot: grow every buffer (at least doubling, a multiple of KV_GROW_STEP,
-        at most `capacity`), keeping what it holds. One layer's new buffer exists beside the old ones at a time."""
+        """Room for `length` entries per slot: grow every buffer to `length` rounded up to a multiple of KV_GROW_STEP
+        (at most `capacity`, so at most capacity / KV_GROW_STEP growths a run), keeping what it holds. One layer's
+        new buffer exists beside the old ones at a time. (Doubling would overshoot: 768 entries became 1,536 for a
+        row of 841.)"""
         if length <= self.allocated:
             return
         if length > self.capacity:
             raise ValueError(f"{length} K/V entries asked of a slot cache of capacity {self.capacity}")
         step = KV_GROW_STEP
-        new = min(self.capacity, -(-max(length, 2 * self.allocated) // step) * step)
+        new = min(self.capacity, -(-length // step) * step)
         try:
             for bufs in (self.k, self.v):
                 for i, old in enumerate(bufs):
