@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from specforge_het.models.lean import _rope, attend_mask, layer_forward, supports_lean
+from specforge_het.models.placement import free_memory
 
 
 def supports_batch_gen(base) -> bool:
@@ -135,21 +136,6 @@ class _SlotKV:
     def move(self, src: int, dst: int, length: int) -> None:
         for buf in (*self.k, *self.v):
             buf[dst, :, :length] = buf[src, :, :length]
-
-
-def free_memory(device) -> int | None:
-    """Bytes free on `device`: CUDA's free memory, or MemAvailable on a Linux CPU; None where unknown."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def kv_memory_note(kv: _SlotKV, free: int | None) -> str | None:

@@ -8,6 +8,7 @@ offloads to disk): the lean forward then steps aside and HF's forward runs (the 
 HF calls the layers; see `BaseModel.sharded`). The draft sits on the device of the base's last layer.
 
 `--modeling.max_memory` is parsed here, never evaluated: `0=17.5GiB,1=17GiB,cpu=30GiB`.
+`free_memory(device)` says how many bytes are free there (gen_dataset's K/V cache warning uses it).
 """
 
 from __future__ import annotations
@@ -116,3 +117,18 @@ def run_device(model: nn.Module, module: nn.Module) -> torch.device | None:
             if device is not None:
                 return device
     return next((p.device for p in module.parameters() if p.device.type != "meta"), None)
+
+
+def free_memory(device) -> int | None:
+    """Bytes free on `device`: CUDA's free memory, or MemAvailable on a Linux CPU; None where unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
