@@ -264,6 +264,19 @@ def test_cli_gen_probe_view(tmp_path, prompts, base_dirs) -> None:
     assert "conv-1" in (res.stdout + res.stderr).decode()
 
 
+def test_a_slot_cache_that_may_not_fit_is_warned_about_once(tmp_path, prompts, base_dirs, capsys, monkeypatch) -> None:
+    """When full-length K/V buffers exceed the free memory, gen_dataset says so (naming batch_size) and runs on."""
+    from specforge_het.data import batch_gen
+
+    monkeypatch.setattr(batch_gen, "free_memory", lambda device: 1024)
+    cfg = make_cfg(base_dirs["llama"], tmp_path / "out", batch_size=2)
+    cfg.dataset_generation.part_size = 2
+    gen_dataset(cfg, [], prompts)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning: at full length the K/V buffers of 2 slots") == 1
+    assert "--dataset_generation.batch_size" in err and rows_of(tmp_path / "out")
+
+
 def test_a_log_file_gets_one_progress_line_per_committed_part(tmp_path, prompts, base_dirs, capsys) -> None:
     """Written to a file (not a terminal), the live bar shows nothing until the run ends; each committed part
     prints a line with the running counts instead, so a background run's log shows where it is."""
