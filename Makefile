@@ -279,6 +279,20 @@ $(WARM_E)/model.safetensors: | features-smollm2-big-f
 draft-smollm2-eagle3-breadth-e: $(WARM_E)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_E) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-e"
 
+# Part G (issue 13, session 19): 2,000 more Magpie prompts (seed 3) appended after mix3 as mix4 (rows 0-5685 stay what
+# parts A-F answered), answered by the base with dtype auto (bfloat16 on a CPU with AMX or AVX512-BF16), batch 128.
+# Resumable by part; the next training stage reads parts F and G.
+BIG_G := runs/data/smollm2_big_g
+runs/prompts/smollm2_magpie_s3.jsonl: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 3 --batch_size 64
+runs/prompts/smollm2_mix4.jsonl: runs/prompts/smollm2_mix3.jsonl runs/prompts/smollm2_magpie_s3.jsonl
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix3.jsonl \
+		runs/prompts/smollm2_magpie_s3.jsonl --shuffle=false --seed 0
+.PHONY: data-smollm2-big-g
+data-smollm2-big-g: runs/prompts/smollm2_mix4.jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix4.jsonl --@smollm2 \
+		--dataset_generation.batch_size 128 --dataset_generation.ds_range 5686,8000 --dataset_generation.output_dir $(BIG_G)
+
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
 # 150 from part B), 150 of part D get a generic request that reworks the answer (--requests shipped), the base answers both turns (<= 512 new tokens each, float32), features, then the shipped
