@@ -271,7 +271,11 @@ runs/prompts/smollm2_mix3.jsonl: runs/prompts/smollm2_mix2.jsonl runs/prompts/sm
 data-smollm2-big-f: runs/prompts/smollm2_mix3.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix3.jsonl --@smollm2 \
 		--dataset_generation.batch_size 128 --dataset_generation.ds_range 4008,5708 --dataset_generation.output_dir $(BIG_F)
-features-smollm2-big-f: | data-smollm2-big-f
+# a file prerequisite, as for the earlier parts: once add_features has run, gen_dataset refuses the folder (its
+# feature_layers differ), so a rebuild of the draft must not resume the data again
+$(BIG_F)/meta.json: | runs/prompts/smollm2_mix3.jsonl
+	$(MAKE) data-smollm2-big-f
+features-smollm2-big-f: $(BIG_F)/meta.json
 	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_F) --@smollm2 --@eagle_v3
 $(WARM_E)/model.safetensors: | features-smollm2-big-f
 	$(call TRAIN_WARM,$(WARM_E)) --dataset.path $(BIG_F) --modeling.init_draft $(WARM_E_INIT) --training.ttt_steps 7 \
