@@ -296,6 +296,22 @@ runs/prompts/smollm2_mix4.jsonl: runs/prompts/smollm2_mix3.jsonl runs/prompts/sm
 data-smollm2-big-g: runs/prompts/smollm2_mix4.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix4.jsonl --@smollm2 \
 		--dataset_generation.batch_size 128 --dataset_generation.ds_range 5686,8000 --dataset_generation.output_dir $(BIG_G)
+# Stage F: the stage-E run (float32 weights; WARM_F_INIT=specforge_het/drafts/smollm2-135m-instruct-eagle3 starts from
+# the shipped bfloat16 copy instead) trained one epoch on part G, 7 unroll steps, lr 6e-4 as stage E.
+# Then `draft-smollm2-eagle3-breadth-f` ships it as smollm2-135m-instruct-eagle3 (when its bench is better).
+WARM_F := runs/smollm2_eagle3_warm6
+WARM_F_INIT ?= $(WARM_E)
+.PHONY: features-smollm2-big-g draft-smollm2-eagle3-breadth-f
+$(BIG_G)/meta.json: | runs/prompts/smollm2_mix4.jsonl
+	$(MAKE) data-smollm2-big-g
+features-smollm2-big-g: $(BIG_G)/meta.json
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_G) --@smollm2 --@eagle_v3
+$(WARM_F)/model.safetensors: | features-smollm2-big-g
+	[ -f $(WARM_F_INIT)/model.safetensors ] || $(MAKE) $(WARM_E)/model.safetensors
+	$(call TRAIN_WARM,$(WARM_F)) --dataset.path $(BIG_G) --modeling.init_draft $(WARM_F_INIT) --training.ttt_steps 7 \
+		--training.learning_rate 6e-4 --training.eval_steps 200
+draft-smollm2-eagle3-breadth-f: $(WARM_F)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_F) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-f"
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
@@ -381,7 +397,9 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 # since the earlier 874-conversation draft) as a second series of the same plot, with the same bench. Its first
 # init_draft is the shipped folder, which stage C replaced (or WARM_INIT in a rebuild): --count_from starts the count there. The drafts'
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
-WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C)
+# warm4 is stage E (run folder $(WARM_E)), trained from the shipped folder while that held stage C, which stage E
+# has since replaced: --trained_from links it to stage C's run.
+WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E)
 scaling-smollm2-warm: | setup
 	for p in $(WARM_POINTS); do n=$${p%%:*}; d=runs/scaling/smollm2_warm_started/$$n; mkdir -p $$d; \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
@@ -389,5 +407,6 @@ scaling-smollm2-warm: | setup
 	    --outfile $$d/bench.json || exit 1; \
 	done
 	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2,runs/scaling/smollm2_warm_started \
-		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3,$(WARM_INIT) --outfile docs/results/scaling_smollm2.json \
+		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3,$(WARM_INIT) --trained_from $(WARM_E)=$(WARM_C) \
+		--outfile docs/results/scaling_smollm2.json \
 		--title "SmolLM2-135M EagleV3 draft: τ on MT-Bench vs training tokens"

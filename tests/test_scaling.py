@@ -103,3 +103,25 @@ def test_series_and_a_lineage_counted_from_a_replaced_folder(tmp_path, monkeypat
            for p in json.loads((tmp_path / "x.json").read_text())["points"]]
     assert got == [("fresh", "s24", 50_000, 1.3), ("warm", "w1", 30_000, 1.5), ("warm", "w2", 50_000, 1.7)]
     assert (tmp_path / "x.png").stat().st_size > 1000
+
+
+def test_trained_from_links_a_stage_whose_init_was_replaced(tmp_path, monkeypatch) -> None:
+    """A stage trained from the shipped folder, which its own ship replaced since, counts its predecessor's
+    tokens through --trained_from; without the link its recorded init_draft (in count_from) stops the count."""
+    monkeypatch.chdir(tmp_path)
+    warm = tmp_path / "warm"
+    _checkpoint_point(warm, "w1", Path("w1"), (30_000.0, 40_000.0), 1.5, log_name="training_log.json")
+    _checkpoint_point(warm, "w2", Path("w2"), (20_000.0, 25_000.0), 1.7, log_name="training_log.json")
+    (Path("w2") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "shipped"}}))
+    Path("shipped").mkdir()
+
+    def tokens(**kw) -> list[int]:
+        scaling.main(str(warm), str(tmp_path / "x.json"), count_from="shipped", **kw)
+        return [p["answer_tokens"] for p in json.loads((tmp_path / "x.json").read_text())["points"]]
+
+    assert tokens() == [20_000, 30_000]
+    assert tokens(trained_from="w2=w1") == [30_000, 50_000]
+    with pytest.raises(ConfigError, match="give DRAFT=INIT"):
+        tokens(trained_from="w2")
+    with pytest.raises(FileNotFoundError, match="'nowhere' is not a folder"):
+        tokens(trained_from="w2=nowhere")

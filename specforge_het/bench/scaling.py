@@ -13,7 +13,8 @@ beside the JSON, log-scaled token axis). Several DIRs (comma-separated) are seve
 each, named by their folder. `--count_from DRAFT[,DRAFT]`: a lineage's count stops at the first of these
 folders its init_draft chain reaches (that folder's tokens and those before it are left out, unless a point's
 own draft is that folder): for a lineage whose starting folder has since been replaced (a shipped draft
-trained on from its predecessor, as `make` does).
+trained on from its predecessor, as `make` does). `--trained_from DRAFT=INIT[,...]`: DRAFT was trained on from
+INIT, whatever its run_config.json names (a shipped folder replaced since, whose earlier run is INIT).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ def _tokens_from_log(log: Path) -> tuple[int, int]:
     return round(loss_rate * secs), round(seq_rate * secs)
 
 
-def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tuple[Path, ...] = ()) -> tuple[int, int]:
+Links = dict[Path, Path]  # resolved draft folder -> the folder it was trained on from (--trained_from)
+
+
+def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tuple[Path, ...] = (),
+                       links: Links | None = None) -> tuple[int, int]:
     if draft.resolve() in seen:
         chain = " -> ".join(str(p) for p in (*seen, draft.resolve()))
         raise ValueError(f"the drafts' init_draft links form a loop ({chain}): a folder was replaced by a later "
@@ -56,9 +61,9 @@ def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tup
                 raise ValueError(f"{draft / name}: no running token totals (train_loss_tokens_total); the draft "
                                  "was trained before they were logged, so give its point a train.log.")
             answer, seq = totals[-1]["train_loss_tokens_total"], totals[-1]["train_seq_tokens_total"]
-            before = _init_draft(draft)  # a later stage (--modeling.init_draft) adds its predecessor's tokens
+            before = (links or {}).get(draft.resolve()) or _init_draft(draft)  # a later stage adds its predecessor's
             if before is not None and before.resolve() not in {p.resolve() for p in count_from}:
-                prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()))
+                prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links)
                 answer, seq = answer + prev[0], seq + prev[1]
             return round(answer), round(seq)
     raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from.")
@@ -77,7 +82,7 @@ def _init_draft(draft: Path) -> Path | None:
     return Path(init)
 
 
-def read_point(folder: Path, count_from: tuple[Path, ...] = ()) -> dict:
+def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | None = None) -> dict:
     """{name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
     bench = folder / "bench.json"
     if not bench.is_file():
@@ -86,7 +91,7 @@ def read_point(folder: Path, count_from: tuple[Path, ...] = ()) -> dict:
     if (folder / "train.log").is_file():
         answer, seq = _tokens_from_log(folder / "train.log")
     else:
-        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")), count_from)
+        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")), count_from, links=links)
     summary = data["summary"]
     if METHOD not in summary:
         raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
@@ -129,10 +134,26 @@ def _paths(value) -> list[str]:
     return [str(x) for x in items if str(x)]
 
 
-def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "", count_from: str = "") -> None:
+def _links(value) -> Links:
+    links: Links = {}
+    for item in _paths(value):
+        draft, sep, init = item.partition("=")
+        if not sep or not draft or not init:
+            raise ConfigError(f"--trained_from '{item}': give DRAFT=INIT (the draft folder, '=', the folder it was "
+                              "trained on from), comma-separated for several.")
+        if not Path(init).is_dir():
+            raise FileNotFoundError(f"--trained_from '{item}': '{init}' is not a folder here to count its tokens from.")
+        links[Path(draft).resolve()] = Path(init)
+    return links
+
+
+def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "", count_from: str = "",
+         trained_from: str = "") -> None:
     """Summarise the scaling points under FOLDER (one subfolder each; FOLDER,FOLDER2: one series each) into
-    OUTFILE (+ .png). count_from: draft folders (comma-separated) where the lineages' token counts start."""
+    OUTFILE (+ .png). count_from: draft folders (comma-separated) where the lineages' token counts start.
+    trained_from: DRAFT=INIT pairs (comma-separated) that override a draft's recorded init_draft."""
     points: list[dict] = []
+    links = _links(trained_from)
     for one in _paths(folder):
         root = Path(one)
         dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -140,7 +161,7 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
             raise ConfigError(f"no scaling points under '{one}': run its bench first (`make scaling-smollm2`, "
                               "`make scaling-smollm2-warm`).")
         starts = tuple(Path(p) for p in _paths(count_from))
-        points += [read_point(d, starts) for d in dirs]
+        points += [read_point(d, starts, links) for d in dirs]
     points.sort(key=lambda p: (p["series"], p["answer_tokens"]))
     table = Table(title=f"τ against training tokens · {folder}")
     for col in ("series", "point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):
