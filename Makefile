@@ -285,7 +285,7 @@ draft-smollm2-eagle3-breadth-e: $(WARM_E)/model.safetensors
 
 # Part G (issue 13, session 19): 2,000 more Magpie prompts (seed 3) appended after mix3 as mix4 (rows 0-5685 stay what
 # parts A-F answered), answered by the base with dtype auto (bfloat16 on a CPU with AMX or AVX512-BF16), batch 128.
-# Resumable by part; the next training stage reads parts F and G.
+# Resumable by part; stage F trains on its first two parts (G1, below), the next stage on the rest.
 BIG_G := runs/data/smollm2_big_g
 runs/prompts/smollm2_magpie_s3.jsonl: | setup
 	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 3 --batch_size 64
@@ -296,19 +296,23 @@ runs/prompts/smollm2_mix4.jsonl: runs/prompts/smollm2_mix3.jsonl runs/prompts/sm
 data-smollm2-big-g: runs/prompts/smollm2_mix4.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix4.jsonl --@smollm2 \
 		--dataset_generation.batch_size 128 --dataset_generation.ds_range 5686,8000 --dataset_generation.output_dir $(BIG_G)
-# Stage F: the stage-E run (float32 weights; WARM_F_INIT=specforge_het/drafts/smollm2-135m-instruct-eagle3 starts from
-# the shipped bfloat16 copy instead) trained one epoch on part G, 7 unroll steps, lr 6e-4 as stage E.
+# Stage F (session 20): the stage-E run (float32 weights; WARM_F_INIT=specforge_het/drafts/smollm2-135m-instruct-eagle3
+# starts from the shipped bfloat16 copy instead) trained one epoch on part G's first two parts (rows 5686-6709, G1,
+# merged out of the G folder with --ds_range while G went on), 7 unroll steps, lr 6e-4 as stage E.
 # Then `draft-smollm2-eagle3-breadth-f` ships it as smollm2-135m-instruct-eagle3 (when its bench is better).
+BIG_G1 := runs/data/smollm2_big_g1
 WARM_F := runs/smollm2_eagle3_warm6
 WARM_F_INIT ?= $(WARM_E)
-.PHONY: features-smollm2-big-g draft-smollm2-eagle3-breadth-f
+.PHONY: features-smollm2-big-g1 draft-smollm2-eagle3-breadth-f
 $(BIG_G)/meta.json: | runs/prompts/smollm2_mix4.jsonl
 	$(MAKE) data-smollm2-big-g
-features-smollm2-big-g: $(BIG_G)/meta.json
-	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_G) --@smollm2 --@eagle_v3
-$(WARM_F)/model.safetensors: | features-smollm2-big-g
+$(BIG_G1)/meta.json: | $(BIG_G)/meta.json
+	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG_G1) $(BIG_G) --ds_range 5686,6710
+features-smollm2-big-g1: $(BIG_G1)/meta.json
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_G1) --@smollm2 --@eagle_v3
+$(WARM_F)/model.safetensors: | features-smollm2-big-g1
 	[ -f $(WARM_F_INIT)/model.safetensors ] || $(MAKE) $(WARM_E)/model.safetensors
-	$(call TRAIN_WARM,$(WARM_F)) --dataset.path $(BIG_G) --modeling.init_draft $(WARM_F_INIT) --training.ttt_steps 7 \
+	$(call TRAIN_WARM,$(WARM_F)) --dataset.path $(BIG_G1) --modeling.init_draft $(WARM_F_INIT) --training.ttt_steps 7 \
 		--training.learning_rate 6e-4 --training.eval_steps 200
 draft-smollm2-eagle3-breadth-f: $(WARM_F)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_F) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-f"

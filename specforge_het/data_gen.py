@@ -65,18 +65,35 @@ def gen_dataset(cfg: Config, presets: list[str], prompts: str = "") -> str:
     return str(run(cfg, presets, prompts))
 
 
-def merge_datasets(cfg: Config, presets: list[str], dest: str, *srcs: str, allow_gaps: bool = False) -> str:
+def _range_arg(value) -> tuple[int, int] | None:
+    """--ds_range START,END as fire hands it over (a tuple, or a string); None when not given."""
+    if value is None or value == "":
+        return None
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        start, end = (int(x) for x in items)
+    except ValueError:
+        raise SystemExit(f"--ds_range {value!r}: give START,END (two integers, END exclusive), e.g. 0,1024") from None
+    if not 0 <= start < end:
+        raise SystemExit(f"--ds_range {value!r}: START must be >= 0 and below END")
+    return start, end
+
+
+def merge_datasets(cfg: Config, presets: list[str], dest: str, *srcs: str, allow_gaps: bool = False,
+                   ds_range=None) -> str:
     """Merge dataset folders SRC... (e.g. several ds_range runs) into the new folder DEST.
 
     Refuses duplicated ids, missing indices (unless --allow_gaps) and sources made with another
-    base, tokenizer, feature layers or feature dtype.
+    base, tokenizer, feature layers or feature dtype. --ds_range START,END: only the committed parts
+    whose conversations lie in [START, END) (a part across a bound is refused: parts are merged whole).
     """
-    from specforge_het.data.store import DatasetDirError, merge_dirs
+    from specforge_het.data.merge import merge_dirs
+    from specforge_het.data.store import DatasetDirError
 
     if not srcs:
         raise SystemExit("merge_datasets needs DEST and at least one SRC folder")
     try:
-        counts = merge_dirs(dest, [str(s) for s in srcs], allow_gaps=allow_gaps)
+        counts = merge_dirs(dest, [str(s) for s in srcs], allow_gaps=allow_gaps, ds_range=_range_arg(ds_range))
     except DatasetDirError as e:
         console.print(f"[bold red]merge refused:[/] {e}")
         raise SystemExit(2) from None

@@ -212,6 +212,10 @@ def test_ds_range_runs_merge_into_the_single_run(tmp_path, prompts, base_dirs) -
     assert (tmp_path / "m" / "run_config.json").is_file()
     with pytest.raises(SystemExit):  # only r1: indices 0..1 missing
         data_gen_main(["merge_datasets", str(tmp_path / "m2"), str(tmp_path / "r1")])
+    data_gen_main(["merge_datasets", str(tmp_path / "m3"), str(tmp_path / "all"), "--ds_range", "2,6"])
+    assert rows_of(tmp_path / "m3") == rows_of(tmp_path / "r1")  # the parts of a run still going, for a stage
+    with pytest.raises(SystemExit, match="give START,END"):
+        data_gen_main(["merge_datasets", str(tmp_path / "m4"), str(tmp_path / "all"), "--ds_range", "2"])
 
 
 @pytest.fixture

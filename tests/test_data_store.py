@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specforge_het.data import store
+from specforge_het.data import merge, store
 from specforge_het.data_gen import index_argv
 
 BASE = {"name": "/a/base_llama_64", "model_type": "llama", "hidden_size": 8, "vocab_size": 300, "num_layers": 4}
@@ -137,7 +137,7 @@ def test_merge_refuses_duplicates(tmp_path: Path) -> None:
     a = _make(tmp_path / "a", [[0, 1]], ds_range=[0, 2])
     b = _make(tmp_path / "b", [[1, 2, 3]], ds_range=[1, 4])
     with pytest.raises(store.DatasetDirError, match=r"1 duplicated conversation.*c1 \(index 1: .*a and .*b\)"):
-        store.merge_dirs(tmp_path / "m", [str(a), str(b)])
+        merge.merge_dirs(tmp_path / "m", [str(a), str(b)])
     assert not (tmp_path / "m").exists()
 
 
@@ -145,8 +145,8 @@ def test_merge_refuses_gaps(tmp_path: Path) -> None:
     a = _make(tmp_path / "a", [[0, 1]], ds_range=[0, 2], num_conversations=8)
     b = _make(tmp_path / "b", [[4, 5]], ds_range=[4, 6], num_conversations=8)
     with pytest.raises(store.DatasetDirError, match=r"4 conversation index\(es\) missing from every source: 2\.\.3, 6\.\.7"):
-        store.merge_dirs(tmp_path / "m", [str(a), str(b)])
-    counts = store.merge_dirs(tmp_path / "m", [str(a), str(b)], allow_gaps=True)
+        merge.merge_dirs(tmp_path / "m", [str(a), str(b)])
+    counts = merge.merge_dirs(tmp_path / "m", [str(a), str(b)], allow_gaps=True)
     assert [c["rows"] for c in counts] == [2, 2]
     assert store.load_dataset_dir(tmp_path / "m")[0]["index"] == [0, 1, 4, 5]
 
@@ -161,7 +161,7 @@ def test_merge_refuses_mismatched_meta(tmp_path: Path, change: dict, field: str)
     a = _make(tmp_path / "a", [[0, 1]], ds_range=[0, 2])
     b = _make(tmp_path / "b", [[2, 3]], ds_range=[2, 4], **change)
     with pytest.raises(store.DatasetDirError, match=rf"{field} differs"):
-        store.merge_dirs(tmp_path / "m", [str(a), str(b)])
+        merge.merge_dirs(tmp_path / "m", [str(a), str(b)])
 
 
 def test_merge_refuses_non_empty_destination(tmp_path: Path) -> None:
@@ -169,14 +169,14 @@ def test_merge_refuses_non_empty_destination(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "x").write_text("mine")
     with pytest.raises(store.DatasetDirError, match="exists and is not empty"):
-        store.merge_dirs(tmp_path / "m", [str(a)])
+        merge.merge_dirs(tmp_path / "m", [str(a)])
 
 
 def test_merge_copies_parts_features_skips_and_errors(tmp_path: Path) -> None:
     a = _make(tmp_path / "a", [[0, 1]], ds_range=[0, 2])
     b = _make(tmp_path / "b", [[2, 3]], skipped=(3,), ds_range=[2, 4])
     store.append_error(b, {"kind": "skipped", "id": "c3"})
-    store.merge_dirs(tmp_path / "m", [str(a), str(b)])
+    merge.merge_dirs(tmp_path / "m", [str(a), str(b)])
     m = tmp_path / "m"
     ds, meta = store.load_dataset_dir(m)
     assert ds["index"] == [0, 1, 2] and meta["ds_range"] is None and meta["merged_from"] == [str(a), str(b)]
@@ -191,3 +191,19 @@ def test_index_argv_makes_one_list() -> None:
     assert index_argv(["view", "--index", "3", "d"]) == ["view", "--index=[3]", "d"]
     assert index_argv(["view", "--index=4,5", "d", "--x", "1"]) == ["view", "--index=[4,5]", "d", "--x", "1"]
     assert json.loads(index_argv(["--index", "7"])[0].split("=", 1)[1]) == [7]
+
+
+def test_merge_selects_whole_parts_by_range(tmp_path: Path) -> None:
+    """--ds_range keeps the parts inside [start, end), checks gaps there only, and refuses a part across a bound."""
+    a = _make(tmp_path / "a", [[0, 1], [2, 3], [4, 5]], skipped=(3,), ds_range=[0, 6])
+    store.append_error(a, {"kind": "failed", "id": "c5", "index": 5})
+    merge.merge_dirs(tmp_path / "m", [str(a)], ds_range=(2, 4))
+    ds, meta = store.load_dataset_dir(tmp_path / "m")
+    assert ds["index"] == [2] and meta["ds_range"] == [2, 4] and store.done_indices(tmp_path / "m") == {2, 3}
+    assert [p.name for p in store.part_files(tmp_path / "m")] == ["part-0000002.jsonl"]
+    assert store.read_errors(tmp_path / "m") == []  # the error of index 5 lies outside
+    assert torch.equal(store.load_features(tmp_path / "m", 2), store.load_features(a, 2))
+    with pytest.raises(store.DatasetDirError, match=r"conversations 2\.\.3, across the bounds.*\(e\.g\. 2 or 4\)"):
+        merge.merge_dirs(tmp_path / "m2", [str(a)], ds_range=(3, 6))
+    with pytest.raises(store.DatasetDirError, match=r"2 conversation index\(es\) missing from every source: 6\.\.7"):
+        merge.merge_dirs(tmp_path / "m3", [str(a)], ds_range=(4, 8))
