@@ -297,7 +297,7 @@ data-smollm2-big-g: runs/prompts/smollm2_mix4.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix4.jsonl --@smollm2 \
 		--dataset_generation.batch_size 128 --dataset_generation.ds_range 5686,8000 --dataset_generation.output_dir $(BIG_G)
 # Stage F (session 20): the stage-E run (float32 weights; WARM_F_INIT=specforge_het/drafts/smollm2-135m-instruct-eagle3
-# starts from the shipped bfloat16 copy instead) trained one epoch on part G's first two parts (rows 5686-6709, G1,
+# starts from the shipped bfloat16 copy instead) trained one epoch on part G's first two parts (rows 5686-6655, G1,
 # merged out of the G folder with --ds_range while G went on), 7 unroll steps, lr 6e-4 as stage E.
 # Then `draft-smollm2-eagle3-breadth-f` ships it as smollm2-135m-instruct-eagle3 (when its bench is better).
 BIG_G1 := runs/data/smollm2_big_g1
@@ -307,7 +307,7 @@ WARM_F_INIT ?= $(WARM_E)
 $(BIG_G)/meta.json: | runs/prompts/smollm2_mix4.jsonl
 	$(MAKE) data-smollm2-big-g
 $(BIG_G1)/meta.json: | $(BIG_G)/meta.json
-	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG_G1) $(BIG_G) --ds_range 5686,6710
+	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG_G1) $(BIG_G) --ds_range 5686,6656
 features-smollm2-big-g1: $(BIG_G1)/meta.json
 	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_G1) --@smollm2 --@eagle_v3
 $(WARM_F)/model.safetensors: | features-smollm2-big-g1
