@@ -2,7 +2,7 @@
 
     prepare_data SRC OUT [--kind auto]            sources (ShareGPT, role/content, turns, GSM8K, prompt) -> our schema
     gen_dataset PROMPTS.jsonl                      the base answers every user turn -> dataset folder
-    merge_datasets DEST SRC [SRC ...]              merge the folders of several ds_range runs
+    merge_datasets DEST SRC [SRC ...]              merge the folders of several ds_range runs [--ds_range A,B: whole parts]
     probe_datasets PATH [PATH ...]                 rows, tokens, loss-masked share, lengths, storage
     view PATH --index I [J ...]                    samples with loss-masked tokens in green, the rest in red
     gen_prompts OUT.jsonl --n N                    a chat model writes its own user prompts (Magpie-style), filtered
@@ -71,7 +71,7 @@ def _range_arg(value) -> tuple[int, int] | None:
         return None
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     try:
-        start, end = (int(x) for x in items)
+        start, end = (int(str(x)) for x in items)  # int("2.5") raises: no silent truncation
     except ValueError:
         raise SystemExit(f"--ds_range {value!r}: give START,END (two integers, END exclusive), e.g. 0,1024") from None
     if not 0 <= start < end:

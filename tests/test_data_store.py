@@ -203,7 +203,26 @@ def test_merge_selects_whole_parts_by_range(tmp_path: Path) -> None:
     assert [p.name for p in store.part_files(tmp_path / "m")] == ["part-0000002.jsonl"]
     assert store.read_errors(tmp_path / "m") == []  # the error of index 5 lies outside
     assert torch.equal(store.load_features(tmp_path / "m", 2), store.load_features(a, 2))
-    with pytest.raises(store.DatasetDirError, match=r"conversations 2\.\.3, across the bounds.*\(e\.g\. 2 or 4\)"):
+    with pytest.raises(store.DatasetDirError, match=r"conversations 2\.\.3, across --ds_range's START 3.*edge is 2\."):
         merge.merge_dirs(tmp_path / "m2", [str(a)], ds_range=(3, 6))
-    with pytest.raises(store.DatasetDirError, match=r"2 conversation index\(es\) missing from every source: 6\.\.7"):
-        merge.merge_dirs(tmp_path / "m3", [str(a)], ds_range=(4, 8))
+    with pytest.raises(store.DatasetDirError, match=r"conversations 4\.\.5, across --ds_range's END 5.*edge is 4\."):
+        merge.merge_dirs(tmp_path / "m2", [str(a)], ds_range=(0, 5))
+    merge.merge_dirs(tmp_path / "m3", [str(a)], ds_range=(4, 8))  # past the source's own range (0..5): no gap
+    assert store.load_dataset_dir(tmp_path / "m3")[1]["ds_range"] == [4, 6]
+
+
+def test_merge_by_range_keeps_gaps_visible_and_reads_parts_safely(tmp_path: Path) -> None:
+    """A range past the committed parts is a gap (refused, or kept in meta with --allow_gaps); interleaved parts
+    (server mode) get a bound that cuts none; a corrupt part is named, with the fix."""
+    a = _make(tmp_path / "a", [[0, 1], [2, 3]], ds_range=[0, 8])
+    with pytest.raises(store.DatasetDirError, match=r"4 conversation index\(es\) missing.*4\.\.7.*--allow_gaps"):
+        merge.merge_dirs(tmp_path / "m", [str(a)], ds_range=(0, 8))
+    merge.merge_dirs(tmp_path / "m", [str(a)], ds_range=(0, 8), allow_gaps=True)
+    assert store.load_dataset_dir(tmp_path / "m")[1]["ds_range"] == [0, 8]
+    b = _make(tmp_path / "b", [[0, 2, 5], [1, 3], [4, 6]], ds_range=[0, 7])
+    with pytest.raises(store.DatasetDirError, match=r"across --ds_range's END 6.*edge is 7\."):
+        merge.merge_dirs(tmp_path / "m2", [str(b)], ds_range=(0, 6))
+    part = store.part_files(a)[1]
+    part.write_text(part.read_text() + "{torn\n")
+    with pytest.raises(store.DatasetDirError, match=r"corrupt row.*Delete that part file"):
+        merge.merge_dirs(tmp_path / "m3", [str(a)], ds_range=(0, 2))

@@ -125,3 +125,6 @@ def test_trained_from_links_a_stage_whose_init_was_replaced(tmp_path, monkeypatc
         tokens(trained_from="w2")
     with pytest.raises(FileNotFoundError, match="'nowhere' is not a folder"):
         tokens(trained_from="w2=nowhere")
+    with pytest.raises(ConfigError, match="no point's lineage reaches: .*w9"):
+        Path("w9").mkdir()
+        tokens(trained_from="w9=w1")

@@ -44,6 +44,7 @@ def _tokens_from_log(log: Path) -> tuple[int, int]:
 
 
 Links = dict[Path, Path]  # resolved draft folder -> the folder it was trained on from (--trained_from)
+_USED: set[Path] = set()  # the links a summary followed (one that none follows is a typo: refused)
 
 
 def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tuple[Path, ...] = (),
@@ -61,7 +62,10 @@ def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tup
                 raise ValueError(f"{draft / name}: no running token totals (train_loss_tokens_total); the draft "
                                  "was trained before they were logged, so give its point a train.log.")
             answer, seq = totals[-1]["train_loss_tokens_total"], totals[-1]["train_seq_tokens_total"]
-            before = (links or {}).get(draft.resolve()) or _init_draft(draft)  # a later stage adds its predecessor's
+            linked = (links or {}).get(draft.resolve())
+            if linked is not None:
+                _USED.add(draft.resolve())
+            before = linked or _init_draft(draft)  # a later stage adds its predecessor's tokens
             if before is not None and before.resolve() not in {p.resolve() for p in count_from}:
                 prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links)
                 answer, seq = answer + prev[0], seq + prev[1]
@@ -154,6 +158,7 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
     trained_from: DRAFT=INIT pairs (comma-separated) that override a draft's recorded init_draft."""
     points: list[dict] = []
     links = _links(trained_from)
+    _USED.clear()
     for one in _paths(folder):
         root = Path(one)
         dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -162,6 +167,10 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
                               "`make scaling-smollm2-warm`).")
         starts = tuple(Path(p) for p in _paths(count_from))
         points += [read_point(d, starts, links) for d in dirs]
+    unused = [str(d) for d in links if d not in _USED]
+    if unused:
+        raise ConfigError(f"--trained_from names draft(s) no point's lineage reaches: {', '.join(unused)}; give the "
+                          "draft folder a point's bench.json names (or one in its init_draft chain).")
     points.sort(key=lambda p: (p["series"], p["answer_tokens"]))
     table = Table(title=f"τ against training tokens · {folder}")
     for col in ("series", "point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):

@@ -2,12 +2,12 @@
 
 The unit is a committed part: its rows, its skipped list and its features travel together. `ds_range`
 selects the parts whose conversations all lie in [start, end); a part that straddles a bound is refused
-(its rows and its feature shard would have to be split), naming the part and the bounds that would fit.
+(its rows and its feature shard would have to be split), naming the part and the nearest bound that fits.
+Error-log records without an index (bad input lines) are copied whatever the range.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +19,8 @@ from specforge_het.data.store import (
     assemble,
     check_compatible,
     part_files,
+    part_rows,
+    part_skipped,
     read_errors,
     read_meta,
     write_meta,
@@ -44,9 +46,14 @@ def _spans(indices: list[int], limit: int = 5) -> str:
 
 def _part_records(part: Path) -> tuple[list[dict], list[dict]]:
     """(rows, skipped-for-good records) of one committed part."""
-    rows = [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
-    side = part.with_name(part.name.removesuffix(".jsonl") + ".skipped.json")
-    return rows, (json.loads(side.read_text()) if side.is_file() else [])
+    return list(part_rows(part)), part_skipped(part)
+
+
+def _nearest_edge(bound: int, spans: list[tuple[int, int]]) -> int:
+    """The bound nearest `bound` that cuts no part (no part with lo < b <= hi); parts may interleave."""
+    edges = {b for lo, hi in spans for b in (lo, hi + 1)}
+    fits = [b for b in edges if not any(lo < b <= hi for lo, hi in spans)]
+    return min(fits, key=lambda b: (abs(b - bound), b))
 
 
 def select_parts(src: str, ds_range: range | None) -> list[Path]:
@@ -54,20 +61,22 @@ def select_parts(src: str, ds_range: range | None) -> list[Path]:
     parts = part_files(src)
     if ds_range is None:
         return parts
+    indices = {part: [r["index"] for group in _part_records(part) for r in group] for part in parts}
+    spans = [(min(ix), max(ix)) for ix in indices.values() if ix]
     chosen = []
-    for part in parts:
-        indices = [r["index"] for group in _part_records(part) for r in group]
-        inside = [i in ds_range for i in indices]
+    for part, ix in indices.items():
+        inside = [i in ds_range for i in ix]
         if inside and all(inside):
             chosen.append(part)
         elif any(inside):
-            raise DatasetDirError(f"{part} holds conversations {min(indices)}..{max(indices)}, across the bounds of "
-                                  f"--ds_range {ds_range.start},{ds_range.stop}; a part is merged whole, so give bounds "
-                                  f"at part edges (e.g. {min(indices)} or {max(indices) + 1}).")
+            name, bound = ("START", ds_range.start) if min(ix) < ds_range.start else ("END", ds_range.stop)
+            raise DatasetDirError(f"{part} holds conversations {min(ix)}..{max(ix)}, across --ds_range's {name} {bound}; "
+                                  f"a part is merged whole: the nearest {name} at a part edge is "
+                                  f"{_nearest_edge(bound, spans)}.")
     return chosen
 
 
-def _owners(chosen: dict[str, list[Path]]) -> tuple[dict[int, str], list[dict]]:
+def _owners(chosen: dict[str, list[Path]], keep: range | None) -> tuple[dict[int, str], list[dict]]:
     """index -> source of every finished or skipped-for-good conversation in the chosen parts, and per-source
     counts. Raises on an id or index found twice."""
     owner: dict[str, str] = {}
@@ -77,18 +86,24 @@ def _owners(chosen: dict[str, list[Path]]) -> tuple[dict[int, str], list[dict]]:
         rows: list[dict] = []
         skipped: list[dict] = []
         for part in parts:
-            part_rows, part_skipped = _part_records(part)
-            rows, skipped = rows + part_rows, skipped + part_skipped
+            got_rows, got_skipped = _part_records(part)
+            rows.extend(got_rows)
+            skipped.extend(got_skipped)
         for r in rows + skipped:
             if r["id"] in owner or r["index"] in by_index:
                 dups.append(f"{r['id']} (index {r['index']}: {owner.get(r['id'], by_index.get(r['index']))} and {src})")
             owner[r["id"]], by_index[r["index"]] = src, src
         counts.append({"source": src, "rows": len(rows), "skipped": len(skipped),
-                       "tokens": sum(len(r["input_ids"]) for r in rows), "ds_range": _expected(read_meta(src))})
+                       "tokens": sum(len(r["input_ids"]) for r in rows),
+                       "ds_range": _clip(_expected(read_meta(src)), keep)})
     if dups:
         raise DatasetDirError(f"{len(dups)} duplicated conversation(s) across the sources, e.g. {'; '.join(dups[:5])}. "
                               "Merge sources generated over disjoint --dataset_generation.ds_range values.")
     return by_index, counts
+
+
+def _clip(rng: range, keep: range | None) -> range:
+    return rng if keep is None else range(max(rng.start, keep.start), max(min(rng.stop, keep.stop), keep.start))
 
 
 def _copy_parts(chosen: dict[str, list[Path]], into: Path, keep: range | None) -> None:
@@ -117,21 +132,26 @@ def merge_dirs(dest: str | Path, srcs: list[str], allow_gaps: bool = False,
         check_compatible(metas[0], m, (srcs[0], s))
     keep = range(*ds_range) if ds_range is not None else None
     chosen = {src: select_parts(src, keep) for src in srcs}
-    by_index, counts = _owners(chosen)
-    full = keep if keep is not None else range(max(m.get("num_conversations", 0) for m in metas))
-    wanted = set(full) if keep is not None else set(full).union(*(_expected(m) for m in metas))
+    by_index, counts = _owners(chosen, keep)
+    full = range(max(m.get("num_conversations", 0) for m in metas))
+    wanted = set(full).union(*(_expected(m) for m in metas)) if keep is None else \
+        set().union(*(_clip(_expected(m), keep) for m in metas))  # the sources' own ranges, within ds_range
     missing = sorted(wanted - set(by_index))
     if missing and not allow_gaps:
         raise DatasetDirError(f"{len(missing)} conversation index(es) missing from every source: {_spans(missing)}. "
-                              "Generate them (gen_dataset with that ds_range, or rerun a source to retry failed "
-                              "requests), or pass --allow_gaps to merge anyway.")
+                              "Let the source run that owns them commit them (gen_dataset resumes in its own "
+                              "folder and retries failed requests), or generate that range into a new folder, or "
+                              "give --ds_range an END at the last committed part, or pass --allow_gaps.")
     tmp = dest.with_name(f".{dest.name}.tmp-merge-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     _copy_parts(chosen, tmp, keep)
     covered = sorted(by_index)
     whole = bool(covered) and keep is None and covered == list(full)
+    span = None if whole or not covered else [covered[0], covered[-1] + 1]
+    if keep is not None:  # the range asked for, within the sources' own: a gap at its end stays visible
+        span = [min(wanted | set(covered)), max(wanted | set(covered)) + 1] if wanted or covered else None
     write_meta(tmp, {**{k: v for k, v in metas[0].items() if k not in ("format", "version")},
-                     "ds_range": None if whole or not covered else [covered[0], covered[-1] + 1],
+                     "ds_range": span,
                      "merged_from": [str(s) for s in srcs]})
     assemble(tmp)
     dest.mkdir(parents=True, exist_ok=True)

@@ -96,27 +96,33 @@ def part_files(path: str | Path) -> list[Path]:
     return sorted((Path(path) / PARTS).glob("part-*.jsonl"))
 
 
+def part_rows(part: Path) -> Iterator[dict]:
+    """The finished rows of one committed part file."""
+    for lineno, line in enumerate(part.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetDirError(f"{part}:{lineno}: corrupt row ({e.msg}). Delete that part file and rerun "
+                                  "gen_dataset: the batch will be generated again.") from None
+
+
+def part_skipped(part: Path) -> list[dict]:
+    """The conversations one committed part skipped for good (e.g. too long)."""
+    side = part.with_name(part.name.removesuffix(".jsonl") + ".skipped.json")
+    return json.loads(side.read_text()) if side.is_file() else []
+
+
 def iter_rows(path: str | Path) -> Iterator[dict]:
     """Every finished row of every committed part, part by part."""
     for part in part_files(path):
-        for lineno, line in enumerate(part.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetDirError(f"{part}:{lineno}: corrupt row ({e.msg}). Delete that part file and rerun "
-                                      "gen_dataset: the batch will be generated again.") from None
+        yield from part_rows(part)
 
 
 def skipped_rows(path: str | Path) -> list[dict]:
     """Conversations skipped for good (e.g. too long) by committed parts."""
-    out = []
-    for part in part_files(path):
-        side = part.with_name(part.name.removesuffix(".jsonl") + ".skipped.json")
-        if side.is_file():
-            out += json.loads(side.read_text())
-    return out
+    return [r for part in part_files(path) for r in part_skipped(part)]
 
 
 def finished_ids(path: str | Path) -> set[str]:
