@@ -401,9 +401,9 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 # since the earlier 874-conversation draft) as a second series of the same plot, with the same bench. Its first
 # init_draft is the shipped folder, which stage C replaced (or WARM_INIT in a rebuild): --count_from starts the count there. The drafts'
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
-# warm4 is stage E (run folder $(WARM_E)), trained from the shipped folder while that held stage C, which stage E
+# warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)). Stage E was trained from the shipped folder while that held stage C, which stage E
 # has since replaced: --trained_from links it to stage C's run.
-WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E)
+WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F)
 scaling-smollm2-warm: | setup
 	for p in $(WARM_POINTS); do n=$${p%%:*}; d=runs/scaling/smollm2_warm_started/$$n; mkdir -p $$d; \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
