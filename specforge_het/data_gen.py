@@ -66,17 +66,17 @@ def gen_dataset(cfg: Config, presets: list[str], prompts: str = "") -> str:
 
 
 def _range_arg(value) -> tuple[int, int] | None:
-    """--ds_range START,END as fire hands it over (a tuple, or a string); None when not given."""
-    if value is None or value == "":
+    """--ds_range START,END as fire hands it over (a tuple, or a string), parsed as gen_dataset's ds_range."""
+    if value is None or not str(value).strip():
         return None
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    from specforge_het.data.generate import parse_range
+
+    spec = ",".join(str(x) for x in value) if isinstance(value, (list, tuple)) else str(value)
     try:
-        start, end = (int(str(x)) for x in items)  # int("2.5") raises: no silent truncation
+        return parse_range(spec, sys.maxsize)
     except ValueError:
-        raise SystemExit(f"--ds_range {value!r}: give START,END (two integers, END exclusive), e.g. 0,1024") from None
-    if not 0 <= start < end:
-        raise SystemExit(f"--ds_range {value!r}: START must be >= 0 and below END")
-    return start, end
+        raise SystemExit(f"--ds_range {value!r}: give START,END (two integers, 0 <= START < END, END exclusive), "
+                         "e.g. 0,1024") from None
 
 
 def merge_datasets(cfg: Config, presets: list[str], dest: str, *srcs: str, allow_gaps: bool = False,

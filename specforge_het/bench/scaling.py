@@ -44,11 +44,11 @@ def _tokens_from_log(log: Path) -> tuple[int, int]:
 
 
 Links = dict[Path, Path]  # resolved draft folder -> the folder it was trained on from (--trained_from)
-_USED: set[Path] = set()  # the links a summary followed (one that none follows is a typo: refused)
 
 
 def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tuple[Path, ...] = (),
-                       links: Links | None = None) -> tuple[int, int]:
+                       links: Links | None = None, used: set[Path] | None = None) -> tuple[int, int]:
+    """(answer, sequence) tokens trained on by `draft` and its init_draft chain; `used` collects the links followed."""
     if draft.resolve() in seen:
         chain = " -> ".join(str(p) for p in (*seen, draft.resolve()))
         raise ValueError(f"the drafts' init_draft links form a loop ({chain}): a folder was replaced by a later "
@@ -63,11 +63,11 @@ def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tup
                                  "was trained before they were logged, so give its point a train.log.")
             answer, seq = totals[-1]["train_loss_tokens_total"], totals[-1]["train_seq_tokens_total"]
             linked = (links or {}).get(draft.resolve())
-            if linked is not None:
-                _USED.add(draft.resolve())
+            if linked is not None and used is not None:
+                used.add(draft.resolve())
             before = linked or _init_draft(draft)  # a later stage adds its predecessor's tokens
             if before is not None and before.resolve() not in {p.resolve() for p in count_from}:
-                prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links)
+                prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links, used)
                 answer, seq = answer + prev[0], seq + prev[1]
             return round(answer), round(seq)
     raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from.")
@@ -86,7 +86,8 @@ def _init_draft(draft: Path) -> Path | None:
     return Path(init)
 
 
-def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | None = None) -> dict:
+def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | None = None,
+               used: set[Path] | None = None) -> dict:
     """{name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
     bench = folder / "bench.json"
     if not bench.is_file():
@@ -95,7 +96,7 @@ def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | N
     if (folder / "train.log").is_file():
         answer, seq = _tokens_from_log(folder / "train.log")
     else:
-        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")), count_from, links=links)
+        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")), count_from, links=links, used=used)
     summary = data["summary"]
     if METHOD not in summary:
         raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
@@ -157,8 +158,7 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
     OUTFILE (+ .png). count_from: draft folders (comma-separated) where the lineages' token counts start.
     trained_from: DRAFT=INIT pairs (comma-separated) that override a draft's recorded init_draft."""
     points: list[dict] = []
-    links = _links(trained_from)
-    _USED.clear()
+    links, used = _links(trained_from), set[Path]()
     for one in _paths(folder):
         root = Path(one)
         dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -166,8 +166,8 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
             raise ConfigError(f"no scaling points under '{one}': run its bench first (`make scaling-smollm2`, "
                               "`make scaling-smollm2-warm`).")
         starts = tuple(Path(p) for p in _paths(count_from))
-        points += [read_point(d, starts, links) for d in dirs]
-    unused = [str(d) for d in links if d not in _USED]
+        points += [read_point(d, starts, links, used) for d in dirs]
+    unused = [str(d) for d in links if d not in used]
     if unused:
         raise ConfigError(f"--trained_from names draft(s) no point's lineage reaches: {', '.join(unused)}; give the "
                           "draft folder a point's bench.json names (or one in its init_draft chain).")
