@@ -170,3 +170,46 @@ def test_plain_prefill_calls_sdpa_without_mask(bases, family, monkeypatch) -> No
         calls.clear()
         base(torch.tensor([[40, 41, 42, 43, 44, 45]]), cache, 12 + layout.position_offsets, layout.attn_mask)
     assert all(c == (False, False, False, heads) for c in calls), calls
+
+
+def _record_cudnn_flag(monkeypatch) -> list[bool]:
+    """Spy on every SDPA call (whoever makes it): was the cuDNN kernel allowed at that moment?"""
+    seen: list[bool] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(lean, "RESTRICTED_SDPA_DEVICES", {"cuda", "cpu"})  # apply the CUDA restriction here
+    return seen
+
+
+def test_no_cudnn_in_decoding_and_in_checkpointed_training(bases, monkeypatch) -> None:
+    """On CUDA SDPA must never pick cuDNN (a graph build per new key length). Checked on CPU by applying the
+    same restriction here: every call of a speculative decode and of an EagleV3 training step with gradient
+    checkpointing, the backward's recomputation included (run outside any forward-level context), is restricted."""
+    from specforge_het.doctor.checks import build_eagle3_draft
+    from specforge_het.inference.decoder import Decoder
+    from specforge_het.inference.proposer import DraftProposer, TreeSpec
+    from specforge_het.training.trainer import DraftTrainingModule
+
+    seen = _record_cudnn_flag(monkeypatch)
+    base = bases["llama"]
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # torch's default, outside the restriction
+    draft = build_eagle3_draft(base, 64)
+    Decoder(base, DraftProposer(draft, TreeSpec())).generate(torch.arange(5, 17)[None], 8)
+    assert seen and not any(seen)
+    seen.clear()
+    from specforge_het.config import Config
+
+    t = Config().training
+    t.gradient_checkpointing = True
+    module = DraftTrainingModule(build_eagle3_draft(base, 64).train(True), base, t)
+    ids = torch.arange(5, 37)[None]
+    out = module(ids, torch.ones_like(ids), torch.ones_like(ids))
+    forward_calls = len(seen)
+    (out["loss"] / out["count"]).backward()
+    assert len(seen) > forward_calls > 0  # the checkpointed layers ran their attention again in backward
+    assert not any(seen)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from specforge_het.models.lean import cuda_sdpa_kernels
 from specforge_het.models.parts import layer_input
 
 QUERY_CHUNK = 256
@@ -134,8 +135,9 @@ def ttt_attention(q, kv: list[tuple[torch.Tensor, torch.Tensor]], scale: float) 
     """Attention of step j = len(kv) - 1: causal over kv[0], plus the diagonal of kv[1..j]."""
     k0, v0 = kv[0]
     if len(kv) == 1:
-        return torch.nn.functional.scaled_dot_product_attention(
-            q, k0, v0, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k0.shape[1])
+        with cuda_sdpa_kernels(q.device.type):  # here too: gradient checkpointing recomputes this in backward
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k0, v0, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k0.shape[1])
     o0, lse0 = prefix_attention(q, k0, v0, scale)
     group = q.shape[1] // k0.shape[1]
     qf = q.float()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from specforge_het.models.lean import _rope, attend_mask, layer_forward, supports_lean
+from specforge_het.models.lean import _rope, attend_mask, cuda_sdpa_kernels, layer_forward, supports_lean
 from specforge_het.models.placement import free_memory
 
 
@@ -201,8 +201,9 @@ def _decode_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     kv.k[i][rows, :, lens] = k[:, :, 0]
     kv.v[i][rows, :, lens] = v[:, 0]
     qg = q.reshape(n, kv.k[i].shape[1], -1, d)  # head j*g + r uses K/V head j (HF's repeat_kv order)
-    outs = [F.scaled_dot_product_attention(qg[a:b], kv.k[i][a:b, :, :w], kv.v[i][a:b, :, :w],
-                                           attn_mask=mask[a:b, ..., :w], scale=attn.scaling) for a, b, w in spans]
+    with cuda_sdpa_kernels(qg.device.type):
+        outs = [F.scaled_dot_product_attention(qg[a:b], kv.k[i][a:b, :, :w], kv.v[i][a:b, :, :w],
+                                               attn_mask=mask[a:b, ..., :w], scale=attn.scaling) for a, b, w in spans]
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
     out = attn.o_proj(out.reshape(n, 1, -1))
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms

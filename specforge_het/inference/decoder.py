@@ -28,6 +28,7 @@ from specforge_het.inference.accept import greedy_accept_on_device, sampling_pro
 from specforge_het.inference.fast_paths import FastPaths, proposer_modules, tell_proposer
 from specforge_het.inference.tree import check_parent_list, layout_from_parents, layout_on_device
 from specforge_het.models.cache import Cache
+from specforge_het.models.lean import cuda_sdpa_kernels
 
 
 class ContextTooLongError(ValueError):
@@ -112,7 +113,7 @@ class Decoder:
         lookahead = 0 if self.proposer is None else self.proposer.depth() + 1
         self._check_length(input_ids.shape[1], max_new_tokens, lookahead)
         tell_proposer(self.proposer, self.fast)
-        with self.fast.scope(self.base.model, *proposer_modules(self.proposer)):
+        with self.fast.scope(self.base.model, *proposer_modules(self.proposer)), cuda_sdpa_kernels(self.base.device.type):
             return self._generate(input_ids, max_new_tokens, lookahead)
 
     def _generate(self, input_ids: torch.Tensor, max_new_tokens: int, lookahead: int) -> GenerationResult:

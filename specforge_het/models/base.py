@@ -26,7 +26,7 @@ from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 from specforge_het.assets import resolve_model_path
 from specforge_het.models.cache import Cache, HFCache, KVCache
 from specforge_het.models.hf_compat import cache_kwarg
-from specforge_het.models.lean import attend_mask, layer_forward, supports_lean
+from specforge_het.models.lean import attend_mask, cuda_sdpa_kernels, layer_forward, supports_lean
 from specforge_het.models.placement import is_sharded, placement_kwargs, run_device
 
 LAST = -1  # feature id of the final normed hidden state
@@ -293,7 +293,7 @@ class BaseModel(nn.Module):
         `attention_mask` [B, S] (1 = token, 0 = right padding) is passed through to HF. `head=False`
         skips the LM head (logits None): callers that need only features avoid a [B, S, V] tensor.
         """
-        with self._tapping(frozenset(feature_layers)) as tapped:
+        with self._tapping(frozenset(feature_layers)) as tapped, cuda_sdpa_kernels(input_ids.device.type):
             out = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             taps = dict(tapped)
         hidden = self._here(out.last_hidden_state)

@@ -17,6 +17,8 @@ tokens); only the glue is new:
   CPU grouped-query attention runs in SDPA (`enable_gqa`) without copying K/V per head; on CUDA a
   masked call expands K/V per head first (HF's `repeat_kv`), because SDPA takes `enable_gqa` only
   in its flash kernel, which takes no mask: anything else would fall back to the quadratic math kernel.
+* on CUDA every call runs under `cuda_sdpa_kernels`: flash, memory-efficient or (last) math, never
+  cuDNN, which builds its graph again for every new key length, i.e. every decode step.
 
 The decoder's other CPU fast path, few-row linears with a kernel measured per shape, is
 models/linears.py (`packed_linears`), which only the decoder's caller opts into
@@ -29,6 +31,7 @@ through HF (`supports_lean` says which).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -136,6 +139,25 @@ def sdpa_plan(device_type: str, has_mask: bool, gqa: bool, causal: bool = False,
     return SdpaPlan(is_causal, has_mask, gqa and flash, gqa and not flash, "flash" if flash else "efficient")
 
 
+RESTRICTED_SDPA_DEVICES = {"cuda"}  # tests add "cpu" to check that every call runs under the restriction
+
+
+def cuda_sdpa_kernels(device_type: str):
+    """The SDPA kernels a call may use here: on CUDA flash, memory-efficient or (last) math, not cuDNN.
+
+    torch 2.11 picks cuDNN attention first on Hopper; it builds an execution graph per new shape, and
+    decoding changes the key length every step. Measured on an H200 (doctor, random 8B shape, bf16,
+    8k context): 101 ms per base-only step with cuDNN chosen, 27 ms without. Enter it around the SDPA call
+    itself, not around a whole forward: gradient checkpointing recomputes a layer in backward, outside
+    any context of the forward, and a kernel other than the forward's saves other tensors (torch raises).
+    Elsewhere: no restriction (a no-op)."""
+    if device_type not in RESTRICTED_SDPA_DEVICES:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """[B, H_kv, S, D] -> [B, H_kv * n_rep, S, D]; head j*n_rep + r reads K/V head j (HF's repeat_kv)."""
     if n_rep == 1:
@@ -152,8 +174,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if plan.repeat_kv:
         n_rep = q.shape[1] // k.shape[1]
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=plan.is_causal,
-                                          enable_gqa=plan.enable_gqa)
+    with cuda_sdpa_kernels(q.device.type):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=plan.is_causal,
+                                              enable_gqa=plan.enable_gqa)
 
 
 def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -168,7 +191,8 @@ def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     if choice is None:
         return "unknown"
     try:
-        index = int(choice(q, k, v, mask, 0.0, plan.is_causal, scale=None, enable_gqa=plan.enable_gqa))
+        with cuda_sdpa_kernels(q.device.type):
+            index = int(choice(q, k, v, mask, 0.0, plan.is_causal, scale=None, enable_gqa=plan.enable_gqa))
     except (RuntimeError, TypeError):
         return "unknown"
     from torch.nn.attention import SDPBackend

@@ -20,6 +20,7 @@ from specforge_het.algorithms.targets import base_targets
 from specforge_het.config import ConfigError
 from specforge_het.models.base import LAST
 from specforge_het.models.build import merged_state_dict
+from specforge_het.models.lean import cuda_sdpa_kernels
 
 RAW_STATE = "training_state.safetensors"
 
@@ -85,8 +86,9 @@ class DraftTrainingModule(nn.Module):
         if input_ids.device != here:
             input_ids, attention_mask, loss_mask = input_ids.to(here), attention_mask.to(here), loss_mask.to(here)
             features = None if features is None else features.to(here)
-        batch = self.make_batch(input_ids, attention_mask, loss_mask, features)
-        loss, count, counters = self.algorithm.loss(self.draft, batch, self.tcfg, self.options)
+        with cuda_sdpa_kernels(here.type):  # the base's HF forward and the draft's attention: no cuDNN graphs
+            batch = self.make_batch(input_ids, attention_mask, loss_mask, features)
+            loss, count, counters = self.algorithm.loss(self.draft, batch, self.tcfg, self.options)
         counters["seq_tokens"] = float(attention_mask.sum())
         return {"loss": loss, "count": count, "counters": counters}
 
