@@ -316,6 +316,23 @@ $(WARM_F)/model.safetensors: | features-smollm2-big-g1
 		--training.learning_rate 6e-4 --training.eval_steps 200
 draft-smollm2-eagle3-breadth-f: $(WARM_F)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_F) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-f"
+# Stage G (session 21): the stage-F run trained one epoch on the rest of part G (rows 6656-7665, G2: its third and
+# fourth parts, merged out of the finished G folder), 7 unroll steps, lr 6e-4 as stage F.
+# Then `draft-smollm2-eagle3-breadth-g` ships it as smollm2-135m-instruct-eagle3 (when its bench is better).
+BIG_G2 := runs/data/smollm2_big_g2
+WARM_G := runs/smollm2_eagle3_warm7
+WARM_G_INIT ?= $(WARM_F)
+.PHONY: features-smollm2-big-g2 draft-smollm2-eagle3-breadth-g
+$(BIG_G2)/meta.json: | $(BIG_G)/meta.json
+	$(BIN)/python -m specforge_het.data_gen merge_datasets $(BIG_G2) $(BIG_G) --ds_range 6656,7666
+features-smollm2-big-g2: $(BIG_G2)/meta.json
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_G2) --@smollm2 --@eagle_v3
+$(WARM_G)/model.safetensors: | features-smollm2-big-g2
+	[ -f $(WARM_G_INIT)/model.safetensors ] || $(MAKE) $(WARM_F)/model.safetensors
+	$(call TRAIN_WARM,$(WARM_G)) --dataset.path $(BIG_G2) --modeling.init_draft $(WARM_G_INIT) --training.ttt_steps 7 \
+		--training.learning_rate 6e-4 --training.eval_steps 200
+draft-smollm2-eagle3-breadth-g: $(WARM_G)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_G) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-g"
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
