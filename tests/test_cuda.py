@@ -155,6 +155,7 @@ def test_bf16_training_then_decoding_and_export(algorithm, base_dirs, conv_file,
         kw["feature_layers"] = [1, 2, 3]  # engines feed exactly three base layers
     cfg = tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "run", **kw)
     cfg.training.precision = "bf16"
+    cfg.training.gradient_checkpointing = True  # bf16 is where cuDNN attention could be picked, and recomputed
     trainer, _ = build_trainer(cfg, [])
     trainer.train()
     trainer.save_model(str(tmp_path / "run"))
@@ -197,3 +198,32 @@ def test_gen_dataset_bf16_auto_dtype_on_the_device(base_dirs, prompts, tmp_path)
     assert len(rows) == 6 and all(r["finish_reason"] in ("stop", "length") for r in rows)
     if DEVICE.startswith("cuda"):
         assert "bfloat16" in str(meta.get("dtype", meta))
+
+
+def test_no_cudnn_attention_on_the_device(device_bases, long_ids, tok_b_dir, monkeypatch):
+    """bf16 on the device: no SDPA call of a speculative decode or of a checkpointed EagleV3 training step
+    (backward's recomputation included) may run with cuDNN attention allowed (a graph build per key length)."""
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("the restriction applies on CUDA only (tests/test_sdpa_plan.py checks it on CPU)")
+    from specforge_het.config import Config
+    from specforge_het.training.trainer import DraftTrainingModule
+
+    seen: list[bool] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    base = BaseModel.load(device_bases["llama"].name, dtype="bfloat16", device=DEVICE)
+    modeling = draft_modeling(**DRAFT_KINDS["eagle_v3_reduced"], tok_dir=tok_b_dir)
+    Decoder(base, DraftProposer(build_draft(modeling, base, seed=0).eval(), TREES["dynamic"])).generate(long_ids, 8)
+    t = Config().training
+    t.gradient_checkpointing = True
+    module = DraftTrainingModule(build_draft(modeling, base, seed=0).train(True), base, t)
+    ids = long_ids.to(DEVICE)
+    out = module(ids, torch.ones_like(ids), torch.ones_like(ids))
+    calls = len(seen)
+    (out["loss"] / out["count"]).backward()
+    assert len(seen) > calls > 0 and not any(seen)

@@ -291,3 +291,16 @@ def test_resume_equals_uninterrupted(sharp_dir, conv, lms, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
     assert losses(full)[-2:] == pytest.approx(losses(resumed)[-2:], rel=1e-5)
+
+
+def test_checkpointed_training_never_allows_cudnn_attention(sharp_dir, conv, lms, tmp_path, monkeypatch):
+    """The CUDA SDPA restriction (models/lean.py), applied on CPU here: every attention call of a standalone step
+    with gradient checkpointing, the draft LM's recomputation in backward included, runs without cuDNN."""
+    from test_sdpa_plan import _record_cudnn_flag
+
+    seen = _record_cudnn_flag(monkeypatch)
+    cfg = standalone_cfg(sharp_dir, conv, tmp_path / "run", lms["same"], steps=1)
+    cfg.training.gradient_checkpointing = True
+    trainer, _ = build_trainer(cfg, [])
+    trainer.train()
+    assert len(seen) > 0 and not any(seen)

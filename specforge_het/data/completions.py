@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from specforge_het.data.batch_gen import draw
+from specforge_het.models.lean import cuda_sdpa_kernels
 
 
 class _RowSampler:
@@ -68,8 +69,9 @@ def complete(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, tempe
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
                           eos_token_id=list(stop_ids) or None)
-    seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc,
-                          logits_processor=LogitsProcessorList([_RowSampler(gens, temperatures, top_p, width, stop)]))
+    with cuda_sdpa_kernels(device.type):
+        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc,
+                              logits_processor=LogitsProcessorList([_RowSampler(gens, temperatures, top_p, width, stop)]))
     rows = []
     for row in seqs[:, width:].tolist():
         cut = next((j for j, t in enumerate(row) if t in set(stop_ids)), None)

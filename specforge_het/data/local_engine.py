@@ -20,6 +20,7 @@ from specforge_het.data.gen_common import (
     progress_bar,
     resolved_dtype,
 )
+from specforge_het.models.lean import cuda_sdpa_kernels
 
 if TYPE_CHECKING:
     from specforge_het.data.batch_gen import BatchGenerator
@@ -196,8 +197,9 @@ class LocalEngine:
         gc = GenerationConfig(max_new_tokens=self._budget(width), do_sample=False, pad_token_id=self.pad,
                               eos_token_id=self.eos or None)
         procs = [_PerRowSampler(gens, self.g.temperature, width, eos)] if self.g.temperature > 0 else []
-        seqs = self.base.model.generate(input_ids=ids.to(self.base.device), attention_mask=mask.to(self.base.device),
-                                        generation_config=gc, logits_processor=LogitsProcessorList(procs))
+        with cuda_sdpa_kernels(self.base.device.type):
+            seqs = self.base.model.generate(input_ids=ids.to(self.base.device), attention_mask=mask.to(self.base.device),
+                                            generation_config=gc, logits_processor=LogitsProcessorList(procs))
         out = []
         for row in seqs[:, width:].tolist():
             cut = next((j for j, t in enumerate(row) if t in self.eos), None)

@@ -113,7 +113,8 @@ class Decoder:
         lookahead = 0 if self.proposer is None else self.proposer.depth() + 1
         self._check_length(input_ids.shape[1], max_new_tokens, lookahead)
         tell_proposer(self.proposer, self.fast)
-        with self.fast.scope(self.base.model, *proposer_modules(self.proposer)), cuda_sdpa_kernels(self.base.device.type):
+        kernels = cuda_sdpa_kernels(self.base.device.type)
+        with self.fast.scope(self.base.model, *proposer_modules(self.proposer)), kernels:
             return self._generate(input_ids, max_new_tokens, lookahead)
 
     def _generate(self, input_ids: torch.Tensor, max_new_tokens: int, lookahead: int) -> GenerationResult:

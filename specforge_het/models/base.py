@@ -293,7 +293,7 @@ class BaseModel(nn.Module):
         `attention_mask` [B, S] (1 = token, 0 = right padding) is passed through to HF. `head=False`
         skips the LM head (logits None): callers that need only features avoid a [B, S, V] tensor.
         """
-        with self._tapping(frozenset(feature_layers)) as tapped, cuda_sdpa_kernels(input_ids.device.type):
+        with self._tapping(frozenset(feature_layers)) as tapped, cuda_sdpa_kernels(self.device.type):
             out = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             taps = dict(tapped)
         hidden = self._here(out.last_hidden_state)

@@ -139,7 +139,7 @@ def sdpa_plan(device_type: str, has_mask: bool, gqa: bool, causal: bool = False,
     return SdpaPlan(is_causal, has_mask, gqa and flash, gqa and not flash, "flash" if flash else "efficient")
 
 
-RESTRICTED_SDPA_DEVICES = {"cuda"}  # tests add "cpu" to check that every call runs under the restriction
+RESTRICTED_SDPA_DEVICES = frozenset({"cuda"})  # tests add "cpu" to check that every call runs under the restriction
 
 
 def cuda_sdpa_kernels(device_type: str):

@@ -28,6 +28,7 @@ from specforge_het.algorithms.standalone.vocab import SharedVocab
 from specforge_het.algorithms.targets import base_targets
 from specforge_het.errors import ConfigError
 from specforge_het.models.build import merged_state_dict
+from specforge_het.models.lean import cuda_sdpa_kernels
 
 
 class DistillModule(nn.Module):
@@ -76,8 +77,9 @@ class DistillModule(nn.Module):
         """Returns {"loss": loss summed over positions, "count": answer positions, "counters": metric counters}."""
         here = self.draft.get_output_embeddings().weight.device  # a sharded base leaves it on its last layer's device
         input_ids, attention_mask, loss_mask = input_ids.to(here), attention_mask.to(here), loss_mask.to(here)
-        batch = self.make_batch(input_ids, attention_mask, loss_mask)
-        loss, count, counters = self.algorithm.loss(self.draft, batch, self.tcfg, self.options)
+        with cuda_sdpa_kernels(here.type):  # checkpointed layers recompute under the same (context_fn below)
+            batch = self.make_batch(input_ids, attention_mask, loss_mask)
+            loss, count, counters = self.algorithm.loss(self.draft, batch, self.tcfg, self.options)
         counters["seq_tokens"] = float(attention_mask.sum())
         return {"loss": loss, "count": count, "counters": counters}
 
@@ -129,7 +131,9 @@ def build_module(algorithm, cfg, base, rows, options) -> DistillModule:
     dtype = options.draft_dtype or m.draft_dtype or m.dtype
     lm, tokenizer = load_trainable_lm(options.draft_model, dtype, base.device, m.lora_rank)
     if getattr(cfg.training, "gradient_checkpointing", False):
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kind = base.device.type  # backward's recomputation keeps the forward's SDPA kernels (models/lean.py)
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+            "use_reentrant": False, "context_fn": lambda: (cuda_sdpa_kernels(kind), cuda_sdpa_kernels(kind))})
     if base.tokenizer is None:
         raise ConfigError("training a standalone draft needs the base's tokenizer (to spell its rows in the draft's tokens).")
     vocab = SharedVocab.build(base.tokenizer, tokenizer, base.vocab_size, lm.get_output_embeddings().weight.shape[0])
