@@ -208,14 +208,9 @@ def test_no_cudnn_attention_on_the_device(device_bases, long_ids, tok_b_dir, mon
     from specforge_het.config import Config
     from specforge_het.training.trainer import DraftTrainingModule
 
-    seen: list[bool] = []
-    real = torch.nn.functional.scaled_dot_product_attention
+    from test_sdpa_plan import _record_cudnn_flag
 
-    def spy(*args, **kwargs):
-        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    seen = _record_cudnn_flag(monkeypatch)  # (it also restricts "cpu": no effect here, every call is on the device)
     base = BaseModel.load(device_bases["llama"].name, dtype="bfloat16", device=DEVICE)
     modeling = draft_modeling(**DRAFT_KINDS["eagle_v3_reduced"], tok_dir=tok_b_dir)
     Decoder(base, DraftProposer(build_draft(modeling, base, seed=0).eval(), TREES["dynamic"])).generate(long_ids, 8)
