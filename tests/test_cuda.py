@@ -205,10 +205,10 @@ def test_no_cudnn_attention_on_the_device(device_bases, long_ids, tok_b_dir, mon
     (backward's recomputation included) may run with cuDNN attention allowed (a graph build per key length)."""
     if not DEVICE.startswith("cuda"):
         pytest.skip("the restriction applies on CUDA only (tests/test_sdpa_plan.py checks it on CPU)")
+    from test_sdpa_plan import _record_cudnn_flag
+
     from specforge_het.config import Config
     from specforge_het.training.trainer import DraftTrainingModule
-
-    from test_sdpa_plan import _record_cudnn_flag
 
     seen = _record_cudnn_flag(monkeypatch)  # (it also restricts "cpu": no effect here, every call is on the device)
     base = BaseModel.load(device_bases["llama"].name, dtype="bfloat16", device=DEVICE)
