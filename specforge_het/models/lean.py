@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
 from transformers.models.qwen3 import modeling_qwen3 as q3
@@ -140,6 +141,8 @@ def sdpa_plan(device_type: str, has_mask: bool, gqa: bool, causal: bool = False,
 
 
 RESTRICTED_SDPA_DEVICES = frozenset({"cuda"})  # tests add "cpu" to check that every call runs under the restriction
+_UNRESTRICTED = contextlib.nullcontext()  # reusable: the CPU decoder's per-call cost is one set lookup
+_NOT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def cuda_sdpa_kernels(device_type: str):
@@ -152,10 +155,8 @@ def cuda_sdpa_kernels(device_type: str):
     any context of the forward, and a kernel other than the forward's saves other tensors (torch raises).
     Elsewhere: no restriction (a no-op)."""
     if device_type not in RESTRICTED_SDPA_DEVICES:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        return _UNRESTRICTED
+    return sdpa_kernel(_NOT_CUDNN)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -195,7 +196,6 @@ def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
             index = int(choice(q, k, v, mask, 0.0, plan.is_causal, scale=None, enable_gqa=plan.enable_gqa))
     except (RuntimeError, TypeError):
         return "unknown"
-    from torch.nn.attention import SDPBackend
 
     names = {int(getattr(SDPBackend, n)): n for n in dir(SDPBackend) if n.isupper()}
     return names.get(index, "unknown")
