@@ -49,6 +49,7 @@ class ModelingConfig:
     lora_rank: int = _f(0, "LoRA rank for layers copied from init_from; 0 = full fine-tuning")
     init_draft: str = _f("", "train on from this trained draft folder: its architecture, vocabulary and weights ('' = a new draft)")
     widen_vocab: int = _f(0, "with init_draft (vocab reduced): widen the draft's vocabulary to this many rows, adding the training data's most frequent answer tokens it cannot propose yet; see widen_init (0 = keep its vocabulary)")
+    grow_layers: int = _f(0, "with init_draft: add this many decoder layers after the trained ones; each starts from the base's last layer (same family and width; else random) with its output projections at zero, so the grown draft starts out computing what the trained one did (0 = keep its layers)")
     widen_init: str = _f("map", "how a widened draft's new head rows start: map = the base's LM-head row through the linear map fitted from the base's rows to the draft's trained rows (least squares over the ids both hold; works across widths); base = the base's LM-head row itself (same width only)", ("map", "base"))
     dtype: str = _f("float32", "dtype of base and draft", ("float32", "bfloat16", "float16"))
     draft_dtype: str = _f("", "training: dtype of the draft's trained weights ('' = modeling.dtype); float32 under a bfloat16 base keeps float32 master weights (with training.precision bf16). Inference loads drafts in the base's dtype", ("", "float32", "bfloat16", "float16"))

@@ -105,7 +105,7 @@ def training_arguments(cfg: Config, has_eval: bool, plan=None):
 
 def _new_draft(cfg: Config, base, rows):
     """The draft to train: a trained folder to continue (modeling.init_draft), else a new one; in training dtype."""
-    from specforge_het.algorithms.build import build_draft, warm_start_draft, widen_vocab
+    from specforge_het.algorithms.build import build_draft, grow_layers, warm_start_draft, widen_vocab
     from specforge_het.models.base import resolve_dtype
     from specforge_het.training.data import token_counts
 
@@ -113,6 +113,9 @@ def _new_draft(cfg: Config, base, rows):
     if m.widen_vocab and not m.init_draft:
         raise ConfigError("modeling.widen_vocab widens a trained draft's vocabulary: give --modeling.init_draft, or "
                           "choose a new draft's size with --modeling.draft_vocab_size.")
+    if m.grow_layers and not m.init_draft:
+        raise ConfigError("modeling.grow_layers adds layers to a trained draft: give --modeling.init_draft, or "
+                          "choose a new draft's depth with --modeling.draft_num_layers.")
     if m.init_draft:
         draft = warm_start_draft(m, base)
         console.print(f"modeling.init_draft: architecture and vocabulary from {m.init_draft} "
@@ -126,6 +129,9 @@ def _new_draft(cfg: Config, base, rows):
             console.print(f"modeling.widen_vocab: {draft.cfg.draft_vocab_size} rows (asked {m.widen_vocab}; only tokens "
                           f"the data uses are added); the data's answer tokens it can propose: {before:.1%} -> "
                           f"{share(draft):.1%}")
+        if m.grow_layers:
+            draft = grow_layers(draft, base, m.grow_layers)
+            console.print(f"modeling.grow_layers: {draft.cfg.num_layers} layers (the new ones add nothing until trained)")
     else:
         draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=cfg.training.seed)
     return draft.to(dtype=resolve_dtype(draft_dtype(m))).train(True)

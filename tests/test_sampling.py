@@ -123,3 +123,15 @@ def test_sampling_needs_an_explicit_generator(sharp_base, random_draft):
         with pytest.raises(ValueError, match="Generator"):
             Decoder(sharp_base, proposer, Sampling(temperature=1.0))
     Decoder(sharp_base, None, Sampling(temperature=0.0))  # greedy needs none
+
+
+def test_sampling_with_a_two_layer_draft_is_lossless(sharp_base, short_ids):
+    """A deeper draft (--modeling.draft_num_layers 2, or a draft grown by --modeling.grow_layers) keeps the base's
+    distribution: its two KV caches roll back with the accepted path."""
+    s, length = CASES["t1"]
+    draft = build_draft(draft_modeling(**DRAFT_KINDS["eagle_v3_reduced"], draft_num_layers=2), sharp_base, seed=1).eval()
+    assert len(draft.layers) == 2
+    decoder = Decoder(sharp_base, make_proposer("random_draft", sharp_base, draft), s, torch.Generator().manual_seed(SEED))
+    counts, taus = sample_runs(decoder, short_ids, length, RUNS)
+    assert_follows_base(counts, exact_sequences(sharp_base, short_ids, s, decoder.eos, length), length)
+    assert fit_pvalue(counts, exact_sequences(sharp_base, short_ids, Sampling(0.5), decoder.eos, length)) < ALPHA

@@ -223,3 +223,44 @@ def test_new_head_rows_map_recovers_a_linear_relation_between_base_and_draft_row
             new_head_rows(base_head, old, trained, d2t, "base")
     with pytest.raises(ConfigError, match="choose map or base"):
         new_head_rows(base_head, old, trained, d2t, "mean")
+
+
+def test_grow_layers_starts_as_the_trained_draft_then_trains_the_new_layer(bases, base_dirs, conv_file, trained,
+                                                                           tmp_path):
+    """--modeling.grow_layers 1: the trained layer and head carry over, the new layer is the base's last layer with
+    zero output projections (so the grown draft proposes what the trained one did: same tokens, same accept
+    lengths), training moves the new layer, and the saved 2-layer draft decodes losslessly."""
+    from specforge_het.inference.decoder import Decoder
+    from specforge_het.inference.proposer import DraftProposer, TreeSpec
+
+    base = bases["llama"]
+    first = load_draft(trained, base).eval()
+    out = tmp_path / "grown"
+    trainer, _ = build_trainer(tiny_cfg(base_dirs["llama"], conv_file, out, init_draft=str(trained), grow_layers=1, **V3), [])
+    grown = trainer.model.draft
+    assert grown.cfg.num_layers == 2 and len(grown.layers) == 2
+    start = {k: v.clone() for k, v in grown.state_dict().items()}
+    for k, v in first.state_dict().items():
+        torch.testing.assert_close(start[k], v, msg=k)
+    for k, v in base.layers[-1].state_dict().items():
+        want = torch.zeros_like(v) if k.split(".")[1] in ("o_proj", "down_proj") else v
+        torch.testing.assert_close(start[f"layers.1.{k}"], want.to(start[f"layers.1.{k}"].dtype), msg=k)
+    ids = base.tokenizer("the cat sat on the", return_tensors="pt").input_ids
+    spec = TreeSpec("dynamic", 3, 3, 8)
+
+    def run(draft):
+        return Decoder(base, DraftProposer(draft.eval(), spec)).generate(ids, 16)
+
+    before, again = run(first), run(grown)
+    assert (again.tokens, again.accept_lengths) == (before.tokens, before.accept_lengths)
+    trainer.train()
+    trainer.save_model(str(out))
+    saved = load_draft(out, base)
+    assert saved.cfg.num_layers == 2
+    assert saved.layers[1].self_attn.o_proj.weight.abs().sum() > 0  # the new layer learnt
+    assert run(saved).tokens == Decoder(base).generate(ids, 16).tokens
+    with pytest.raises(ConfigError, match="give --modeling.init_draft"):
+        build_trainer(tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", grow_layers=1, **V3), [])
+    with pytest.raises(ConfigError, match="grow_layers must be >= 1"):
+        build_trainer(tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "y", init_draft=str(trained), grow_layers=-1,
+                               **V3), [])

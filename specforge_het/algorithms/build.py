@@ -14,7 +14,14 @@ from specforge_het.algorithms.registry import get_algorithm
 from specforge_het.assets import resolve_model_path
 from specforge_het.config import ConfigError, ModelingConfig
 from specforge_het.models.adapters import VocabAdapter, foreign_vocab_map, frequent_rows, reduced_vocab, token_strings
-from specforge_het.models.build import add_lora, init_from_pretrained, init_weights, rope_scaling_of, rope_theta_of
+from specforge_het.models.build import (
+    add_lora,
+    copy_layer,
+    init_from_pretrained,
+    init_weights,
+    rope_scaling_of,
+    rope_theta_of,
+)
 from specforge_het.models.draft import DraftConfig, DraftModel
 
 _STRINGS: dict[tuple[str, int], list] = {}
@@ -189,6 +196,37 @@ def widen_vocab(draft: DraftModel, base, token_counts: torch.Tensor, rows: int, 
                          d2t, init)
     new.lm_head.weight.copy_(head)
     return new.attach(base).to(device=base.device, dtype=draft.lm_head.weight.dtype)
+
+
+@torch.no_grad()
+def grow_layers(draft: DraftModel, base, n: int) -> DraftModel:
+    """A trained draft with `n` more decoder layers after its own. Each new layer starts from the base's last layer
+    where family and sizes match (else random weights), with its output projections (attention o_proj, MLP
+    down_proj) at zero: it adds nothing to the residual stream yet, so the grown draft starts out computing exactly
+    what the trained one did, and training moves on from there."""
+    cfg = draft.cfg
+    if n < 1:
+        raise ConfigError(f"modeling.grow_layers must be >= 1 layers to add (0 keeps the draft's layers); got {n}.")
+    new = build_from_config(dataclasses.replace(cfg, num_layers=cfg.num_layers + n), draft.vocab)
+    added = list(new.layers)[cfg.num_layers:]
+    for layer in added:
+        init_weights(layer)
+    missing, unexpected = new.load_state_dict(draft.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(tuple(f"layers.{i}." for i in range(cfg.num_layers, len(new.layers))))
+                                  for k in missing), (missing, unexpected)
+    src = base.layers[-1]
+    same = type(src) is type(added[0]) and {k: v.shape for k, v in src.state_dict().items()} == \
+        {k: v.shape for k, v in added[0].state_dict().items()}
+    for layer in added:
+        if same:
+            copy_layer(layer, src)
+        for name in ("self_attn.o_proj", "mlp.down_proj"):
+            out = layer.get_submodule(name)
+            out.weight.zero_()
+            if out.bias is not None:
+                out.bias.zero_()
+    new.draft_tokenizer = getattr(draft, "draft_tokenizer", None)
+    return new.attach(base).to(device=base.device, dtype=next(draft.parameters()).dtype)
 
 
 def new_head_rows(base_head: torch.Tensor, old: torch.Tensor, trained: torch.Tensor, d2t: torch.Tensor,

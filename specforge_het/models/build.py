@@ -71,7 +71,7 @@ def init_from_pretrained(draft, name: str, layer_ids: list[int]) -> None:
     if len(ids) != draft.cfg.num_layers or max(ids) >= len(layers):
         raise ConfigError(f"modeling.init_layers {ids} must name {draft.cfg.num_layers} of the {len(layers)} source layers.")
     for dst, i in zip(draft.layers, ids):
-        _copy_layer(dst, layers[i])
+        copy_layer(dst, layers[i])
     draft.norm.load_state_dict(src.get_decoder().norm.state_dict())
     src_head = src.get_output_embeddings().weight
     if draft.embed_tokens is not None and draft.embed_tokens.num_embeddings == src.get_input_embeddings().num_embeddings:
@@ -82,7 +82,7 @@ def init_from_pretrained(draft, name: str, layer_ids: list[int]) -> None:
         draft.lm_head.weight.copy_(src_head[draft.vocab.d2t])  # the LM speaks the base's vocabulary: its head rows
 
 
-def _copy_layer(dst: nn.Module, src: nn.Module) -> None:
+def copy_layer(dst: nn.Module, src: nn.Module) -> None:
     """Load a pretrained layer; a fused first layer's widened q/k/v get the pretrained weights on the hidden half
     and both its input norms the pretrained input norm."""
     sd = dict(src.state_dict())
