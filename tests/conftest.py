@@ -266,3 +266,11 @@ def write_prompts(path: Path, rows: list[dict]) -> str:
 def prompts(tmp_path_factory) -> str:
     """A prompt file for data generation: conversations(6)."""
     return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", conversations(6))
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch) -> Path:
+    """A fresh cache folder for the auto tree's cost model ($SPECFORGE_HET_CACHE); rich lines unwrapped."""
+    monkeypatch.setenv("SPECFORGE_HET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "250")
+    return tmp_path / "cache" / "cost_model"

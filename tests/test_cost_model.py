@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -277,13 +276,6 @@ def test_measured_costs_have_every_point(llama_base, sharp_draft):
 
 def run_main(args):
     return run_cli(main, "specforge_het.inference", argv=args)
-
-
-@pytest.fixture
-def cache_home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("SPECFORGE_HET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables and lines unwrapped
-    return tmp_path / "cache" / "cost_model"
 
 
 def test_cli_tree_auto_keeps_outputs_identical(base_dirs, cache_home, tmp_path, capsys):

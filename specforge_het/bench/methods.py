@@ -120,15 +120,16 @@ def load_assistant(name_or_path: str, base):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def auto_tree(base, draft, inf, draft_path: str) -> tuple[TreeSpec | None, str, dict | None]:
-    """(tree spec, '', decision) chosen by the cost model (`--inference.tree auto`), or (None, reason, None)."""
+def auto_tree(base, draft, inf, draft_path: str, lookup_tokens: int = 0) -> tuple[TreeSpec | None, str, dict | None]:
+    """(tree spec, '', decision) chosen by the cost model (`--inference.tree auto`; with the prompt-lookup branch
+    when `lookup_tokens`), or (None, reason, None)."""
     try:
         from specforge_het.inference.auto_tree import choose_tree
     except ImportError as e:
         return None, f"--inference.tree auto is not available in this build ({e})", None
     from rich.console import Console
 
-    decision = choose_tree(base, draft, inf, draft_path, Console(stderr=True))
+    decision = choose_tree(base, draft, inf, draft_path, Console(stderr=True), lookup_tokens=lookup_tokens)
     return decision.tree_spec, "", decision.to_json()
 
 
@@ -187,7 +188,8 @@ def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_token
     if draft is None:
         return "no draft"
     if name in ("ours-auto", "ours-auto-lookup"):
-        spec, reason, decision = auto_tree(base, draft, inf, draft_path)
+        spec, reason, decision = auto_tree(base, draft, inf, draft_path,
+                                           lookup_tokens if name == "ours-auto-lookup" else 0)
         if spec is None:
             return reason
         proposer: DraftProposer | LookupProposer = DraftProposer(draft, spec)

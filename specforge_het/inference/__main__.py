@@ -93,7 +93,8 @@ def main(cfg: Config, presets: list[str], prompt: str | None = None, mtbench: st
     if inf.tree == "auto" and draft is not None:  # cost-model tree sizing (specforge_het/inference/auto_tree.py)
         from specforge_het.inference.auto_tree import choose_tree
 
-        decision = choose_tree(base, draft, inf, cfg.modeling.draft_path, Console())
+        decision = choose_tree(base, draft, inf, cfg.modeling.draft_path, Console(),
+                               lookup_tokens=inf.lookup_tokens)
         tree = f"auto → {decision.chosen.shape.describe()}"
     spec = decision.tree_spec if decision is not None else TreeSpec.from_config(inf)
     proposer = make_proposer(cfg, base, draft, spec) if SPEC in modes else None

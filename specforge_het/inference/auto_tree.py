@@ -25,6 +25,7 @@ from specforge_het.inference.cost_model import (
     acceptance_from_training_log,
     search,
 )
+from specforge_het.inference.lookup_model import LookupStats
 from specforge_het.inference.prompts import load_conversations
 from specforge_het.inference.proposer import TreeSpec
 
@@ -40,6 +41,7 @@ class Decision:
     acceptance: Acceptance
     cache_file: Path
     measured_s: float | None  # None: loaded from the cache
+    lookup: LookupStats | None = None  # the prompt-lookup branch the shapes were scored with
 
     @property
     def tree_spec(self) -> TreeSpec:
@@ -49,7 +51,8 @@ class Decision:
     def to_json(self) -> dict:
         return {"chosen": self.chosen.to_json(), "candidates": [c.to_json() for c in self.ranked[:SHOW]],
                 "costs": self.costs.to_json(), "acceptance": self.acceptance.to_json(),
-                "cache_file": str(self.cache_file), "measured_s": self.measured_s}
+                "cache_file": str(self.cache_file), "measured_s": self.measured_s,
+                "lookup": None if self.lookup is None else self.lookup.to_json()}
 
 
 # ---------------------------------------------------------------- identity and cache
@@ -117,40 +120,68 @@ def training_log_acceptance(draft_path: str) -> Acceptance:
 # ---------------------------------------------------------------- entry point
 
 
-def choose_tree(base, draft, inf, draft_path: str = "", console: Console | None = None) -> Decision:
-    """Costs and acceptance (cached), every shape scored, the best chosen; tables printed."""
+def choose_tree(base, draft, inf, draft_path: str = "", console: Console | None = None,
+                lookup_tokens: int = 0) -> Decision:
+    """Costs and acceptance (cached), every shape scored, the best chosen; tables printed. With `lookup_tokens`
+    (the decoder adds the prompt-lookup branch), every shape is scored with the branch merged in."""
     console = console or Console()
     from_log = inf.auto_acceptance == "training_log"
     log_acc = training_log_acceptance(draft_path) if from_log else None  # fails early on a missing log
-    prompts = [] if from_log else calibration_prompts(inf.auto_prompts)
-    key = cache_key(base, draft, inf, draft_path, prompts)
+    prompts = calibration_prompts(inf.auto_prompts) if not from_log or lookup_tokens else []
+    key = cache_key(base, draft, inf, draft_path, [] if from_log else prompts)
     path = cache_path(key)
-    measured_s = None
+    measured_s, answers = None, None
     if path.is_file() and not inf.auto_remeasure:
         data = json.loads(path.read_text())
-        costs, acc = Costs.from_json(data["costs"]), Acceptance.from_json(data["acceptance"])
         console.print(f"tree auto: cost model from the cache {path} (--inference.auto_remeasure to measure again)")
     else:
         t0 = time.perf_counter()
         with console.status("tree auto: measuring base and draft costs on this device"):
             raw = calibrate.measure_costs(base, draft, fast_paths=inf.fast_paths)
-        costs = raw.smoothed()
         if log_acc is not None:
             acc = log_acc
         else:
             with console.status("tree auto: measuring the draft's acceptance on calibration prompts"):
-                acc = calibrate.measure_acceptance(base, draft, prompts, inf)
+                answers = calibrate.base_answers(base, prompts, inf)
+                acc = calibrate.measure_acceptance(base, draft, prompts, inf, answers=answers)
         measured_s = round(time.perf_counter() - t0, 2)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # a reader never sees a half-written file
-        tmp.write_text(json.dumps({"key": key, "costs": costs.to_json(), "raw_costs": raw.to_json(),
-                                   "acceptance": acc.to_json(), "measured_s": measured_s}, indent=1) + "\n")
-        tmp.replace(path)
+        data = {"key": key, "costs": raw.smoothed().to_json(), "raw_costs": raw.to_json(),
+                "acceptance": acc.to_json(), "measured_s": measured_s}
+        write_cache(path, data)
         console.print(f"tree auto: measured in {measured_s:.1f} s, cached in {path}")
-    ranked = search(costs, acc)
-    decision = Decision(ranked[0], ranked, costs, acc, path, measured_s)
+    costs, acc = Costs.from_json(data["costs"]), Acceptance.from_json(data["acceptance"])
+    lookup = lookup_stats_for(base, inf, lookup_tokens, prompts, data, path, answers, console) if lookup_tokens else None
+    ranked = search(costs, acc, lookup=lookup)
+    decision = Decision(ranked[0], ranked, costs, acc, path, measured_s, lookup)
     print_decision(decision, console)
     return decision
+
+
+def lookup_stats_for(base, inf, lookup_tokens: int, prompts: list[str], data: dict, path: Path,
+                     answers: list | None, console: Console) -> LookupStats:
+    """The lookup branch's stats for these settings and prompts: from the cache file, else measured on the base's
+    answers to the calibration prompts (decoded here when the acceptance did not need them) and added to it."""
+    digest = hashlib.sha256("\n\0".join(prompts).encode()).hexdigest()[:16]
+    entry = (f"tokens={lookup_tokens},ngram={inf.lookup_ngram},prompts={digest},answer_tokens={calibrate.ANSWER_TOKENS},"
+             f"template={inf.chat_template},system={inf.system_prompt}")
+    stored = data.setdefault("lookup", {})
+    if entry in stored:  # a remeasure starts a new file: stats of the old answers are not carried over
+        return LookupStats.from_json(stored[entry])
+    if answers is None:
+        with console.status("tree auto: measuring the prompt-lookup branch on calibration prompts"):
+            answers = calibrate.base_answers(base, prompts, inf)
+    stats = calibrate.measure_lookup(answers, lookup_tokens, inf.lookup_ngram, len(prompts))
+    stored[entry] = stats.to_json()
+    write_cache(path, data)
+    return stats
+
+
+def write_cache(path: Path, data: dict) -> None:
+    """Write the cache file whole: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- report
@@ -195,6 +226,12 @@ def candidates_table(ranked: list[Candidate]) -> Table:
 def print_decision(decision: Decision, console: Console) -> None:
     console.print(cost_table(decision.costs))
     console.print(acceptance_table(decision.acceptance))
+    if decision.lookup is not None:
+        lk = decision.lookup
+        reach = " ".join(f"{p:.2f}" for p in lk.reach[:4])
+        console.print(f"prompt lookup · {lk.source}: proposed at {lk.proposed:.0%} of {lk.positions} positions, "
+                      f"{lk.mean_tokens:.1f} tokens on average; P(first 1..4 tokens match) {reach}; "
+                      "E[τ] below counts the branch")
     console.print(candidates_table(decision.ranked))
     c = decision.chosen
     console.print(f"[bold]tree auto chose: {c.shape.describe()}[/] · expected τ {c.tau:.2f} · "

@@ -19,6 +19,7 @@ from specforge_het.inference.cost_model import Acceptance, Costs, acceptance_fro
 from specforge_het.inference.decoder import Decoder
 from specforge_het.inference.fast_paths import FastPaths, proposer_modules, tell_proposer
 from specforge_het.inference.harness import decoder_method, records, timed
+from specforge_het.inference.lookup_model import LookupStats, lookup_stats
 from specforge_het.inference.prompts import Conversation, render
 from specforge_het.inference.proposer import DraftProposer, TreeSpec
 from specforge_het.inference.tree import layout_from_parents, layout_on_device
@@ -171,25 +172,40 @@ def truth_ranks(base, draft, prompt_ids: torch.Tensor, answer: list[int], depth:
     return proposer.true_path_ranks(z, feats, prompt_ids.shape[1], depth, max_rank)
 
 
-def measure_acceptance(base, draft, prompts: list[str], inf, answer_tokens: int = ANSWER_TOKENS) -> Acceptance:
-    """Decode a short base answer per prompt (greedy, through the evaluation harness, untimed use), then rank
-    the true tokens under the draft."""
+def base_answers(base, prompts: list[str], inf, answer_tokens: int = ANSWER_TOKENS) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) of a short greedy base answer per prompt (through the evaluation harness, untimed
+    use); answers under 2 tokens are left out."""
     method = decoder_method("base-only", Decoder(base, fast_paths=inf.fast_paths))
     convs = [Conversation(str(i), [text]) for i, text in enumerate(prompts)]
 
     def render_chat(messages: list[dict]) -> torch.Tensor:
         return render(base.tokenizer, messages, inf.chat_template, inf.system_prompt)
 
-    all_ranks, all_valid = [], []
-    for rec in records([method], convs, render_chat, None, answer_tokens, base.device, warmup_tokens=0):
-        if len(rec.token_ids) < 2:
-            continue
-        ranks, valid = truth_ranks(base, draft, torch.tensor([rec.prompt_ids]), rec.token_ids)
-        all_ranks.append(ranks)
-        all_valid.append(valid)
-    if not all_ranks:
+    answers = [(list(rec.prompt_ids), list(rec.token_ids))
+               for rec in records([method], convs, render_chat, None, answer_tokens, base.device, warmup_tokens=0)
+               if len(rec.token_ids) >= 2]
+    if not answers:
         raise ValueError("the calibration prompts gave no answers of 2+ tokens; pass other prompts "
                          "with --inference.auto_prompts FILE.jsonl")
+    return answers
+
+
+def measure_acceptance(base, draft, prompts: list[str], inf, answer_tokens: int = ANSWER_TOKENS,
+                       answers: list[tuple[list[int], list[int]]] | None = None) -> Acceptance:
+    """Rank the true tokens of the base's answers (`base_answers`, unless given) under the draft."""
+    answers = base_answers(base, prompts, inf, answer_tokens) if answers is None else answers
+    all_ranks, all_valid = [], []
+    for prompt_ids, answer in answers:
+        ranks, valid = truth_ranks(base, draft, torch.tensor([prompt_ids]), answer)
+        all_ranks.append(ranks)
+        all_valid.append(valid)
     n = sum(r.shape[0] for r in all_ranks)
     return acceptance_from_ranks(torch.cat(all_ranks), torch.cat(all_valid), MAX_RANK,
                                  f"measured on {len(prompts)} calibration prompts ({n} positions)")
+
+
+def measure_lookup(answers: list[tuple[list[int], list[int]]], num_tokens: int, max_ngram: int,
+                   n_prompts: int) -> LookupStats:
+    """The prompt-lookup branch along the base's answers (lookup_model.lookup_stats)."""
+    return lookup_stats(answers, max_ngram, num_tokens,
+                        f"lookup {num_tokens} (n-gram <= {max_ngram}) on {n_prompts} calibration prompts")

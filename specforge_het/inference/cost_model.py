@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specforge_het.inference.lookup_model import LookupStats, depth_mass, node_depths, tau_with_lookup
 from specforge_het.inference.tree import build_dynamic_tree
 
 DEPTHS = tuple(range(1, 9))
@@ -149,6 +150,11 @@ def expected_tau_chain(acc: Acceptance, depth: int) -> float:
 
 def dynamic_tree_probs(acc: Acceptance, depth: int, top_k: int, total_tokens: int) -> torch.Tensor:
     """Acceptance probability of every draft node of the EAGLE-2 tree build_dynamic_tree keeps. -> [N-1]"""
+    return dynamic_tree_nodes(acc, depth, top_k, total_tokens)[0]
+
+
+def dynamic_tree_nodes(acc: Acceptance, depth: int, top_k: int, total_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(acceptance probability [N-1], depth [N-1]) of every draft node of the tree build_dynamic_tree keeps."""
     def logp(d: int) -> torch.Tensor:
         return torch.tensor(acc.row(d, top_k), dtype=torch.float64).clamp_min(MIN_PROB).log()
 
@@ -158,8 +164,8 @@ def dynamic_tree_probs(acc: Acceptance, depth: int, top_k: int, total_tokens: in
         calls[0] += 1  # call t expands the frontier at depth t: its children are at depth t + 1
         return logp(calls[0] + 1).expand(tokens.shape[0], top_k)
 
-    _, _, scores = build_dynamic_tree(step, logp(1), top_k, depth, total_tokens)
-    return scores[1:].exp()
+    _, parents, scores = build_dynamic_tree(step, logp(1), top_k, depth, total_tokens)
+    return scores[1:].exp(), node_depths(parents)[1:]
 
 
 def expected_tau(acc: Acceptance, shape: TreeShape) -> float:
@@ -168,13 +174,16 @@ def expected_tau(acc: Acceptance, shape: TreeShape) -> float:
     return 1.0 + float(dynamic_tree_probs(acc, shape.max_depth, shape.top_k, shape.total_tokens).sum())
 
 
-def expected_taus(acc: Acceptance, shapes: Sequence[TreeShape]) -> list[float]:
-    """expected_tau of every shape, one tree build per (depth, top_k).
+def expected_taus(acc: Acceptance, shapes: Sequence[TreeShape], lookup: LookupStats | None = None) -> list[float]:
+    """expected_tau of every shape, one tree build per (depth, top_k); with `lookup`, the tree plus the
+    prompt-lookup branch (lookup_model.py).
 
     A child's probability never exceeds its parent's and parents come first among equal
     scores, so the pruned tree of N tokens is the N - 1 most likely nodes of the largest tree:
     E[τ] for every N is a prefix sum (checked against per-N builds in the tests).
     """
+    if lookup is not None:
+        return _taus_with_lookup(acc, shapes, lookup)
     largest: dict[tuple[int, int], int] = {}
     for s in shapes:
         if s.kind != "chain":
@@ -185,6 +194,27 @@ def expected_taus(acc: Acceptance, shapes: Sequence[TreeShape]) -> list[float]:
               for key, n in largest.items()}
     return [expected_tau_chain(acc, s.max_depth) if s.kind == "chain"
             else float(prefix[(s.max_depth, s.top_k)][s.total_tokens - 1]) for s in shapes]
+
+
+def _taus_with_lookup(acc: Acceptance, shapes: Sequence[TreeShape], lookup: LookupStats) -> list[float]:
+    largest: dict[tuple[int, int], int] = {}
+    for s in shapes:
+        if s.kind != "chain":
+            largest[(s.max_depth, s.top_k)] = max(largest.get((s.max_depth, s.top_k), 0), s.total_tokens)
+    ranked = {}
+    for key, n in largest.items():
+        probs, depths = dynamic_tree_nodes(acc, *key, n)
+        order = probs.sort(descending=True, stable=True).indices
+        ranked[key] = (probs[order], depths[order])
+    taus = []
+    for s in shapes:
+        if s.kind == "chain":
+            mass = [math.prod(acc.row(d, 1)[0] for d in range(1, k + 1)) for k in range(1, s.max_depth + 1)]
+        else:
+            probs, depths = ranked[(s.max_depth, s.top_k)]
+            mass = depth_mass(probs[: s.total_tokens - 1], depths[: s.total_tokens - 1], s.max_depth)
+        taus.append(tau_with_lookup(mass, lookup))
+    return taus
 
 
 # ---------------------------------------------------------------- costs
@@ -236,10 +266,15 @@ class Costs:
     def draft(self, depth: int, top_k: int) -> float:
         return interpolate(self.draft_fixed, top_k) + (depth - 1) * interpolate(self.draft_step, top_k)
 
-    def step(self, shape: TreeShape, tau: float) -> tuple[float, float, float]:
-        """(verify with its head rows, draft, update) seconds of one speculative step."""
+    def step(self, shape: TreeShape, tau: float, lookup: LookupStats | None = None) -> tuple[float, float, float]:
+        """(verify with its head rows, draft, update) seconds of one speculative step; with `lookup`, the verify
+        holds the branch's tokens too whenever it is proposed."""
         n = shape.total_tokens
-        verify = interpolate(self.verify, n) + interpolate(self.head, min(n, tau + 1.0))
+        verify = interpolate(self.verify, n)
+        if lookup is not None and lookup.proposed > 0:
+            with_branch = interpolate(self.verify, n + lookup.mean_tokens)
+            verify = (1.0 - lookup.proposed) * verify + lookup.proposed * with_branch
+        verify += interpolate(self.head, min(n, tau + 1.0))
         return verify, self.draft(shape.max_depth, shape.top_k), interpolate(self.update, tau)
 
     def to_json(self) -> dict:
@@ -314,13 +349,16 @@ def candidate_shapes(depths: Iterable[int] = DEPTHS, top_ks: Iterable[int] = TOP
     return shapes
 
 
-def evaluate(costs: Costs, acc: Acceptance, shape: TreeShape, tau: float | None = None) -> Candidate:
-    tau = expected_tau(acc, shape) if tau is None else tau
-    return Candidate(shape, tau, *costs.step(shape, tau), costs.base_step)
+def evaluate(costs: Costs, acc: Acceptance, shape: TreeShape, tau: float | None = None,
+             lookup: LookupStats | None = None) -> Candidate:
+    tau = expected_taus(acc, [shape], lookup)[0] if tau is None else tau
+    return Candidate(shape, tau, *costs.step(shape, tau, lookup), costs.base_step)
 
 
-def search(costs: Costs, acc: Acceptance, shapes: Sequence[TreeShape] | None = None) -> list[Candidate]:
-    """Every shape evaluated, best predicted tokens/s first (ties: the earlier, smaller shape)."""
+def search(costs: Costs, acc: Acceptance, shapes: Sequence[TreeShape] | None = None,
+           lookup: LookupStats | None = None) -> list[Candidate]:
+    """Every shape evaluated, best predicted tokens/s first (ties: the earlier, smaller shape); with `lookup`,
+    each shape with the prompt-lookup branch merged in."""
     shapes = list(shapes) if shapes is not None else candidate_shapes()
-    found = [evaluate(costs, acc, s, tau) for s, tau in zip(shapes, expected_taus(acc, shapes))]
+    found = [evaluate(costs, acc, s, tau, lookup) for s, tau in zip(shapes, expected_taus(acc, shapes, lookup))]
     return sorted(found, key=lambda c: -c.tokens_per_s)
