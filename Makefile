@@ -429,5 +429,5 @@ scaling-smollm2-warm: | setup
 	done
 	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2,runs/scaling/smollm2_warm_started \
 		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3,$(WARM_INIT) --trained_from $(WARM_E)=$(WARM_C) \
-		--outfile docs/results/scaling_smollm2.json \
+		--outfile docs/results/scaling_smollm2.json --targets 2.2,2.5 \
 		--title "SmolLM2-135M EagleV3 draft: τ on MT-Bench vs training tokens"

@@ -128,3 +128,23 @@ def test_trained_from_links_a_stage_whose_init_was_replaced(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="no point's lineage reaches: .*w9"):
         Path("w9").mkdir()
         tokens(trained_from="w9=w1")
+
+
+def test_log_fit_recovers_a_log_linear_series_and_projects_the_target(tmp_path) -> None:
+    """τ = 1 + 0.1·ln(tokens / 1e5) exactly: the fit gives b = 0.1, R² 1, and τ 1.5 at 1e5·e^5 tokens."""
+    import math
+
+    pts = [{"answer_tokens": int(1e5 * 2 ** i), "tau": 1 + 0.1 * math.log(2 ** i), "series": "s"} for i in range(4)]
+    fit = scaling.log_fit(pts, (1.5,))
+    assert fit is not None and fit["b"] == pytest.approx(0.1, abs=1e-4) and fit["r2"] == pytest.approx(1.0)
+    assert fit["per_doubling"] == pytest.approx(0.1 * math.log(2), abs=1e-4)
+    assert fit["tokens_for"]["1.5"] == pytest.approx(1e5 * math.exp(5), rel=1e-3)
+    assert scaling.log_fit(pts[:2], (1.5,)) is None  # two points: no fit
+    falling = [dict(p, tau=3 - p["tau"]) for p in pts]
+    assert scaling.log_fit(falling, (2.5,))["tokens_for"] == {"2.5": None}  # never reached on a falling line
+    for name, rate, tau in (("a", 100.0, 1.2), ("b", 200.0, 1.3), ("c", 400.0, 1.4)):
+        _point(tmp_path / "pts", name, rate, 1000, tau)
+    out = tmp_path / "scaling.json"
+    scaling.main(str(tmp_path / "pts"), str(out), targets="1.6")
+    fits = json.loads(out.read_text())["fits"]
+    assert fits["pts"]["tokens_for"]["1.6"] == pytest.approx(400_000 * 4, rel=1e-3)  # +0.1 per doubling: two more

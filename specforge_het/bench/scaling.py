@@ -20,6 +20,7 @@ INIT, whatever its run_config.json names (a shipped folder replaced since, whose
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -106,7 +107,25 @@ def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | N
             "compared": s["compared"]}
 
 
-def plot(points: list[dict], png: Path, title: str) -> Path:
+def log_fit(points: list[dict], targets: tuple[float, ...] = ()) -> dict | None:
+    """Least-squares τ = a + b·ln(answer tokens) over one series' points (None under 3 points, or tokens all equal):
+    {a, b, per_doubling (b·ln 2), r2, tokens_for {τ: the tokens the line reaches it at}}. An extrapolation past
+    the last point assumes the trend holds: a projection, not a measurement."""
+    xs = [math.log(p["answer_tokens"]) for p in points if p["answer_tokens"] > 0]
+    ys = [p["tau"] for p in points if p["answer_tokens"] > 0]
+    if len(xs) < 3 or max(xs) == min(xs):
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    a = my - b * mx
+    total = sum((y - my) ** 2 for y in ys)
+    r2 = 1.0 - sum((y - a - b * x) ** 2 for x, y in zip(xs, ys)) / total if total > 0 else 1.0
+    reach = {str(t): (round(math.exp((t - a) / b)) if b > 0 else None) for t in targets}
+    return {"a": round(a, 5), "b": round(b, 5), "per_doubling": round(b * math.log(2), 4), "r2": round(r2, 4),
+            "points": len(xs), "tokens_for": reach}
+
+
+def plot(points: list[dict], png: Path, title: str, fits: dict | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +135,11 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
     series = list(dict.fromkeys(p["series"] for p in points))
     for name in series:
         mine = [p for p in points if p["series"] == name]
-        ax.plot([p["answer_tokens"] for p in mine], [p["tau"] for p in mine], "o-", label=name)
+        line = ax.plot([p["answer_tokens"] for p in mine], [p["tau"] for p in mine], "o-", label=name)[0]
+        fit = (fits or {}).get(name)
+        if fit:  # the log-linear fit over the series' own range, dashed
+            xs = [min(p["answer_tokens"] for p in mine), max(p["answer_tokens"] for p in mine)]
+            ax.plot(xs, [fit["a"] + fit["b"] * math.log(x) for x in xs], "--", color=line.get_color(), alpha=0.5)
     if len(series) > 1:
         ax.legend(fontsize=8)
     for p in points:
@@ -131,6 +154,21 @@ def plot(points: list[dict], png: Path, title: str) -> Path:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
+
+
+def print_fits(points: list[dict], targets: tuple[float, ...]) -> dict:
+    """Each series' log_fit, printed as a projection."""
+    fits = {}
+    for name in dict.fromkeys(p["series"] for p in points):
+        fit = log_fit([p for p in points if p["series"] == name], targets)
+        if fit is None:
+            continue
+        fits[name] = fit
+        reach = ", ".join(f"τ {t} at ~{n / 1e6:,.0f}M" if n else f"τ {t}: not on a rising line"
+                          for t, n in fit["tokens_for"].items())
+        console.print(f"{name}: τ ≈ {fit['a']:.3f} + {fit['b']:.4f}·ln(tokens), +{fit['per_doubling']:.3f} per doubling "
+                      f"(R² {fit['r2']:.2f}, {fit['points']} points); projected: {reach or '-'}")
+    return fits
 
 
 def _paths(value) -> list[str]:
@@ -153,10 +191,11 @@ def _links(value) -> Links:
 
 
 def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "", count_from: str = "",
-         trained_from: str = "") -> None:
+         trained_from: str = "", targets: str = "2.5") -> None:
     """Summarise the scaling points under FOLDER (one subfolder each; FOLDER,FOLDER2: one series each) into
     OUTFILE (+ .png). count_from: draft folders (comma-separated) where the lineages' token counts start.
-    trained_from: DRAFT=INIT pairs (comma-separated) that override a draft's recorded init_draft."""
+    trained_from: DRAFT=INIT pairs (comma-separated) that override a draft's recorded init_draft.
+    targets: τ values (comma-separated) at which each series' log-linear fit is projected (`log_fit`)."""
     points: list[dict] = []
     links, used = _links(trained_from), set[Path]()
     for one in _paths(folder):
@@ -179,10 +218,12 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
         table.add_row(p["series"], p["name"], f"{p['answer_tokens']:,}", f"{p['seq_tokens']:,}", f"{p['tau']:.3f}",
                       f"{p['speedup_median']:.2f}×", f"{p['identical']}/{p['compared']}")
     console.print(table)
+    fits = print_fits(points, tuple(float(t) for t in _paths(targets)))
     out = Path(outfile)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"method": METHOD, "command": " ".join(sys.argv), "points": points}, indent=1) + "\n")
-    png = plot(points, out.with_suffix(".png"), title or f"{METHOD} τ vs training tokens")
+    out.write_text(json.dumps({"method": METHOD, "command": " ".join(sys.argv), "points": points, "fits": fits},
+                              indent=1) + "\n")
+    png = plot(points, out.with_suffix(".png"), title or f"{METHOD} τ vs training tokens", fits)
     console.print(f"wrote {out} and {png}")
 
 
