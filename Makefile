@@ -334,6 +334,23 @@ $(WARM_G)/model.safetensors: | features-smollm2-big-g2
 draft-smollm2-eagle3-breadth-g: $(WARM_G)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_G) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-g"
 
+# Part H (session 22): short answers. runs/s22/accept_gap.py measured the shipped draft's depth-1 top-1 at 0.84 past
+# answer position 256 but 0.44-0.55 in the first 128 tokens (what a 128-token bench decodes), with 64 % of G2's
+# answer tokens past 256. So: 2,000 more Magpie prompts (seed 4) appended after mix4 as mix5 (rows 0-7665 stay
+# what parts A-G answered), answered with at most 256 new tokens (about 2.5x the generated tokens/s of 1,024-token
+# answers). Resumable by part; the next stage trains on it.
+BIG_H := runs/data/smollm2_big_h
+runs/prompts/smollm2_magpie_s4.jsonl: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 4 --batch_size 64
+runs/prompts/smollm2_mix5.jsonl: runs/prompts/smollm2_mix4.jsonl runs/prompts/smollm2_magpie_s4.jsonl
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix4.jsonl \
+		runs/prompts/smollm2_magpie_s4.jsonl --shuffle=false --seed 0
+.PHONY: data-smollm2-big-h
+data-smollm2-big-h: runs/prompts/smollm2_mix5.jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix5.jsonl --@smollm2 \
+		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
+		--dataset_generation.ds_range 7666,9700 --dataset_generation.output_dir $(BIG_H)
+
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
 # 150 from part B), 150 of part D get a generic request that reworks the answer (--requests shipped), the base answers both turns (<= 512 new tokens each, float32), features, then the shipped
