@@ -113,6 +113,9 @@ def _new_draft(cfg: Config, base, rows):
     if m.widen_vocab and not m.init_draft:
         raise ConfigError("modeling.widen_vocab widens a trained draft's vocabulary: give --modeling.init_draft, or "
                           "choose a new draft's size with --modeling.draft_vocab_size.")
+    if m.grow_layers < 0:
+        raise ConfigError(f"modeling.grow_layers is the number of layers to add: >= 1, or 0 to keep the draft's; "
+                          f"got {m.grow_layers}.")
     if m.grow_layers and not m.init_draft:
         raise ConfigError("modeling.grow_layers adds layers to a trained draft: give --modeling.init_draft, or "
                           "choose a new draft's depth with --modeling.draft_num_layers.")
@@ -130,8 +133,9 @@ def _new_draft(cfg: Config, base, rows):
                           f"the data uses are added); the data's answer tokens it can propose: {before:.1%} -> "
                           f"{share(draft):.1%}")
         if m.grow_layers:
-            draft = grow_layers(draft, base, m.grow_layers)
-            console.print(f"modeling.grow_layers: {draft.cfg.num_layers} layers (the new ones add nothing until trained)")
+            draft = grow_layers(draft, base, m.grow_layers, seed=cfg.training.seed)
+            console.print(f"modeling.grow_layers: {draft.cfg.num_layers} layers; the new ones start from "
+                          f"{draft.grown_from}, output projections at zero (they add nothing until trained)")
     else:
         draft = build_draft(m, base, token_counts(rows.rows, base.vocab_size), seed=cfg.training.seed)
     return draft.to(dtype=resolve_dtype(draft_dtype(m))).train(True)

@@ -17,7 +17,8 @@ from specforge_het.inference.cost_model import (
     expected_taus,
     search,
 )
-from specforge_het.inference.lookup_model import LookupStats, depth_mass, lookup_stats, node_depths, tau_with_lookup
+from specforge_het.inference.lookup_model import LookupStats, depth_mass, lookup_stats, tau_with_lookup
+from specforge_het.inference.tree import layout_from_parents
 
 ACC = acc_of((0.6, 0.15, 0.05, 0.02), (0.55, 0.15, 0.05, 0.02), (0.5, 0.1, 0.05, 0.02))
 
@@ -59,7 +60,19 @@ def test_depth_mass_of_a_dynamic_tree_sums_to_its_tau():
     assert sum(mass) == pytest.approx(expected_tau(ACC, TreeShape("dynamic", 3, 3, 10)) - 1)
     assert mass[0] == pytest.approx(0.6 + 0.15 + 0.05)  # all three root children kept
     assert mass == sorted(mass, reverse=True)
-    assert node_depths(__import__("torch").tensor([-1, 0, 0, 1, 3])).tolist() == [0, 1, 1, 2, 3]
+    assert layout_from_parents(__import__("torch").tensor([-1, 0, 0, 1, 3])).depth.tolist() == [0, 1, 1, 2, 3]
+
+
+def test_batched_taus_with_lookup_equal_one_tree_build_per_shape():
+    """The prefix shortcut (the N-token tree = the N - 1 likeliest nodes of the largest) also holds per depth."""
+    lookup = stats((0.5, 0.3, 0.2, 0.1))
+    shapes = [s for s in candidate_shapes(depths=(1, 2, 4), top_ks=(1, 2, 4)) if s.total_tokens <= 24]
+    batched = expected_taus(ACC, shapes, lookup)
+    for shape, tau in zip(shapes, batched):
+        if shape.kind == "chain":
+            continue
+        probs, depths = dynamic_tree_nodes(ACC, shape.max_depth, shape.top_k, shape.total_tokens)
+        assert tau == pytest.approx(tau_with_lookup(depth_mass(probs, depths, shape.max_depth), lookup)), shape
 
 
 def test_the_branch_adds_its_tokens_to_the_verify_and_steers_the_search():

@@ -126,8 +126,8 @@ def test_sampling_needs_an_explicit_generator(sharp_base, random_draft):
 
 
 def test_sampling_with_a_two_layer_draft_is_lossless(sharp_base, short_ids):
-    """A deeper draft (--modeling.draft_num_layers 2, or a draft grown by --modeling.grow_layers) keeps the base's
-    distribution: its two KV caches roll back with the accepted path."""
+    """A 2-layer draft (--modeling.draft_num_layers 2; --modeling.grow_layers makes drafts of the same shape) keeps
+    the base's distribution: its two KV caches roll back with the accepted path."""
     s, length = CASES["t1"]
     draft = build_draft(draft_modeling(**DRAFT_KINDS["eagle_v3_reduced"], draft_num_layers=2), sharp_base, seed=1).eval()
     assert len(draft.layers) == 2

@@ -142,6 +142,8 @@ def test_log_fit_recovers_a_log_linear_series_and_projects_the_target(tmp_path) 
     assert scaling.log_fit(pts[:2], (1.5,)) is None  # two points: no fit
     falling = [dict(p, tau=3 - p["tau"]) for p in pts]
     assert scaling.log_fit(falling, (2.5,))["tokens_for"] == {"2.5": None}  # never reached on a falling line
+    flat = [dict(p, tau=2.0 + 1e-4 * i) for i, p in enumerate(pts)]
+    assert scaling.log_fit(flat, (2.5,))["tokens_for"] == {"2.5": None}  # far past 1e15 tokens: no overflow
     for name, rate, tau in (("a", 100.0, 1.2), ("b", 200.0, 1.3), ("c", 400.0, 1.4)):
         _point(tmp_path / "pts", name, rate, 1000, tau)
     out = tmp_path / "scaling.json"

@@ -261,6 +261,30 @@ def test_grow_layers_starts_as_the_trained_draft_then_trains_the_new_layer(bases
     assert run(saved).tokens == Decoder(base).generate(ids, 16).tokens
     with pytest.raises(ConfigError, match="give --modeling.init_draft"):
         build_trainer(tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "x", grow_layers=1, **V3), [])
-    with pytest.raises(ConfigError, match="grow_layers must be >= 1"):
+    with pytest.raises(ConfigError, match="grow_layers is the number of layers to add"):
         build_trainer(tiny_cfg(base_dirs["llama"], conv_file, tmp_path / "y", init_draft=str(trained), grow_layers=-1,
                                **V3), [])
+
+
+def test_grow_layers_with_another_family_starts_random_with_zero_outputs(bases, tok_a):
+    """A draft whose layers are not the base's family or width: the new layer starts from seeded random weights,
+    outputs still at zero, so the proposals stay the trained draft's."""
+    from conftest import draft_modeling
+
+    from specforge_het.algorithms.build import build_draft, grow_layers
+    from specforge_het.inference.decoder import Decoder
+    from specforge_het.inference.proposer import DraftProposer, TreeSpec
+
+    base = bases["llama"]
+    draft = build_draft(draft_modeling(family="qwen3", hidden=48), base, seed=2).eval()
+    grown = grow_layers(draft, base, 1, seed=3).eval()
+    assert grown.grown_from.startswith("random") and len(grown.layers) == 2
+    new = grown.layers[1]
+    assert new.self_attn.o_proj.weight.abs().sum() == 0 and new.mlp.down_proj.weight.abs().sum() == 0
+    assert new.self_attn.q_proj.weight.abs().sum() > 0
+    torch.testing.assert_close(new.self_attn.q_proj.weight, grow_layers(draft, base, 1, seed=3).layers[1].self_attn.q_proj.weight)
+    ids = tok_a("the cat sat on the", return_tensors="pt").input_ids
+    spec = TreeSpec("dynamic", 3, 3, 8)
+    a = Decoder(base, DraftProposer(draft, spec)).generate(ids, 12)
+    b = Decoder(base, DraftProposer(grown, spec)).generate(ids, 12)
+    assert (a.tokens, a.accept_lengths) == (b.tokens, b.accept_lengths)

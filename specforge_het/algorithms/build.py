@@ -199,18 +199,20 @@ def widen_vocab(draft: DraftModel, base, token_counts: torch.Tensor, rows: int, 
 
 
 @torch.no_grad()
-def grow_layers(draft: DraftModel, base, n: int) -> DraftModel:
+def grow_layers(draft: DraftModel, base, n: int, seed: int = 0) -> DraftModel:
     """A trained draft with `n` more decoder layers after its own. Each new layer starts from the base's last layer
     where family and sizes match (else random weights), with its output projections (attention o_proj, MLP
     down_proj) at zero: it adds nothing to the residual stream yet, so the grown draft starts out computing exactly
-    what the trained one did, and training moves on from there."""
+    what the trained one did, and training moves on from there. `new.grown_from` says which start was taken."""
     cfg = draft.cfg
     if n < 1:
-        raise ConfigError(f"modeling.grow_layers must be >= 1 layers to add (0 keeps the draft's layers); got {n}.")
+        raise ConfigError(f"modeling.grow_layers is the number of layers to add: >= 1, or 0 to keep the draft's; got {n}.")
     new = build_from_config(dataclasses.replace(cfg, num_layers=cfg.num_layers + n), draft.vocab)
     added = list(new.layers)[cfg.num_layers:]
-    for layer in added:
-        init_weights(layer)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for layer in added:
+            init_weights(layer)
     missing, unexpected = new.load_state_dict(draft.state_dict(), strict=False)
     assert not unexpected and all(k.startswith(tuple(f"layers.{i}." for i in range(cfg.num_layers, len(new.layers))))
                                   for k in missing), (missing, unexpected)
@@ -226,6 +228,7 @@ def grow_layers(draft: DraftModel, base, n: int) -> DraftModel:
             if out.bias is not None:
                 out.bias.zero_()
     new.draft_tokenizer = getattr(draft, "draft_tokenizer", None)
+    new.grown_from = "the base's last layer" if same else "random weights (the base's layers differ in family or size)"
     return new.attach(base).to(device=base.device, dtype=next(draft.parameters()).dtype)
 
 

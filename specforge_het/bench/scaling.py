@@ -109,7 +109,8 @@ def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | N
 
 def log_fit(points: list[dict], targets: tuple[float, ...] = ()) -> dict | None:
     """Least-squares τ = a + b·ln(answer tokens) over one series' points (None under 3 points, or tokens all equal):
-    {a, b, per_doubling (b·ln 2), r2, tokens_for {τ: the tokens the line reaches it at}}. An extrapolation past
+    {a, b, per_doubling (b·ln 2), r2, tokens_for {τ: the tokens the line reaches it at; None on a flat or falling
+    line, or past 1e15}}. An extrapolation past
     the last point assumes the trend holds: a projection, not a measurement."""
     xs = [math.log(p["answer_tokens"]) for p in points if p["answer_tokens"] > 0]
     ys = [p["tau"] for p in points if p["answer_tokens"] > 0]
@@ -120,7 +121,12 @@ def log_fit(points: list[dict], targets: tuple[float, ...] = ()) -> dict | None:
     a = my - b * mx
     total = sum((y - my) ** 2 for y in ys)
     r2 = 1.0 - sum((y - a - b * x) ** 2 for x, y in zip(xs, ys)) / total if total > 0 else 1.0
-    reach = {str(t): (round(math.exp((t - a) / b)) if b > 0 else None) for t in targets}
+    top = math.log(1e15)  # past a quadrillion tokens: not a number worth printing
+
+    def tokens_for(t: float) -> int | None:
+        return round(math.exp((t - a) / b)) if b > 0 and (t - a) / b < top else None
+
+    reach = {str(t): tokens_for(t) for t in targets}
     return {"a": round(a, 5), "b": round(b, 5), "per_doubling": round(b * math.log(2), 4), "r2": round(r2, 4),
             "points": len(xs), "tokens_for": reach}
 
@@ -164,11 +170,15 @@ def print_fits(points: list[dict], targets: tuple[float, ...]) -> dict:
         if fit is None:
             continue
         fits[name] = fit
-        reach = ", ".join(f"τ {t} at ~{n / 1e6:,.0f}M" if n else f"τ {t}: not on a rising line"
+        reach = ", ".join(f"τ {t} at ~{_count(n)}" if n is not None else f"τ {t}: beyond reach on this line"
                           for t, n in fit["tokens_for"].items())
         console.print(f"{name}: τ ≈ {fit['a']:.3f} + {fit['b']:.4f}·ln(tokens), +{fit['per_doubling']:.3f} per doubling "
                       f"(R² {fit['r2']:.2f}, {fit['points']} points); projected: {reach or '-'}")
     return fits
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:,.0f}M" if n >= 10_000_000 else f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n:,}"
 
 
 def _paths(value) -> list[str]:

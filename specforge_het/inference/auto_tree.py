@@ -75,6 +75,10 @@ def calibration_prompts(spec: str) -> list[str]:
     return [c.turns[0] for c in load_conversations(spec)]
 
 
+def prompts_digest(prompts: list[str]) -> str:
+    return hashlib.sha256("\n\0".join(prompts).encode()).hexdigest()[:16]
+
+
 def cache_key(base, draft, inf, draft_path: str, prompts: list[str]) -> dict:
     device = base.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
@@ -83,7 +87,7 @@ def cache_key(base, draft, inf, draft_path: str, prompts: list[str]) -> dict:
         st = (resolve_draft_path(draft_path) / "training_log.json").stat()
         acceptance.update(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
     else:
-        acceptance.update(prompts=hashlib.sha256("\n\0".join(prompts).encode()).hexdigest()[:16],
+        acceptance.update(prompts=prompts_digest(prompts),
                           answer_tokens=calibrate.ANSWER_TOKENS, chat_template=inf.chat_template,
                           system_prompt=inf.system_prompt)
     key = {"schema": SCHEMA, "device": str(device), "device_name": name, "dtype": str(base.dtype),
@@ -161,16 +165,15 @@ def lookup_stats_for(base, inf, lookup_tokens: int, prompts: list[str], data: di
                      answers: list | None, console: Console) -> LookupStats:
     """The lookup branch's stats for these settings and prompts: from the cache file, else measured on the base's
     answers to the calibration prompts (decoded here when the acceptance did not need them) and added to it."""
-    digest = hashlib.sha256("\n\0".join(prompts).encode()).hexdigest()[:16]
-    entry = (f"tokens={lookup_tokens},ngram={inf.lookup_ngram},prompts={digest},answer_tokens={calibrate.ANSWER_TOKENS},"
+    entry = (f"tokens={lookup_tokens},ngram={inf.lookup_ngram},prompts={prompts_digest(prompts)},answer_tokens={calibrate.ANSWER_TOKENS},"
              f"template={inf.chat_template},system={inf.system_prompt}")
     stored = data.setdefault("lookup", {})
-    if entry in stored:  # a remeasure starts a new file: stats of the old answers are not carried over
+    if entry in stored:  # a remeasure (of any run sharing this file) starts it anew: lookup stats are measured again
         return LookupStats.from_json(stored[entry])
     if answers is None:
         with console.status("tree auto: measuring the prompt-lookup branch on calibration prompts"):
             answers = calibrate.base_answers(base, prompts, inf)
-    stats = calibrate.measure_lookup(answers, lookup_tokens, inf.lookup_ngram, len(prompts))
+    stats = calibrate.measure_lookup(answers, lookup_tokens, inf.lookup_ngram)
     stored[entry] = stats.to_json()
     write_cache(path, data)
     return stats

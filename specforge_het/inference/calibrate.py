@@ -204,8 +204,7 @@ def measure_acceptance(base, draft, prompts: list[str], inf, answer_tokens: int 
                                  f"measured on {len(prompts)} calibration prompts ({n} positions)")
 
 
-def measure_lookup(answers: list[tuple[list[int], list[int]]], num_tokens: int, max_ngram: int,
-                   n_prompts: int) -> LookupStats:
+def measure_lookup(answers: list[tuple[list[int], list[int]]], num_tokens: int, max_ngram: int) -> LookupStats:
     """The prompt-lookup branch along the base's answers (lookup_model.lookup_stats)."""
     return lookup_stats(answers, max_ngram, num_tokens,
-                        f"lookup {num_tokens} (n-gram <= {max_ngram}) on {n_prompts} calibration prompts")
+                        f"lookup {num_tokens} (n-gram <= {max_ngram}) on {len(answers)} calibration answers")

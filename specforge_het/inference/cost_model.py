@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specforge_het.inference.lookup_model import LookupStats, depth_mass, node_depths, tau_with_lookup
-from specforge_het.inference.tree import build_dynamic_tree
+from specforge_het.inference.lookup_model import LookupStats, depth_mass, tau_with_lookup
+from specforge_het.inference.tree import build_dynamic_tree, layout_from_parents
 
 DEPTHS = tuple(range(1, 9))
 TOP_KS = tuple(range(1, 9))
@@ -165,7 +165,7 @@ def dynamic_tree_nodes(acc: Acceptance, depth: int, top_k: int, total_tokens: in
         return logp(calls[0] + 1).expand(tokens.shape[0], top_k)
 
     _, parents, scores = build_dynamic_tree(step, logp(1), top_k, depth, total_tokens)
-    return scores[1:].exp(), node_depths(parents)[1:]
+    return scores[1:].exp(), layout_from_parents(parents).depth[1:]
 
 
 def expected_tau(acc: Acceptance, shape: TreeShape) -> float:

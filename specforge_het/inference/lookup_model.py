@@ -10,7 +10,9 @@ Taking the two as independent,
 
     E[τ] = 1 + Σ_k (a_k + b_k - a_k · b_k)
 
-(a_k alone is the tree's E[τ] - 1). The verify then holds N + (the branch's length, when proposed) tokens.
+(a_k alone is the tree's E[τ] - 1). Independence overstates E[τ] somewhat: both tend to be right on the same
+easy, repetitive text. The verify then holds N + (the branch's length, when proposed) tokens, an upper
+bound: branch tokens the tree already drafted are not added twice (`tree.merge_chain`).
 Both numbers are measured along true continuations, as the draft's acceptance is: at every answer position,
 the branch the decoder would propose there, compared with the tokens that really followed.
 """
@@ -85,17 +87,6 @@ def depth_mass(probs: torch.Tensor, depths: torch.Tensor, max_depth: int) -> lis
     """a_k for k = 1..max_depth: the summed acceptance probability of a tree's depth-k nodes."""
     mass = torch.zeros(max_depth + 1, dtype=torch.float64).index_add_(0, depths.long(), probs.double())
     return mass[1:].tolist()
-
-
-def node_depths(parents: torch.Tensor) -> torch.Tensor:
-    """Depth of every node of a tree given parent indices (root: -1 at index 0; parents come first)."""
-    depths = torch.zeros(parents.shape[0], dtype=torch.long)
-    for i, p in enumerate(parents.tolist()):
-        if i:
-            if not 0 <= p < i:
-                raise ValueError(f"node {i}'s parent {p} does not come before it")
-            depths[i] = depths[p] + 1
-    return depths
 
 
 def tau_with_lookup(mass: Sequence[float], stats: LookupStats | None) -> float:
