@@ -184,11 +184,7 @@ def expected_taus(acc: Acceptance, shapes: Sequence[TreeShape], lookup: LookupSt
     """
     if lookup is not None:
         return _taus_with_lookup(acc, shapes, lookup)
-    largest: dict[tuple[int, int], int] = {}
-    for s in shapes:
-        if s.kind != "chain":
-            key = (s.max_depth, s.top_k)
-            largest[key] = max(largest.get(key, 0), s.total_tokens)
+    largest = _largest_trees(shapes)
     prefix = {key: torch.cat([torch.ones(1, dtype=torch.float64),
                               1.0 + dynamic_tree_probs(acc, *key, n).sort(descending=True, stable=True).values.cumsum(0)])
               for key, n in largest.items()}
@@ -196,13 +192,18 @@ def expected_taus(acc: Acceptance, shapes: Sequence[TreeShape], lookup: LookupSt
             else float(prefix[(s.max_depth, s.top_k)][s.total_tokens - 1]) for s in shapes]
 
 
-def _taus_with_lookup(acc: Acceptance, shapes: Sequence[TreeShape], lookup: LookupStats) -> list[float]:
+def _largest_trees(shapes: Sequence[TreeShape]) -> dict[tuple[int, int], int]:
+    """{(depth, top_k): the most tokens any dynamic shape asks of it}: one tree build each serves every N."""
     largest: dict[tuple[int, int], int] = {}
     for s in shapes:
         if s.kind != "chain":
             largest[(s.max_depth, s.top_k)] = max(largest.get((s.max_depth, s.top_k), 0), s.total_tokens)
+    return largest
+
+
+def _taus_with_lookup(acc: Acceptance, shapes: Sequence[TreeShape], lookup: LookupStats) -> list[float]:
     ranked = {}
-    for key, n in largest.items():
+    for key, n in _largest_trees(shapes).items():
         probs, depths = dynamic_tree_nodes(acc, *key, n)
         order = probs.sort(descending=True, stable=True).indices
         ranked[key] = (probs[order], depths[order])
