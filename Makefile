@@ -346,10 +346,40 @@ runs/prompts/smollm2_mix5.jsonl: runs/prompts/smollm2_mix4.jsonl runs/prompts/sm
 	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix4.jsonl \
 		runs/prompts/smollm2_magpie_s4.jsonl --shuffle=false --seed 0
 .PHONY: data-smollm2-big-h
-data-smollm2-big-h: runs/prompts/smollm2_mix5.jsonl
+data-smollm2-big-h: $(BIG_H)/meta.json
+$(BIG_H)/meta.json: | runs/prompts/smollm2_mix5.jsonl
 	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix5.jsonl --@smollm2 \
 		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
 		--dataset_generation.ds_range 7666,9700 --dataset_generation.output_dir $(BIG_H)
+# Stage H (session 23): the stage-G run trained one epoch on part H, 7 unroll steps, lr 6e-4 as stage G; batch 4, as
+# part H's rows are about half as long as G2's (271 vs 630 tokens), so an optimizer step sees about as many tokens.
+WARM_H := runs/smollm2_eagle3_warm8
+WARM_H_INIT ?= $(WARM_G)
+.PHONY: features-smollm2-big-h draft-smollm2-eagle3-breadth-h
+features-smollm2-big-h: $(BIG_H)/meta.json
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_H) --@smollm2 --@eagle_v3
+$(WARM_H)/model.safetensors: | features-smollm2-big-h
+	[ -f $(WARM_H_INIT)/model.safetensors ] || $(MAKE) $(WARM_G)/model.safetensors
+	$(call TRAIN_WARM,$(WARM_H)) --dataset.path $(BIG_H) --modeling.init_draft $(WARM_H_INIT) --training.ttt_steps 7 \
+		--training.learning_rate 6e-4 --training.eval_steps 200 --training.per_device_batch_size 4
+draft-smollm2-eagle3-breadth-h: $(WARM_H)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_H) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-h"
+# Part I (session 23): 2,000 more Magpie prompts (seed 5) appended as mix6 (rows 0-9629 stay what parts A-H
+# answered), answered as part H (at most 256 new tokens). Resumable by part.
+BIG_I := runs/data/smollm2_big_i
+runs/prompts/smollm2_magpie_s5.jsonl: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 5 --batch_size 64
+runs/prompts/smollm2_mix6.jsonl: runs/prompts/smollm2_mix5.jsonl runs/prompts/smollm2_magpie_s5.jsonl
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix5.jsonl \
+		runs/prompts/smollm2_magpie_s5.jsonl --shuffle=false --seed 0
+.PHONY: data-smollm2-big-i features-smollm2-big-i
+data-smollm2-big-i: $(BIG_I)/meta.json
+$(BIG_I)/meta.json: | runs/prompts/smollm2_mix6.jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix6.jsonl --@smollm2 \
+		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
+		--dataset_generation.ds_range 9630,11700 --dataset_generation.output_dir $(BIG_I)
+features-smollm2-big-i: $(BIG_I)/meta.json
+	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_I) --@smollm2 --@eagle_v3
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
@@ -437,7 +467,7 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
 # warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)). Stage E was trained from the shipped folder while that held stage C, which stage E
 # has since replaced: --trained_from links it to stage C's run.
-WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F) warm6:$(WARM_G)
+WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F) warm6:$(WARM_G) warm7:$(WARM_H)
 scaling-smollm2-warm: | setup
 	for p in $(WARM_POINTS); do n=$${p%%:*}; d=runs/scaling/smollm2_warm_started/$$n; mkdir -p $$d; \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
