@@ -380,6 +380,16 @@ $(BIG_I)/meta.json: | runs/prompts/smollm2_mix6.jsonl
 		--dataset_generation.ds_range 9630,11700 --dataset_generation.output_dir $(BIG_I)
 features-smollm2-big-i: $(BIG_I)/meta.json
 	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_I) --@smollm2 --@eagle_v3
+# Stage I (session 23): the stage-H run trained one epoch on part I, as stage H.
+WARM_I := runs/smollm2_eagle3_warm9
+WARM_I_INIT ?= $(WARM_H)
+.PHONY: draft-smollm2-eagle3-breadth-i
+$(WARM_I)/model.safetensors: | features-smollm2-big-i
+	[ -f $(WARM_I_INIT)/model.safetensors ] || $(MAKE) $(WARM_H)/model.safetensors
+	$(call TRAIN_WARM,$(WARM_I)) --dataset.path $(BIG_I) --modeling.init_draft $(WARM_I_INIT) --training.ttt_steps 7 \
+		--training.learning_rate 6e-4 --training.eval_steps 200 --training.per_device_batch_size 4
+draft-smollm2-eagle3-breadth-i: $(WARM_I)/model.safetensors
+	$(BIN)/python -m specforge_het.drafts ship $(WARM_I) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-i"
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,

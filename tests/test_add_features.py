@@ -58,3 +58,15 @@ def test_other_base_or_other_layers_are_refused(tmp_path, prompts, base_dirs) ->
         add_features(other, [], str(tmp_path / "d"))
     with pytest.raises(ValueError, match="not a generated dataset"):
         add_features(make_cfg(base_dirs["qwen3"], tmp_path / "unused"), [], str(tmp_path / "nothing"))
+
+
+def test_generating_more_into_a_folder_with_added_features(tmp_path, prompts, base_dirs) -> None:
+    out = tmp_path / "d"
+    gen_dataset(make_cfg(base_dirs["qwen3"], out, batch_size=2, part_size=2), [], prompts)
+    add_features(make_cfg(base_dirs["qwen3"], tmp_path / "unused"), [], str(out))
+    rows, meta = rows_of(out), store.read_meta(out)
+    with pytest.raises(store.DatasetDirError, match=r"stores features .* --dataset_generation.store_features true"):
+        gen_dataset(make_cfg(base_dirs["qwen3"], out, batch_size=2, part_size=2), [], prompts)
+    assert store.read_meta(out) == meta  # the refusal loses nothing
+    gen_dataset(make_cfg(base_dirs["qwen3"], out, store_features=True, batch_size=2, part_size=2), [], prompts)
+    assert rows_of(out) == rows and store.read_meta(out)["feature_layers"] == meta["feature_layers"]

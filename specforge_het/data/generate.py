@@ -95,6 +95,11 @@ def check_resume(out: Path, meta: dict) -> None:
     if not (out / store.META).is_file():
         return
     old = store.read_meta(out)
+    if old.get("feature_layers") and not meta.get("feature_layers"):
+        raise store.DatasetDirError(
+            f"{out} stores features (layers {old['feature_layers']}, e.g. from add_features) and this run stores none: "
+            "to resume into it, add --dataset_generation.store_features true with the same algorithm preset "
+            "(e.g. --@eagle_v3), or generate into another --dataset_generation.output_dir and merge_datasets.")
     store.check_compatible(old, meta, ("in the output dir", "this run"))
     by_content = bool(old.get("prompts_sha")) and bool(meta.get("prompts_sha"))
     if by_content and old["prompts_sha"] != meta["prompts_sha"]:
