@@ -477,7 +477,7 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
 # warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)). Stage E was trained from the shipped folder while that held stage C, which stage E
 # has since replaced: --trained_from links it to stage C's run.
-WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F) warm6:$(WARM_G) warm7:$(WARM_H)
+WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F) warm6:$(WARM_G) warm7:$(WARM_H) warm8:$(WARM_I)
 scaling-smollm2-warm: | setup
 	for p in $(WARM_POINTS); do n=$${p%%:*}; d=runs/scaling/smollm2_warm_started/$$n; mkdir -p $$d; \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \

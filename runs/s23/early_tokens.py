@@ -1,9 +1,11 @@
-"""Session 23: answer tokens by answer position (0-127, 128-255, 256+) in the parts each warm-started stage trained
-on (loss_mask runs of each stored conversation). python runs/s23/early_tokens.py > runs/s23/early_tokens.json"""
+"""Session 23: answer tokens by answer position (0-127, 128-255, 256+) in the data each warm-started stage of the
+shipped lineage trained on (loss_mask runs of each stored conversation; the 2 % eval splits included), in the
+scaling study's order (warm = stage A ... warm8 = stage I). python runs/s23/early_tokens.py > runs/s23/early_tokens.json"""
 import glob
 import json
 
-PARTS = {"E (part F)": "runs/data/smollm2_big_f", "F (G1)": "runs/data/smollm2_big_g1",
+PARTS = {"A (rows 0-767)": "runs/data/smollm2_big", "B (part B)": "runs/data/smollm2_big_b",
+         "C (parts D, E)": "runs/data/smollm2_big_d runs/data/smollm2_big_e", "E (part F)": "runs/data/smollm2_big_f", "F (G1)": "runs/data/smollm2_big_g1",
          "G (G2)": "runs/data/smollm2_big_g2", "H (part H)": "runs/data/smollm2_big_h",
          "I (part I)": "runs/data/smollm2_big_i"}
 
@@ -20,9 +22,13 @@ def positions(mask):
 out = {}
 for stage, folder in PARTS.items():
     counts = [0, 0, 0]
-    for path in sorted(glob.glob(f"{folder}/parts/*.jsonl")):
+    paths = [p for f in folder.split() for p in sorted(glob.glob(f"{f}/parts/*.jsonl"))]
+    for path in paths:
         for line in open(path):
-            for p in positions(json.loads(line)["loss_mask"]):
+            row = json.loads(line)
+            if stage.startswith("A") and row["index"] >= 768:
+                continue
+            for p in positions(row["loss_mask"]):
                 counts[0 if p < 128 else 1 if p < 256 else 2] += 1
     if sum(counts):
         out[stage] = {"0-127": counts[0], "128-255": counts[1], "256+": counts[2], "all": sum(counts)}

@@ -1,0 +1,20 @@
+"""Session 23: the shipped lineage's MT-Bench τ (runs/scaling/smollm2_warm_started/*/bench.json) against cumulative
+answer tokens in positions 0-255 (runs/s23/early_tokens.json), fitted as τ = a + b·ln(tokens), with the fit over
+all answer tokens beside it. python runs/s23/early_fit.py > runs/s23/early_fit.json"""
+import json
+from specforge_het.bench.scaling import log_fit
+
+STAGES = ["A (rows 0-767)", "B (part B)", "C (parts D, E)", "E (part F)", "F (G1)", "G (G2)", "H (part H)", "I (part I)"]
+POINTS = ["warm", "warm2", "warm3", "warm4", "warm5", "warm6", "warm7", "warm8"]
+counts = json.load(open("runs/s23/early_tokens.json"))
+taus = [json.load(open(f"runs/scaling/smollm2_warm_started/{p}/bench.json"))["summary"]["ours-tree"]["tau"]
+        for p in POINTS]
+out = {}
+for name, keys in (("positions 0-255", ("0-127", "128-255")), ("all positions", ("0-127", "128-255", "256+"))):
+    cum, xs = 0, []
+    for s in STAGES:
+        cum += sum(counts[s][k] for k in keys)
+        xs.append(cum)
+    fit = log_fit([{"answer_tokens": x, "tau": t} for x, t in zip(xs, taus)], (2.2, 2.5))
+    out[name] = {"tokens": xs, "tau": [round(t, 3) for t in taus], **fit}
+print(json.dumps(out, indent=1))
