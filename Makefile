@@ -390,6 +390,20 @@ $(WARM_I)/model.safetensors: | features-smollm2-big-i
 		--training.learning_rate 6e-4 --training.eval_steps 200 --training.per_device_batch_size 4
 draft-smollm2-eagle3-breadth-i: $(WARM_I)/model.safetensors
 	$(BIN)/python -m specforge_het.drafts ship $(WARM_I) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-i"
+# Part J (prompts made in session 23): 2,000 more Magpie prompts (seed 6) appended as mix7 (rows 0-11595 stay what
+# parts A-I answered), answered as parts H and I. Resumable by part; the next stage trains on it from stage I.
+BIG_J := runs/data/smollm2_big_j
+runs/prompts/smollm2_magpie_s6.jsonl: | setup
+	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 6 --batch_size 64
+runs/prompts/smollm2_mix7.jsonl: runs/prompts/smollm2_mix6.jsonl runs/prompts/smollm2_magpie_s6.jsonl
+	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix6.jsonl \
+		runs/prompts/smollm2_magpie_s6.jsonl --shuffle=false --seed 0
+.PHONY: data-smollm2-big-j
+data-smollm2-big-j: $(BIG_J)/meta.json
+$(BIG_J)/meta.json: | runs/prompts/smollm2_mix7.jsonl
+	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix7.jsonl --@smollm2 \
+		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
+		--dataset_generation.ds_range 11596,13700 --dataset_generation.output_dir $(BIG_J)
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
