@@ -339,71 +339,52 @@ draft-smollm2-eagle3-breadth-g: $(WARM_G)/model.safetensors
 # answer tokens past 256. So: 2,000 more Magpie prompts (seed 4) appended after mix4 as mix5 (rows 0-7665 stay
 # what parts A-G answered), answered with at most 256 new tokens (about 2.5x the generated tokens/s of 1,024-token
 # answers). Resumable by part; the next stage trains on it.
+# Short-answer parts and stages (sessions 22-23), one line each below.
+# $(call short_part,P,SEED,PREV,MIX,FROM,TO): 2,000 Magpie prompts (SEED) appended to smollm2_mixPREV as smollm2_mixMIX
+# (the rows before stay what earlier parts answered), rows FROM..TO answered with at most 256 new tokens (about 2x the
+# generated tokens/s of 1,024-token answers) into runs/data/smollm2_big_P (resumable by part), then their features.
+define short_part
+runs/prompts/smollm2_magpie_s$(2).jsonl: | setup
+	$$(BIN)/python -m specforge_het.data_gen gen_prompts $$@ --@smollm2 --n 2000 --seed $(2) --batch_size 64
+runs/prompts/smollm2_mix$(4).jsonl: runs/prompts/smollm2_mix$(3).jsonl runs/prompts/smollm2_magpie_s$(2).jsonl
+	$$(BIN)/python -m specforge_het.data_gen mix_prompts $$@ runs/prompts/smollm2_mix$(3).jsonl \
+		runs/prompts/smollm2_magpie_s$(2).jsonl --shuffle=false --seed 0
+.PHONY: data-smollm2-big-$(1) features-smollm2-big-$(1)
+data-smollm2-big-$(1): runs/data/smollm2_big_$(1)/meta.json
+runs/data/smollm2_big_$(1)/meta.json: | runs/prompts/smollm2_mix$(4).jsonl
+	$$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix$(4).jsonl --@smollm2 \
+		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
+		--dataset_generation.ds_range $(5),$(6) --dataset_generation.output_dir runs/data/smollm2_big_$(1)
+features-smollm2-big-$(1): runs/data/smollm2_big_$(1)/meta.json
+	$$(BIN)/python -m specforge_het.data_gen add_features runs/data/smollm2_big_$(1) --@smollm2 --@eagle_v3
+endef
+# $(call short_stage,P,OUT,INIT_VAR,PREV): the draft INIT_VAR names (default PREV, the previous stage's run) trained one
+# epoch on part P into OUT: 7 unroll steps, lr 6e-4 as stage G, batch 4 (these rows are about half as long as G2's,
+# 271 vs 630 tokens, so a step sees about as many tokens as stage G's batch 2); `make draft-smollm2-eagle3-breadth-P`
+# ships it.
+define short_stage
+$(2)/model.safetensors: | features-smollm2-big-$(1)
+	[ -f $$($(3))/model.safetensors ] || $$(MAKE) $(4)/model.safetensors
+	$$(call TRAIN_WARM,$(2)) --dataset.path runs/data/smollm2_big_$(1) --modeling.init_draft $$($(3)) --training.ttt_steps 7 \
+		--training.learning_rate 6e-4 --training.eval_steps 200 --training.per_device_batch_size 4
+.PHONY: draft-smollm2-eagle3-breadth-$(1)
+draft-smollm2-eagle3-breadth-$(1): $(2)/model.safetensors
+	$$(BIN)/python -m specforge_het.drafts ship $(2) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-$(1)"
+endef
 BIG_H := runs/data/smollm2_big_h
-runs/prompts/smollm2_magpie_s4.jsonl: | setup
-	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 4 --batch_size 64
-runs/prompts/smollm2_mix5.jsonl: runs/prompts/smollm2_mix4.jsonl runs/prompts/smollm2_magpie_s4.jsonl
-	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix4.jsonl \
-		runs/prompts/smollm2_magpie_s4.jsonl --shuffle=false --seed 0
-.PHONY: data-smollm2-big-h
-data-smollm2-big-h: $(BIG_H)/meta.json
-$(BIG_H)/meta.json: | runs/prompts/smollm2_mix5.jsonl
-	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix5.jsonl --@smollm2 \
-		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
-		--dataset_generation.ds_range 7666,9700 --dataset_generation.output_dir $(BIG_H)
-# Stage H (session 23): the stage-G run trained one epoch on part H, 7 unroll steps, lr 6e-4 as stage G; batch 4, as
-# part H's rows are about half as long as G2's (271 vs 630 tokens), so an optimizer step sees about as many tokens.
-WARM_H := runs/smollm2_eagle3_warm8
-WARM_H_INIT ?= $(WARM_G)
-.PHONY: features-smollm2-big-h draft-smollm2-eagle3-breadth-h
-features-smollm2-big-h: $(BIG_H)/meta.json
-	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_H) --@smollm2 --@eagle_v3
-$(WARM_H)/model.safetensors: | features-smollm2-big-h
-	[ -f $(WARM_H_INIT)/model.safetensors ] || $(MAKE) $(WARM_G)/model.safetensors
-	$(call TRAIN_WARM,$(WARM_H)) --dataset.path $(BIG_H) --modeling.init_draft $(WARM_H_INIT) --training.ttt_steps 7 \
-		--training.learning_rate 6e-4 --training.eval_steps 200 --training.per_device_batch_size 4
-draft-smollm2-eagle3-breadth-h: $(WARM_H)/model.safetensors
-	$(BIN)/python -m specforge_het.drafts ship $(WARM_H) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-h"
-# Part I (session 23): 2,000 more Magpie prompts (seed 5) appended as mix6 (rows 0-9629 stay what parts A-H
-# answered), answered as part H (at most 256 new tokens). Resumable by part.
 BIG_I := runs/data/smollm2_big_i
-runs/prompts/smollm2_magpie_s5.jsonl: | setup
-	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 5 --batch_size 64
-runs/prompts/smollm2_mix6.jsonl: runs/prompts/smollm2_mix5.jsonl runs/prompts/smollm2_magpie_s5.jsonl
-	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix5.jsonl \
-		runs/prompts/smollm2_magpie_s5.jsonl --shuffle=false --seed 0
-.PHONY: data-smollm2-big-i features-smollm2-big-i
-data-smollm2-big-i: $(BIG_I)/meta.json
-$(BIG_I)/meta.json: | runs/prompts/smollm2_mix6.jsonl
-	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix6.jsonl --@smollm2 \
-		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
-		--dataset_generation.ds_range 9630,11700 --dataset_generation.output_dir $(BIG_I)
-features-smollm2-big-i: $(BIG_I)/meta.json
-	$(BIN)/python -m specforge_het.data_gen add_features $(BIG_I) --@smollm2 --@eagle_v3
-# Stage I (session 23): the stage-H run trained one epoch on part I, as stage H.
-WARM_I := runs/smollm2_eagle3_warm9
-WARM_I_INIT ?= $(WARM_H)
-.PHONY: draft-smollm2-eagle3-breadth-i
-$(WARM_I)/model.safetensors: | features-smollm2-big-i
-	[ -f $(WARM_I_INIT)/model.safetensors ] || $(MAKE) $(WARM_H)/model.safetensors
-	$(call TRAIN_WARM,$(WARM_I)) --dataset.path $(BIG_I) --modeling.init_draft $(WARM_I_INIT) --training.ttt_steps 7 \
-		--training.learning_rate 6e-4 --training.eval_steps 200 --training.per_device_batch_size 4
-draft-smollm2-eagle3-breadth-i: $(WARM_I)/model.safetensors
-	$(BIN)/python -m specforge_het.drafts ship $(WARM_I) smollm2-135m-instruct-eagle3 --rebuild "make draft-smollm2-eagle3-breadth-i"
-# Part J (prompts made in session 23): 2,000 more Magpie prompts (seed 6) appended as mix7 (rows 0-11595 stay what
-# parts A-I answered), answered as parts H and I. Resumable by part; the next stage trains on it from stage I.
 BIG_J := runs/data/smollm2_big_j
-runs/prompts/smollm2_magpie_s6.jsonl: | setup
-	$(BIN)/python -m specforge_het.data_gen gen_prompts $@ --@smollm2 --n 2000 --seed 6 --batch_size 64
-runs/prompts/smollm2_mix7.jsonl: runs/prompts/smollm2_mix6.jsonl runs/prompts/smollm2_magpie_s6.jsonl
-	$(BIN)/python -m specforge_het.data_gen mix_prompts $@ runs/prompts/smollm2_mix6.jsonl \
-		runs/prompts/smollm2_magpie_s6.jsonl --shuffle=false --seed 0
-.PHONY: data-smollm2-big-j
-data-smollm2-big-j: $(BIG_J)/meta.json
-$(BIG_J)/meta.json: | runs/prompts/smollm2_mix7.jsonl
-	$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix7.jsonl --@smollm2 \
-		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
-		--dataset_generation.ds_range 11596,13700 --dataset_generation.output_dir $(BIG_J)
+WARM_H := runs/smollm2_eagle3_warm8
+WARM_I := runs/smollm2_eagle3_warm9
+WARM_H_INIT ?= $(WARM_G)
+WARM_I_INIT ?= $(WARM_H)
+# Part H (session 22, seed 4) and stage H (session 23, from stage G); part I and stage I (session 23, from stage H,
+# shipped); part J (prompts made in session 23; not answered yet).
+$(eval $(call short_part,h,4,4,5,7666,9700))
+$(eval $(call short_stage,h,$(WARM_H),WARM_H_INIT,$(WARM_G)))
+$(eval $(call short_part,i,5,5,6,9630,11700))
+$(eval $(call short_stage,i,$(WARM_I),WARM_I_INIT,$(WARM_H)))
+$(eval $(call short_part,j,6,6,7,11596,13700))
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
