@@ -341,14 +341,14 @@ draft-smollm2-eagle3-breadth-g: $(WARM_G)/model.safetensors
 # answers; measured: 394 and 387 tok/s against ~200). Resumable by part; the next stage trains on it.
 # Short-answer parts and stages (sessions 22-23), one line each below.
 # $(call short_part,P,SEED,PREV,MIX,FROM,TO): 2,000 Magpie prompts (SEED) appended to smollm2_mixPREV as smollm2_mixMIX
-# (the rows before stay what earlier parts answered), rows FROM..TO answered with at most 256 new tokens (about 2x the
+# (the rows before stay what earlier parts answered; a committed mix is never rebuilt: order-only prerequisites), rows FROM..TO answered with at most 256 new tokens (about 2x the
 # generated tokens/s of 1,024-token answers) into runs/data/smollm2_big_P (resumable by part), then their features.
 define short_part
 runs/prompts/smollm2_magpie_s$(2).jsonl: | setup
 	$$(BIN)/python -m specforge_het.data_gen gen_prompts $$@ --@smollm2 --n 2000 --seed $(2) --batch_size 64
-runs/prompts/smollm2_mix$(4).jsonl: runs/prompts/smollm2_mix$(3).jsonl runs/prompts/smollm2_magpie_s$(2).jsonl
+runs/prompts/smollm2_mix$(4).jsonl: | runs/prompts/smollm2_mix$(3).jsonl runs/prompts/smollm2_magpie_s$(2).jsonl
 	$$(BIN)/python -m specforge_het.data_gen mix_prompts $$@ runs/prompts/smollm2_mix$(3).jsonl \
-		runs/prompts/smollm2_magpie_s$(2).jsonl --shuffle=false --seed 0
+		runs/prompts/smollm2_magpie_s$(2).jsonl --append --shuffle=false --seed 0
 .PHONY: data-smollm2-big-$(1) features-smollm2-big-$(1)
 data-smollm2-big-$(1): runs/data/smollm2_big_$(1)/meta.json
 runs/data/smollm2_big_$(1)/meta.json: | runs/prompts/smollm2_mix$(4).jsonl
@@ -377,14 +377,18 @@ WARM_H := runs/smollm2_eagle3_warm8
 WARM_I := runs/smollm2_eagle3_warm9
 WARM_H_INIT ?= $(WARM_G)
 WARM_I_INIT ?= $(WARM_H)
+WARM_J := runs/smollm2_eagle3_warm10
+WARM_J_INIT ?= $(WARM_I)
 # Part H (session 22, seed 4) and stage H (session 23, from stage G); part I and stage I (session 23, from stage H,
-# shipped). Part J's prompts (runs/prompts/smollm2_magpie_s6.jsonl, session 23) were made by the gen_prompts line of
-# short_part with seed 6; its line waits for a fix: mix_prompts mix6 + s6 dropped one row of mix6 (10282, as a near
-# duplicate it had kept before), which would shift the rows parts A-I answered.
+# shipped); part J (prompts session 23, answers session 24) and stage J (session 24, from stage I). mix5 and mix6 were
+# made before --append (re-filtering the earlier mix kept all its rows then); from mix7 on --append keeps them as
+# they are (session 23 found re-filtering mix6 dropped a row: the near-duplicate check depended on the hash seed).
 $(eval $(call short_part,h,4,4,5,7666,9700))
 $(eval $(call short_stage,h,$(WARM_H),WARM_H_INIT,$(WARM_G)))
 $(eval $(call short_part,i,5,5,6,9630,11700))
 $(eval $(call short_stage,i,$(WARM_I),WARM_I_INIT,$(WARM_H)))
+$(eval $(call short_part,j,6,6,7,11596,13700))
+$(eval $(call short_stage,j,$(WARM_J),WARM_J_INIT,$(WARM_I)))
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,

@@ -198,6 +198,17 @@ def test_ngram_index_is_fast_on_10k_prompts():
     assert index.best(texts[123] + " and one more") == ("123", 1.0)
 
 
+def test_ngram_index_breaks_ties_by_the_earliest_text_whatever_the_hash_seed():
+    # 20 texts each share one gram with the query: a tie. Counter order followed the query's set order, which
+    # changes with PYTHONHASHSEED, so a cut to few candidates kept a different text in each process (mix6 lost a row)
+    query = " ".join(f"q{i}" for i in range(22))
+    for cut in (1, 3):
+        index = NgramIndex(3)
+        for i in range(20):
+            index.add(str(i), f"q{i} q{i + 1} q{i + 2} " + " ".join(f"pad{i}x{j}" for j in range(i)))
+        assert index.best(query, candidates=cut) == ("0", 1.0)  # text 0 is earliest, and all of it is shared
+
+
 def test_eval_overlap_drops_copies_and_keeps_fresh_prompts():
     evals = EvalSets()
     assert evals.sizes["mt_bench"] == 160 and evals.sizes["gsm8k_test"] == 1319
@@ -308,6 +319,37 @@ def test_mix_prompts_dedups_filters_and_shuffles_with_a_seed(tmp_path):
         mix_prompts(Config(), [], str(other), str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="at least one SRC"):
         mix_prompts(Config(), [], str(other))
+
+
+def test_mix_prompts_append_keeps_an_earlier_mix_as_it_is(tmp_path):
+    poem = "Write a short poem about the ocean at night, with the moon shining on the waves and a lonely boat."
+    src = write_jsonl(tmp_path / "src.jsonl", [conv(0, poem), conv(1, poem.replace("lonely", "small")), conv(2, FRESH)])
+    earlier = tmp_path / "mix1.jsonl"
+    mix_prompts(Config(), [], str(earlier), src, near_dup=1.0)  # exact only: both poems kept
+    new = write_jsonl(tmp_path / "new.jsonl", [conv(3, poem.replace("lonely", "red")), conv(4, MTB[7]["turns"][0]),
+                                               conv(5, "How do I repot a cactus without hurting my hands?")])
+    out = tmp_path / "mix2.jsonl"
+    mix_prompts(Config(), [], str(out), str(earlier), new, append=True, seed=3)
+    lines = out.read_text().splitlines(keepends=True)
+    assert "".join(lines[:3]) == earlier.read_text()  # rows 0-2 stay what a gen_dataset range answered
+    assert [json.loads(line)["id"] for line in lines[3:]] == ["p5"]  # a near duplicate and an eval prompt dropped
+    report = json.loads((tmp_path / "mix2.report.json").read_text())
+    assert report["sources"][0]["kept"] == 3 and report["dropped"]["near duplicate"] == 1
+    refiltered = tmp_path / "refiltered.jsonl"  # without --append the earlier mix is filtered again: a row goes
+    mix_prompts(Config(), [], str(refiltered), str(earlier), new, shuffle=False)
+    assert not refiltered.read_text().startswith(earlier.read_text())
+    same = tmp_path / "same.jsonl"
+    mix_prompts(Config(), [], str(same), str(earlier), append=True)
+    assert same.read_text() == earlier.read_text()
+    with pytest.raises(ValueError, match="drop ':2'"):
+        mix_prompts(Config(), [], str(same), f"{earlier}:2", new, append=True)
+    leaky = write_jsonl(tmp_path / "leaky.jsonl", [conv(0, FRESH), conv(1, MTB[7]["turns"][0])])
+    with pytest.raises(ValueError, match="row 'p1'.*overlaps evaluation prompt mt_bench"):
+        mix_prompts(Config(), [], str(same), leaky, new, append=True)
+    twice = write_jsonl(tmp_path / "twice.jsonl", [conv(0, FRESH), conv(0, poem)])
+    with pytest.raises(ValueError, match="1 unreadable row.*twice.jsonl:2: duplicate id: p0.*without --append"):
+        mix_prompts(Config(), [], str(same), twice, append=True)
+    assert same.read_text() == earlier.read_text()  # refusals write nothing
 
 
 def test_check_prompts_verb(tmp_path, capsys):

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class NgramIndex:
 
     A gram met in more than `max_postings` texts stops getting postings (boilerplate such as
     "can you help me"); near-duplicates still share rarer grams, so they are still found.
+    `best` scores the `candidates` texts sharing most grams (ties: earliest added), so its answer depends
+    only on what was added and in which order, never on the process's string hash seed.
     """
 
     def __init__(self, n: int, max_postings: int = 200) -> None:
@@ -95,7 +98,9 @@ class NgramIndex:
             if posting and len(posting) <= self.max_postings:
                 shared.update(posting)
         best: tuple[str, float] | None = None
-        for doc, _ in shared.most_common(candidates):
+        # most shared grams first, ties to the earliest added text: `shared`'s own order follows the set order of
+        # `grams`, which changes with each process's string hash seed, and so would the candidates kept
+        for doc in heapq.nsmallest(candidates, shared, key=lambda d: (-shared[d], d)):
             score = containment(grams, self.grams[doc])
             if best is None or score > best[1]:
                 best = (self.keys[doc], score)
@@ -274,6 +279,19 @@ class PromptFilter:
             return self.drop("near duplicate", joined)
         self.seen[norm] = key
         self.index.add(key, joined, grams)
+        self.counts["kept"] += 1
+        return None
+
+    def keep(self, key: str, texts: list[str]) -> tuple[str, str, float] | None:
+        """Keep a prompt unchecked for quality and duplicates (a row of an earlier mix), indexing it so later
+        prompts are checked against it; returns its evaluation overlap (set, id, score), or None."""
+        for text in texts:
+            hit = self.evals.match(text)
+            if hit:
+                return hit
+        joined = "\n".join(texts)
+        self.seen.setdefault(normalise(joined), key)
+        self.index.add(key, joined)
         self.counts["kept"] += 1
         return None
 

@@ -8,6 +8,7 @@ A SRC is any file `prepare_data` reads (our schema, ShareGPT, GSM8K `question`, 
 `train_prompts` (the shipped training prompts); `:N` takes a seeded sample of N of its rows.
 Sources are filtered in command-line order, so when two sources hold the same prompt the first
 keeps it. Rows are shuffled after filtering, so every `ds_range` of `gen_dataset` mixes sources.
+`--append` grows an earlier mix (the first SRC): its rows stay first and unchanged, the new ones follow.
 """
 
 from __future__ import annotations
@@ -121,13 +122,16 @@ def _evals(eval_files: Any, threshold: float) -> EvalSets:
 # ---------------------------------------------------------------- verbs
 
 def mix_prompts(cfg: Config, presets: list[str], out: str, *srcs: str, seed: int = 0, shuffle: bool = True,
-                near_dup: float = 0.7, eval_overlap: float = 0.5, eval_files: tuple[str, ...] | str = (),
-                min_chars: int = 0, max_chars: int = 0, language: str = "", kind: str = "auto") -> str:
+                append: bool = False, near_dup: float = 0.7, eval_overlap: float = 0.5,
+                eval_files: tuple[str, ...] | str = (), min_chars: int = 0, max_chars: int = 0, language: str = "",
+                kind: str = "auto") -> str:
     """Mix prompt files SRC[:N] (e.g. gen_prompts output, train_prompts, GSM8K train) into OUT, deduplicated.
 
     Args:
         srcs: files in any layout prepare_data reads, or `train_prompts` (shipped); `:N` = a seeded sample of N rows.
         seed: seed of the samples and the shuffle. shuffle: false keeps source order.
+        append: the first SRC is an earlier mix: its rows are written first, unchanged and in order (so the rows a
+            gen_dataset range answered stay the same), and the other sources are checked against them and appended.
         near_dup: word 3-gram containment at which a prompt is a near-duplicate of an earlier one (1 = exact only).
         eval_overlap: word 5-gram containment at which a prompt overlaps an evaluation prompt (dropped).
         eval_files: more evaluation sets (JSONL) to keep out. kind: force a source layout (see prepare_data).
@@ -137,11 +141,13 @@ def mix_prompts(cfg: Config, presets: list[str], out: str, *srcs: str, seed: int
         raise ValueError("mix_prompts needs OUT and at least one SRC, e.g. mix_prompts mixed.jsonl prompts.jsonl "
                          "train_prompts gsm8k_train.jsonl:2000")
     filt = PromptFilter(FilterSettings(min_chars, max_chars, 0, language, 0.0, near_dup), _evals(eval_files, eval_overlap))
-    kept: list[dict] = []
     used: set[str] = set()
-    total, per_source = 0, []
     bad = BadInputReport()
-    for k, spec in enumerate(srcs):
+    earlier = _keep_earlier(filt, str(srcs[0]), kind, used, bad) if append else []
+    kept: list[dict] = []
+    total, per_source = len(earlier), ([{"source": str(srcs[0]), "rows": len(earlier), "kept": len(earlier),
+                                         "bad": bad.count}] if append else [])
+    for k, spec in enumerate(srcs[1:] if append else srcs, start=int(append)):
         path, limit = parse_source(str(spec))
         rows, report = read_prompts(path, kind)
         bad.problems += report.problems
@@ -157,14 +163,40 @@ def mix_prompts(cfg: Config, presets: list[str], out: str, *srcs: str, seed: int
     if shuffle:
         random.Random(f"mix_prompts:{seed}:shuffle").shuffle(kept)
     out_path = Path(out)
-    written = write_conversations(out_path, kept)
-    settings = {"sources": [str(s) for s in srcs], "seed": seed, "shuffle": shuffle}
+    written = write_conversations(out_path, earlier + kept)
+    settings = {"sources": [str(s) for s in srcs], "seed": seed, "shuffle": shuffle, "append": append}
     result = write_report(out_path, "mix_prompts", filt, total, written, settings, {"sources": per_source})
     _print_sources(per_source)
     print_report(result)
     if bad.count:
         bad.print_summary(console)
     return str(out_path)
+
+
+def _keep_earlier(filt: PromptFilter, spec: str, kind: str, used: set[str], bad: BadInputReport) -> list[dict]:
+    """Every row of an earlier mix, unchanged and indexed for the duplicate checks of the sources after it.
+
+    A row that overlaps an evaluation set (one added since that mix was made) is refused, not dropped: dropping
+    it would shift every later row, and with them the rows each gen_dataset range answered.
+    """
+    path, limit = parse_source(spec)
+    if limit:
+        raise ValueError(f"--append keeps every row of the earlier mix '{spec}'; drop ':{limit}' (a sample would "
+                         "change which rows the data set's ranges answered)")
+    rows, report = read_prompts(path, kind)
+    if report.count:
+        raise ValueError(f"--append: the earlier mix {path} has {report.count} unreadable row(s) (first: "
+                         f"{report.problems[0].where}: {report.problems[0].reason}); keeping the rest would shift the rows after them. Fix those rows, "
+                         "or make a new mix without --append")
+    for row in rows:
+        hit = filt.keep(row["id"], user_turns(row))
+        if hit:
+            raise ValueError(f"--append: row '{row['id']}' of the earlier mix {path} overlaps evaluation prompt "
+                             f"{hit[0]}:{hit[1]} (score {hit[2]}); a data set answered from it must not be trained "
+                             "on. Make a new mix without --append (and generate its data anew), or leave out the "
+                             "evaluation file that now matches")
+        used.add(row["id"])
+    return [{"id": r["id"], "conversations": r["conversations"]} for r in rows]
 
 
 def _sample(rows: list[dict], limit: int, key: str) -> list[dict]:
