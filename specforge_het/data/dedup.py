@@ -264,12 +264,11 @@ class PromptFilter:
         problem = text_problem(joined, s.min_chars, s.max_chars, s.min_words, s.language, s.min_unique)
         if problem:
             return self.drop(problem, joined)
-        for text in texts:
-            hit = self.evals.match(text)
-            if hit:
-                self.overlaps.append({"id": key, "eval_set": hit[0], "eval_id": hit[1], "score": hit[2],
-                                      "prompt": text[:200]})
-                return self.drop(f"overlaps {hit[0]}", joined)
+        hit = self.eval_hit(texts)
+        if hit:
+            self.overlaps.append({"id": key, "eval_set": hit[0], "eval_id": hit[1], "score": hit[2],
+                                  "prompt": hit[3][:200]})
+            return self.drop(f"overlaps {hit[0]}", joined)
         norm = normalise(joined)
         if norm in self.seen:
             return self.drop("exact duplicate", joined)
@@ -282,13 +281,20 @@ class PromptFilter:
         self.counts["kept"] += 1
         return None
 
-    def keep(self, key: str, texts: list[str]) -> tuple[str, str, float] | None:
-        """Keep a prompt unchecked for quality and duplicates (a row of an earlier mix), indexing it so later
-        prompts are checked against it; returns its evaluation overlap (set, id, score), or None."""
+    def eval_hit(self, texts: list[str]) -> tuple[str, str, float, str] | None:
+        """(set, eval prompt id, score, the user turn) of the first turn overlapping an evaluation prompt, or None."""
         for text in texts:
             hit = self.evals.match(text)
             if hit:
-                return hit
+                return (*hit, text)
+        return None
+
+    def keep(self, key: str, texts: list[str]) -> tuple[str, str, float] | None:
+        """Keep a prompt unchecked for quality and duplicates (a row of an earlier mix), indexing it so later
+        prompts are checked against it; returns its evaluation overlap (set, id, score), or None."""
+        hit = self.eval_hit(texts)
+        if hit:
+            return hit[:3]
         joined = "\n".join(texts)
         self.seen.setdefault(normalise(joined), key)
         self.index.add(key, joined)
