@@ -265,6 +265,17 @@ def main(cfg: Config, presets: list[str]) -> None:
         Console().print(report(trainer, info, time.time() - start))
         console.print(throughput_line(trainer))
         console.print(f"draft folder: {out} (load with {trainer.model.algorithm.load_option} {out})")
+    _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Tear down the process group torchrun's ranks joined: left to interpreter exit, gloo's threads can abort a
+    rank that has already saved ("terminate called without an active exception"), failing the whole run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
