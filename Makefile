@@ -381,9 +381,14 @@ WARM_J := runs/smollm2_eagle3_warm10
 WARM_K := runs/smollm2_eagle3_warm11
 WARM_J_INIT ?= $(WARM_I)
 WARM_K_INIT ?= $(WARM_J)
+WARM_L := runs/smollm2_eagle3_warm12
+WARM_L_INIT ?= $(WARM_K)
+WARM_M := runs/smollm2_eagle3_warm13
+WARM_M_INIT ?= $(WARM_L)
 # Part H (session 22, seed 4) and stage H (session 23, from stage G); part I and stage I (session 23, from stage H);
 # part J (prompts session 23, answers session 24) and stage J (session 24, from stage I); part K (seed 7) and stage K
-# (session 24, from stage J, shipped). mix5 and mix6 were
+# (session 24, from stage J, shipped); parts L, M (seeds 8, 9) and stages L, M (session 25,
+# each from the one before). mix5 and mix6 were
 # made before --append (re-filtering the earlier mix kept all its rows then); from mix7 on --append keeps them as
 # they are (session 23 found re-filtering mix6 dropped a row: the near-duplicate check depended on the hash seed).
 $(eval $(call short_part,h,4,4,5,7666,9700))
@@ -394,6 +399,10 @@ $(eval $(call short_part,j,6,6,7,11596,13700))
 $(eval $(call short_stage,j,$(WARM_J),WARM_J_INIT,$(WARM_I)))
 $(eval $(call short_part,k,7,7,8,13554,15700))
 $(eval $(call short_stage,k,$(WARM_K),WARM_K_INIT,$(WARM_J)))
+$(eval $(call short_part,l,8,8,9,15513,17700))
+$(eval $(call short_stage,l,$(WARM_L),WARM_L_INIT,$(WARM_K)))
+$(eval $(call short_part,m,9,9,10,17467,19700))
+$(eval $(call short_stage,m,$(WARM_M),WARM_M_INIT,$(WARM_L)))
 
 # Multi-turn stage (issue 13, session 16; runs/s16/multiturn.sh did the same): SmolLM2 writes a second user turn
 # (gen_followups) for breadth conversations whose first answer ended within 384 tokens (250 from the first 768,
@@ -479,10 +488,10 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 # since the earlier 874-conversation draft) as a second series of the same plot, with the same bench. Its first
 # init_draft is the shipped folder, which stage C replaced (or WARM_INIT in a rebuild): --count_from starts the count there. The drafts'
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
-# warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)), ..., warm9 stage J, warm10 stage K. Stage E was trained from the shipped folder while that held stage C, which stage E
+# warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)), ..., warm9 stage J, warm10 stage K, warm11 stage L, warm12 stage M. Stage E was trained from the shipped folder while that held stage C, which stage E
 # has since replaced: --trained_from links it to stage C's run.
 WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F) warm6:$(WARM_G) warm7:$(WARM_H) warm8:$(WARM_I) \
-	warm9:$(WARM_J) warm10:$(WARM_K)
+	warm9:$(WARM_J) warm10:$(WARM_K) warm11:$(WARM_L) warm12:$(WARM_M)
 scaling-smollm2-warm: | setup
 	for p in $(WARM_POINTS); do n=$${p%%:*}; d=runs/scaling/smollm2_warm_started/$$n; mkdir -p $$d; \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \

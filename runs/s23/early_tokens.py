@@ -1,6 +1,6 @@
 """Session 23: answer tokens by answer position (0-127, 128-255, 256+) in the data each warm-started stage of the
 shipped lineage trained on (loss_mask runs of each stored conversation; the 2 % eval splits included), in the
-scaling study's order (warm = stage A ... warm8 = stage I, warm9 = J, warm10 = K: session 24 added the last two;
+scaling study's order (warm = stage A ... warm8 = stage I, warm9 = J, warm10 = K: session 24 added J, K; session 25 L, M;
 stages whose data is missing are left out). python runs/s23/early_tokens.py > runs/s23/early_tokens.json"""
 import glob
 import json
@@ -9,7 +9,8 @@ PARTS = {"A (rows 0-767)": "runs/data/smollm2_big", "B (part B)": "runs/data/smo
          "C (parts D, E)": "runs/data/smollm2_big_d runs/data/smollm2_big_e", "E (part F)": "runs/data/smollm2_big_f", "F (G1)": "runs/data/smollm2_big_g1",
          "G (G2)": "runs/data/smollm2_big_g2", "H (part H)": "runs/data/smollm2_big_h",
          "I (part I)": "runs/data/smollm2_big_i", "J (part J)": "runs/data/smollm2_big_j",
-         "K (part K)": "runs/data/smollm2_big_k"}
+         "K (part K)": "runs/data/smollm2_big_k", "L (part L)": "runs/data/smollm2_big_l",
+         "M (part M)": "runs/data/smollm2_big_m"}
 
 
 def positions(mask):
