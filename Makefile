@@ -382,6 +382,7 @@ WARM_K := runs/smollm2_eagle3_warm11
 WARM_J_INIT ?= $(WARM_I)
 WARM_K_INIT ?= $(WARM_J)
 WARM_L := runs/smollm2_eagle3_warm12
+# Session 26 ran stage L with WARM_L_INIT=specforge_het/drafts/smollm2-135m-instruct-eagle3 (stage K as shipped).
 WARM_L_INIT ?= $(WARM_K)
 WARM_M := runs/smollm2_eagle3_warm13
 WARM_M_INIT ?= $(WARM_L)
@@ -489,7 +490,9 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 # init_draft is the shipped folder, which stage C replaced (or WARM_INIT in a rebuild): --count_from starts the count there. The drafts'
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
 # warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)), ..., warm9 stage J, warm10 stage K, warm11 stage L, warm12 stage M. Stage E was trained from the shipped folder while that held stage C, which stage E
-# has since replaced: --trained_from links it to stage C's run.
+# has since replaced: --trained_from links it to stage C's run. Stage L was trained (session 26) from the shipped stage-K
+# draft, since stage K's run folder was lost with session 25's machine: linked to stage K's run. Each point keeps its
+# count in tokens.json (committed), which counts the points whose run folders a fresh checkout lacks.
 WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F) warm6:$(WARM_G) warm7:$(WARM_H) warm8:$(WARM_I) \
 	warm9:$(WARM_J) warm10:$(WARM_K) warm11:$(WARM_L) warm12:$(WARM_M)
 scaling-smollm2-warm: | setup
@@ -499,6 +502,6 @@ scaling-smollm2-warm: | setup
 	    --outfile $$d/bench.json || exit 1; \
 	done
 	$(BIN)/python -m specforge_het.bench.scaling runs/scaling/smollm2,runs/scaling/smollm2_warm_started \
-		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3,$(WARM_INIT) --trained_from $(WARM_E)=$(WARM_C) \
+		--count_from specforge_het/drafts/smollm2-135m-instruct-eagle3,$(WARM_INIT) --trained_from $(WARM_E)=$(WARM_C),$(WARM_L)=$(WARM_K) \
 		--outfile docs/results/scaling_smollm2.json --targets 2.2,2.5 \
 		--title "SmolLM2-135M EagleV3 draft: τ on MT-Bench vs training tokens"

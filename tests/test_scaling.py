@@ -130,6 +130,41 @@ def test_trained_from_links_a_stage_whose_init_was_replaced(tmp_path, monkeypatc
         tokens(trained_from="w9=w1")
 
 
+def test_a_point_whose_draft_folder_is_gone_counts_from_its_tokens_json(tmp_path, monkeypatch) -> None:
+    """Counting from the draft folders writes each point's tokens.json; with the folders gone (a fresh checkout
+    commits no weights or logs) the points, and a later stage's chain through them, count the same; a folder
+    that is there counts afresh; with neither, the error names the folder and the fix."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    warm = tmp_path / "warm"
+    _checkpoint_point(warm, "w1", Path("w1"), (30_000.0, 40_000.0), 1.5, log_name="training_log.json")
+    _checkpoint_point(warm, "w2", Path("w2"), (20_000.0, 25_000.0), 1.7, log_name="training_log.json")
+    (Path("w2") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "w1"}}))
+
+    def tokens() -> list[tuple[int, int]]:
+        scaling.main(str(warm), str(tmp_path / "x.json"))
+        return [(p["answer_tokens"], p["seq_tokens"]) for p in json.loads((tmp_path / "x.json").read_text())["points"]]
+
+    assert tokens() == [(30_000, 40_000), (50_000, 65_000)]
+    assert json.loads((warm / "w2" / "tokens.json").read_text()) == {
+        "draft": "w2", "answer_tokens": 50_000, "seq_tokens": 65_000}
+    shutil.rmtree("w1")  # w2's chain reaches w1 through w1's tokens.json
+    assert tokens() == [(30_000, 40_000), (50_000, 65_000)]
+    shutil.rmtree("w2")
+    assert tokens() == [(30_000, 40_000), (50_000, 65_000)]
+    _checkpoint_point(tmp_path / "other", "w3", Path("w3"), (1_000.0, 2_000.0), 1.8, log_name="training_log.json")
+    (Path("w3") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "gone"}}))
+    shutil.copytree(tmp_path / "other" / "w3", warm / "w3")
+    with pytest.raises(FileNotFoundError, match="'gone', which is not here"):
+        tokens()
+    (Path("w3") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "w2"}}))
+    assert tokens() == [(30_000, 40_000), (50_000, 65_000), (51_000, 67_000)]  # w3 counted afresh on top of w2
+    (warm / "w1" / "tokens.json").unlink()
+    with pytest.raises(FileNotFoundError, match="draft folder 'w1' has no .* no point's tokens.json names it"):
+        tokens()
+
+
 def test_log_fit_recovers_a_log_linear_series_and_projects_the_target(tmp_path) -> None:
     """τ = 1 + 0.1·ln(tokens / 1e5) exactly: the fit gives b = 0.1, R² 1, and τ 1.5 at 1e5·e^5 tokens."""
     import math

@@ -15,6 +15,10 @@ folders its init_draft chain reaches (that folder's tokens and those before it a
 own draft is that folder): for a lineage whose starting folder has since been replaced (a shipped draft
 trained on from its predecessor, as `make` does). `--trained_from DRAFT=INIT[,...]`: DRAFT was trained on from
 INIT, whatever its run_config.json names (a shipped folder replaced since, whose earlier run is INIT).
+  tokens.json  written here beside bench.json each time a point is counted from its draft folder: {draft,
+               answer_tokens, seq_tokens}. A draft's weights and logs are not committed, so on a fresh checkout
+               a point (or a folder in a later point's init_draft chain) whose draft folder is gone counts
+               from the tokens.json that names it; a draft folder that is there always counts afresh.
 """
 
 from __future__ import annotations
@@ -45,11 +49,18 @@ def _tokens_from_log(log: Path) -> tuple[int, int]:
 
 
 Links = dict[Path, Path]  # resolved draft folder -> the folder it was trained on from (--trained_from)
+Known = dict[Path, tuple[int, int]]  # resolved draft folder -> (answer, sequence) tokens its points' tokens.json kept
 
 
 def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tuple[Path, ...] = (),
-                       links: Links | None = None, used: set[Path] | None = None) -> tuple[int, int]:
-    """(answer, sequence) tokens trained on by `draft` and its init_draft chain; `used` collects the links followed."""
+                       links: Links | None = None, used: set[Path] | None = None,
+                       known: Known | None = None) -> tuple[int, int]:
+    """(answer, sequence) tokens trained on by `draft` and its init_draft chain; `used` collects the links followed.
+    A folder with no log of its own counts from `known` (a tokens.json) when it names it."""
+    if not any((draft / name).is_file() for name in _LOGS) and draft.resolve() in (known or {}):
+        if used is not None and draft.resolve() in (links or {}):
+            used.add(draft.resolve())  # its link was followed when the count was kept
+        return (known or {})[draft.resolve()]
     if draft.resolve() in seen:
         chain = " -> ".join(str(p) for p in (*seen, draft.resolve()))
         raise ValueError(f"the drafts' init_draft links form a loop ({chain}): a folder was replaced by a later "
@@ -66,30 +77,32 @@ def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tup
             linked = (links or {}).get(draft.resolve())
             if linked is not None and used is not None:
                 used.add(draft.resolve())
-            before = linked or _init_draft(draft)  # a later stage adds its predecessor's tokens
+            before = linked or _init_draft(draft, known)  # a later stage adds its predecessor's tokens
             if before is not None and before.resolve() not in {p.resolve() for p in count_from}:
-                prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links, used)
+                prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links, used, known)
                 answer, seq = answer + prev[0], seq + prev[1]
             return round(answer), round(seq)
-    raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from.")
+    raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from, "
+                            "and no point's tokens.json names it: rebuild that draft (its make target) and rerun.")
 
 
-def _init_draft(draft: Path) -> Path | None:
+def _init_draft(draft: Path, known: Known | None = None) -> Path | None:
     """The draft folder this one was trained on from (`modeling.init_draft` in its run_config.json), if any.
-    A relative path is taken from the current folder, as training took it."""
+    A relative path is taken from the current folder, as training took it; a folder gone must be in `known`."""
     cfg = draft / "run_config.json"
     init = json.loads(cfg.read_text()).get("modeling", {}).get("init_draft", "") if cfg.is_file() else ""
     if not init:
         return None
-    if not Path(init).is_dir():
-        raise FileNotFoundError(f"{cfg}: it was trained on from '{init}', which is not here to count its tokens; "
-                                "run from the folder training ran in.")
+    if not Path(init).is_dir() and Path(init).resolve() not in (known or {}):
+        raise FileNotFoundError(f"{cfg}: it was trained on from '{init}', which is not here to count its tokens "
+                                "(nor named by a point's tokens.json); run from the folder training ran in.")
     return Path(init)
 
 
 def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | None = None,
-               used: set[Path] | None = None) -> dict:
-    """{name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder."""
+               used: set[Path] | None = None, known: Known | None = None) -> dict:
+    """{name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder;
+    a point counted from its draft folder keeps the count in its tokens.json."""
     bench = folder / "bench.json"
     if not bench.is_file():
         raise FileNotFoundError(f"scaling point '{folder}' has no bench.json; rerun its bench.")
@@ -97,7 +110,11 @@ def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | N
     if (folder / "train.log").is_file():
         answer, seq = _tokens_from_log(folder / "train.log")
     else:
-        answer, seq = _tokens_from_draft(Path(data.get("header", {}).get("draft", "")), count_from, links=links, used=used)
+        draft = data.get("header", {}).get("draft", "")
+        answer, seq = _tokens_from_draft(Path(draft), count_from, links=links, used=used, known=known)
+        kept = {"draft": draft, "answer_tokens": answer, "seq_tokens": seq}
+        if not (folder / "tokens.json").is_file() or json.loads((folder / "tokens.json").read_text()) != kept:
+            (folder / "tokens.json").write_text(json.dumps(kept, indent=1) + "\n")
     summary = data["summary"]
     if METHOD not in summary:
         raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
@@ -187,15 +204,26 @@ def _paths(value) -> list[str]:
     return [str(x) for x in items if str(x)]
 
 
-def _links(value) -> Links:
+def _known(dirs: list[Path]) -> Known:
+    """The counts the points' tokens.json files kept, by their draft folder."""
+    known: Known = {}
+    for d in dirs:
+        if (d / "tokens.json").is_file():
+            kept = json.loads((d / "tokens.json").read_text())
+            known[Path(kept["draft"]).resolve()] = (int(kept["answer_tokens"]), int(kept["seq_tokens"]))
+    return known
+
+
+def _links(value, known: Known) -> Links:
     links: Links = {}
     for item in _paths(value):
         draft, sep, init = item.partition("=")
         if not sep or not draft or not init:
             raise ConfigError(f"--trained_from '{item}': give DRAFT=INIT (the draft folder, '=', the folder it was "
                               "trained on from), comma-separated for several.")
-        if not Path(init).is_dir():
-            raise FileNotFoundError(f"--trained_from '{item}': '{init}' is not a folder here to count its tokens from.")
+        if not Path(init).is_dir() and Path(init).resolve() not in known:
+            raise FileNotFoundError(f"--trained_from '{item}': '{init}' is not a folder here to count its tokens from "
+                                    "(nor named by a point's tokens.json).")
         links[Path(draft).resolve()] = Path(init)
     return links
 
@@ -207,15 +235,18 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
     trained_from: DRAFT=INIT pairs (comma-separated) that override a draft's recorded init_draft.
     targets: τ values (comma-separated) at which each series' log-linear fit is projected (`log_fit`)."""
     points: list[dict] = []
-    links, used = _links(trained_from), set[Path]()
+    series: list[list[Path]] = []
     for one in _paths(folder):
         root = Path(one)
-        dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        if not dirs:
+        series.append(sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
+        if not series[-1]:
             raise ConfigError(f"no scaling points under '{one}': run its bench first (`make scaling-smollm2`, "
                               "`make scaling-smollm2-warm`).")
-        starts = tuple(Path(p) for p in _paths(count_from))
-        points += [read_point(d, starts, links, used) for d in dirs]
+    known = _known([d for dirs in series for d in dirs])
+    links, used = _links(trained_from, known), set[Path]()
+    starts = tuple(Path(p) for p in _paths(count_from))
+    for dirs in series:
+        points += [read_point(d, starts, links, used, known) for d in dirs]
     unused = [str(d) for d in links if d not in used]
     if unused:
         raise ConfigError(f"--trained_from names draft(s) no point's lineage reaches: {', '.join(unused)}; give the "
