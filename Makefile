@@ -343,6 +343,7 @@ draft-smollm2-eagle3-breadth-g: $(WARM_G)/model.safetensors
 # $(call short_part,P,SEED,PREV,MIX,FROM,TO): 2,000 Magpie prompts (SEED) appended to smollm2_mixPREV as smollm2_mixMIX
 # (the rows before stay what earlier parts answered; a committed mix is never rebuilt: order-only prerequisites), rows FROM..TO answered with at most 256 new tokens (about 2x the
 # generated tokens/s of 1,024-token answers) into runs/data/smollm2_big_P (resumable by part), then their features.
+# The target is the assembled dataset/ (written last, atomically), not meta.json (written first): a killed run resumes.
 define short_part
 runs/prompts/smollm2_magpie_s$(2).jsonl: | setup
 	$$(BIN)/python -m specforge_het.data_gen gen_prompts $$@ --@smollm2 --n 2000 --seed $(2) --batch_size 64
@@ -350,12 +351,12 @@ runs/prompts/smollm2_mix$(4).jsonl: | runs/prompts/smollm2_mix$(3).jsonl runs/pr
 	$$(BIN)/python -m specforge_het.data_gen mix_prompts $$@ runs/prompts/smollm2_mix$(3).jsonl \
 		runs/prompts/smollm2_magpie_s$(2).jsonl --append --shuffle=false --seed 0
 .PHONY: data-smollm2-big-$(1) features-smollm2-big-$(1)
-data-smollm2-big-$(1): runs/data/smollm2_big_$(1)/meta.json
-runs/data/smollm2_big_$(1)/meta.json: | runs/prompts/smollm2_mix$(4).jsonl
+data-smollm2-big-$(1): runs/data/smollm2_big_$(1)/dataset/state.json
+runs/data/smollm2_big_$(1)/dataset/state.json: | runs/prompts/smollm2_mix$(4).jsonl
 	$$(BIN)/python -m specforge_het.data_gen gen_dataset runs/prompts/smollm2_mix$(4).jsonl --@smollm2 \
 		--dataset_generation.batch_size 128 --dataset_generation.max_new_tokens 256 \
 		--dataset_generation.ds_range $(5),$(6) --dataset_generation.output_dir runs/data/smollm2_big_$(1)
-features-smollm2-big-$(1): runs/data/smollm2_big_$(1)/meta.json
+features-smollm2-big-$(1): runs/data/smollm2_big_$(1)/dataset/state.json
 	$$(BIN)/python -m specforge_het.data_gen add_features runs/data/smollm2_big_$(1) --@smollm2 --@eagle_v3
 endef
 # $(call short_stage,P,OUT,INIT_VAR,PREV): the draft INIT_VAR names (default PREV, the previous stage's run) trained one
