@@ -5,9 +5,12 @@ stages whose data is missing are left out). python runs/s23/early_tokens.py > ru
 import glob
 import json
 
-PARTS = {"A (rows 0-767)": "runs/data/smollm2_big", "B (part B)": "runs/data/smollm2_big_b",
-         "C (parts D, E)": "runs/data/smollm2_big_d runs/data/smollm2_big_e", "E (part F)": "runs/data/smollm2_big_f", "F (G1)": "runs/data/smollm2_big_g1",
-         "G (G2)": "runs/data/smollm2_big_g2", "H (part H)": "runs/data/smollm2_big_h",
+# G1 and G2 are row ranges of part G (Makefile: merge_datasets --ds_range), read from part G's committed parts, so a
+# fresh checkout (without the merged g1/g2 folders) counts them too (session 26).
+G1, G2 = "runs/data/smollm2_big_g@5686-6656", "runs/data/smollm2_big_g@6656-7666"
+PARTS = {"A (rows 0-767)": "runs/data/smollm2_big@0-768", "B (part B)": "runs/data/smollm2_big_b",
+         "C (parts D, E)": "runs/data/smollm2_big_d runs/data/smollm2_big_e", "E (part F)": "runs/data/smollm2_big_f", "F (G1)": G1,
+         "G (G2)": G2, "H (part H)": "runs/data/smollm2_big_h",
          "I (part I)": "runs/data/smollm2_big_i", "J (part J)": "runs/data/smollm2_big_j",
          "K (part K)": "runs/data/smollm2_big_k", "L (part L)": "runs/data/smollm2_big_l",
          "M (part M)": "runs/data/smollm2_big_m"}
@@ -25,11 +28,12 @@ def positions(mask):
 out = {}
 for stage, folder in PARTS.items():
     counts = [0, 0, 0]
-    paths = [p for f in folder.split() for p in sorted(glob.glob(f"{f}/parts/*.jsonl"))]
-    for path in paths:
-        for line in open(path):
+    for one in folder.split():
+        f, _, rows = one.partition("@")
+        lo, hi = (int(x) for x in rows.split("-")) if rows else (0, 1 << 62)
+        for line in (x for path in sorted(glob.glob(f"{f}/parts/*.jsonl")) for x in open(path)):
             row = json.loads(line)
-            if stage.startswith("A") and row["index"] >= 768:
+            if not lo <= row["index"] < hi:
                 continue
             for p in positions(row["loss_mask"]):
                 counts[0 if p < 128 else 1 if p < 256 else 2] += 1
