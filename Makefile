@@ -344,6 +344,7 @@ draft-smollm2-eagle3-breadth-g: $(WARM_G)/model.safetensors
 # (the rows before stay what earlier parts answered; a committed mix is never rebuilt: order-only prerequisites), rows FROM..TO answered with at most 256 new tokens (about 2x the
 # generated tokens/s of 1,024-token answers) into runs/data/smollm2_big_P (resumable by part), then their features.
 # The target is the assembled dataset/ (written last, atomically), not meta.json (written first): a killed run resumes.
+# A fresh checkout (parts committed, dataset/ not) reruns gen_dataset: it finds every row answered and assembles dataset/.
 define short_part
 runs/prompts/smollm2_magpie_s$(2).jsonl: | setup
 	$$(BIN)/python -m specforge_het.data_gen gen_prompts $$@ --@smollm2 --n 2000 --seed $(2) --batch_size 64

@@ -142,13 +142,13 @@ def test_a_point_whose_draft_folder_is_gone_counts_from_its_tokens_json(tmp_path
     _checkpoint_point(warm, "w2", Path("w2"), (20_000.0, 25_000.0), 1.7, log_name="training_log.json")
     (Path("w2") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "w1"}}))
 
-    def tokens() -> list[tuple[int, int]]:
-        scaling.main(str(warm), str(tmp_path / "x.json"))
+    def tokens(**kw) -> list[tuple[int, int]]:
+        scaling.main(str(warm), str(tmp_path / "x.json"), **kw)
         return [(p["answer_tokens"], p["seq_tokens"]) for p in json.loads((tmp_path / "x.json").read_text())["points"]]
 
     assert tokens() == [(30_000, 40_000), (50_000, 65_000)]
     assert json.loads((warm / "w2" / "tokens.json").read_text()) == {
-        "draft": "w2", "answer_tokens": 50_000, "seq_tokens": 65_000}
+        "draft": "w2", "answer_tokens": 50_000, "seq_tokens": 65_000, "chain": ["w2", "w1"], "linked": []}
     shutil.rmtree("w1")  # w2's chain reaches w1 through w1's tokens.json
     assert tokens() == [(30_000, 40_000), (50_000, 65_000)]
     shutil.rmtree("w2")
@@ -156,13 +156,54 @@ def test_a_point_whose_draft_folder_is_gone_counts_from_its_tokens_json(tmp_path
     _checkpoint_point(tmp_path / "other", "w3", Path("w3"), (1_000.0, 2_000.0), 1.8, log_name="training_log.json")
     (Path("w3") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "gone"}}))
     shutil.copytree(tmp_path / "other" / "w3", warm / "w3")
-    with pytest.raises(FileNotFoundError, match="'gone', which is not here"):
+    with pytest.raises(FileNotFoundError, match="'gone', which is not here .*nor named by a point's tokens.json"):
         tokens()
     (Path("w3") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "w2"}}))
     assert tokens() == [(30_000, 40_000), (50_000, 65_000), (51_000, 67_000)]  # w3 counted afresh on top of w2
     (warm / "w1" / "tokens.json").unlink()
-    with pytest.raises(FileNotFoundError, match="draft folder 'w1' has no .* no point's tokens.json names it"):
+    with pytest.raises(FileNotFoundError, match="draft folder 'w1' is gone, and no scaling point's tokens.json"):
         tokens()
+
+
+def test_a_kept_count_follows_trained_from_links_and_refuses_a_contradiction(tmp_path, monkeypatch) -> None:
+    """A stage trained from a folder since replaced (--trained_from) counts through kept counts once the folders
+    are gone; options contradicting a kept chain, a link that no kept chain follows and two points naming one
+    draft are refused, and a failed run rewrites no tokens.json."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    warm = tmp_path / "warm"
+    _checkpoint_point(warm, "w1", Path("w1"), (30_000.0, 40_000.0), 1.5, log_name="training_log.json")
+    _checkpoint_point(warm, "w2", Path("w2"), (20_000.0, 25_000.0), 1.7, log_name="training_log.json")
+    _checkpoint_point(warm, "w3", Path("w3"), (5_000.0, 6_000.0), 1.8, log_name="training_log.json")
+    Path("shipped").mkdir()
+    (Path("w2") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "shipped"}}))
+    (Path("w3") / "run_config.json").write_text(json.dumps({"modeling": {"init_draft": "w2"}}))
+
+    def tokens(**kw) -> list[int]:
+        scaling.main(str(warm), str(tmp_path / "x.json"), count_from="shipped", **kw)
+        return [p["answer_tokens"] for p in json.loads((tmp_path / "x.json").read_text())["points"]]
+
+    assert tokens(trained_from="w2=w1") == [30_000, 50_000, 55_000]
+    shutil.rmtree("w1")
+    shutil.rmtree("w2")
+    assert tokens(trained_from="w2=w1") == [30_000, 50_000, 55_000]  # the link is followed inside w2's kept chain
+    before = {d.name: (d / "tokens.json").read_text() for d in warm.iterdir()}
+    with pytest.raises(ConfigError, match="'w2' summed w2 \\+ w1, which --count_from / --trained_from now contradict"):
+        tokens()  # without the link, w2 would have stopped at 'shipped'
+    with pytest.raises(ConfigError, match="contradict"):
+        scaling.main(str(warm), str(tmp_path / "x.json"), count_from="shipped,w1", trained_from="w2=w1")
+    Path("w9").mkdir()
+    with pytest.raises(ConfigError, match="no point's lineage reaches: .*w9"):
+        tokens(trained_from="w2=w1,w9=w2")  # 'w2' gone but kept: a link may name it
+    assert {d.name: (d / "tokens.json").read_text() for d in warm.iterdir()} == before
+    shutil.copytree(warm / "w3", warm / "w3again")
+    with pytest.raises(ConfigError, match="a second point counted from 'w3'"):
+        tokens(trained_from="w2=w1")
+    shutil.rmtree(warm / "w3again")
+    (warm / "w2" / "tokens.json").write_text(json.dumps({"draft": "w2", "answer_tokens": 1, "seq_tokens": 1}))
+    with pytest.raises(ConfigError, match="lacks chain, linked .*delete it and rerun"):
+        tokens(trained_from="w2=w1")
 
 
 def test_log_fit_recovers_a_log_linear_series_and_projects_the_target(tmp_path) -> None:

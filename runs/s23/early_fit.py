@@ -2,7 +2,7 @@
 answer tokens in positions 0-255 (runs/s23/early_tokens.json), fitted as τ = a + b·ln(tokens), with the fit over
 all answer tokens beside it. python runs/s23/early_fit.py > runs/s23/early_fit.json (session 23: stages A-I);
 python runs/s23/early_fit.py K > runs/s24/early_fit.json (session 24: through stage K; J, K need their points);
-python runs/s23/early_fit.py M > runs/s25/early_fit.json (session 25: through stage M)."""
+python runs/s23/early_fit.py L > runs/s26/early_fit.json (session 26: through stage L; M when its point exists)."""
 import json
 import sys
 from specforge_het.bench.scaling import log_fit

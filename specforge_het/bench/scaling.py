@@ -16,9 +16,11 @@ own draft is that folder): for a lineage whose starting folder has since been re
 trained on from its predecessor, as `make` does). `--trained_from DRAFT=INIT[,...]`: DRAFT was trained on from
 INIT, whatever its run_config.json names (a shipped folder replaced since, whose earlier run is INIT).
   tokens.json  written here beside bench.json each time a point is counted from its draft folder: {draft,
-               answer_tokens, seq_tokens}. A draft's weights and logs are not committed, so on a fresh checkout
-               a point (or a folder in a later point's init_draft chain) whose draft folder is gone counts
-               from the tokens.json that names it; a draft folder that is there always counts afresh.
+               answer_tokens, seq_tokens, chain (the draft folders summed), linked (those of them
+               whose predecessor --trained_from gave)}. A draft's weights and logs are not
+               committed, so on a fresh checkout a point (or a folder in a later point's init_draft chain) whose
+               draft folder is gone counts from the tokens.json that names it, if that chain agrees with
+               --count_from and --trained_from; a draft folder that is there always counts afresh.
 """
 
 from __future__ import annotations
@@ -49,18 +51,36 @@ def _tokens_from_log(log: Path) -> tuple[int, int]:
 
 
 Links = dict[Path, Path]  # resolved draft folder -> the folder it was trained on from (--trained_from)
-Known = dict[Path, tuple[int, int]]  # resolved draft folder -> (answer, sequence) tokens its points' tokens.json kept
+# answer tokens, sequence tokens, the draft folders summed (the point's first), those of them whose next one a
+# --trained_from link gave (rather than their run_config.json)
+Count = tuple[int, int, tuple[str, ...], tuple[str, ...]]
+Known = dict[Path, Count]  # resolved draft folder -> the count a point's tokens.json kept for it
+
+
+def _kept(draft: Path, count: Count, count_from: tuple[Path, ...], links: Links | None,
+          used: set[Path] | None) -> Count:
+    """A kept count (its draft folder is gone), if the chain it summed agrees with --count_from and --trained_from."""
+    chain, by_link = [Path(c).resolve() for c in count[2]], {Path(c).resolve() for c in count[3]}
+    for i, folder in enumerate(chain):
+        nxt = chain[i + 1] if i + 1 < len(chain) else None
+        linked = (links or {}).get(folder)
+        if ((i and folder in {p.resolve() for p in count_from}) or (folder in by_link) != (linked is not None)
+                or (linked is not None and linked.resolve() != nxt)):
+            raise ConfigError(f"the tokens.json count for '{draft}' summed {' + '.join(count[2])}, which "
+                              "--count_from / --trained_from now contradict, and that draft folder is gone to count "
+                              "afresh: rebuild it (its make target) or give the options it was counted with.")
+        if linked is not None and used is not None:
+            used.add(folder)
+    return count
 
 
 def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tuple[Path, ...] = (),
                        links: Links | None = None, used: set[Path] | None = None,
-                       known: Known | None = None) -> tuple[int, int]:
-    """(answer, sequence) tokens trained on by `draft` and its init_draft chain; `used` collects the links followed.
-    A folder with no log of its own counts from `known` (a tokens.json) when it names it."""
-    if not any((draft / name).is_file() for name in _LOGS) and draft.resolve() in (known or {}):
-        if used is not None and draft.resolve() in (links or {}):
-            used.add(draft.resolve())  # its link was followed when the count was kept
-        return (known or {})[draft.resolve()]
+                       known: Known | None = None) -> Count:
+    """(answer, sequence) tokens trained on by `draft` and its init_draft chain, and the folders summed; `used`
+    collects the links followed. A draft folder that is gone counts from `known` (a tokens.json) when it names it."""
+    if not draft.exists() and draft.resolve() in (known or {}):
+        return _kept(draft, (known or {})[draft.resolve()], count_from, links, used)
     if draft.resolve() in seen:
         chain = " -> ".join(str(p) for p in (*seen, draft.resolve()))
         raise ValueError(f"the drafts' init_draft links form a loop ({chain}): a folder was replaced by a later "
@@ -78,12 +98,14 @@ def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tup
             if linked is not None and used is not None:
                 used.add(draft.resolve())
             before = linked or _init_draft(draft, known)  # a later stage adds its predecessor's tokens
+            chain, by_link = (str(draft),), (str(draft),) if linked is not None else ()
             if before is not None and before.resolve() not in {p.resolve() for p in count_from}:
                 prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links, used, known)
-                answer, seq = answer + prev[0], seq + prev[1]
-            return round(answer), round(seq)
-    raise FileNotFoundError(f"draft folder '{draft}' has no {' or '.join(_LOGS)} to read its training tokens from, "
-                            "and no point's tokens.json names it: rebuild that draft (its make target) and rerun.")
+                answer, seq, chain, by_link = answer + prev[0], seq + prev[1], chain + prev[2], by_link + prev[3]
+            return round(answer), round(seq), chain, by_link
+    gone = "is gone" if not draft.exists() else f"has no {' or '.join(_LOGS)} to read its training tokens from"
+    raise FileNotFoundError(f"draft folder '{draft}' {gone}, and no scaling point's tokens.json names it: rebuild "
+                            "that draft (its make target; a later stage's init_draft chain may lead there) and rerun.")
 
 
 def _init_draft(draft: Path, known: Known | None = None) -> Path | None:
@@ -100,28 +122,27 @@ def _init_draft(draft: Path, known: Known | None = None) -> Path | None:
 
 
 def read_point(folder: Path, count_from: tuple[Path, ...] = (), links: Links | None = None,
-               used: set[Path] | None = None, known: Known | None = None) -> dict:
-    """{name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared} of one point folder;
-    a point counted from its draft folder keeps the count in its tokens.json."""
+               used: set[Path] | None = None, known: Known | None = None) -> tuple[dict, dict | None]:
+    """({name, series, answer_tokens, seq_tokens, tau, speedup_median, identical, compared}, what its tokens.json
+    is to keep: {draft, answer_tokens, seq_tokens, chain, linked}, or None for a point counted from its train.log)."""
     bench = folder / "bench.json"
     if not bench.is_file():
         raise FileNotFoundError(f"scaling point '{folder}' has no bench.json; rerun its bench.")
     data = json.loads(bench.read_text())
+    summary = data["summary"]
+    if METHOD not in summary:
+        raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
+    kept = None
     if (folder / "train.log").is_file():
         answer, seq = _tokens_from_log(folder / "train.log")
     else:
         draft = data.get("header", {}).get("draft", "")
-        answer, seq = _tokens_from_draft(Path(draft), count_from, links=links, used=used, known=known)
-        kept = {"draft": draft, "answer_tokens": answer, "seq_tokens": seq}
-        if not (folder / "tokens.json").is_file() or json.loads((folder / "tokens.json").read_text()) != kept:
-            (folder / "tokens.json").write_text(json.dumps(kept, indent=1) + "\n")
-    summary = data["summary"]
-    if METHOD not in summary:
-        raise ValueError(f"{bench}: no '{METHOD}' row; run the bench with --methods {METHOD}.")
+        answer, seq, chain, by_link = _tokens_from_draft(Path(draft), count_from, links=links, used=used, known=known)
+        kept = {"draft": draft, "answer_tokens": answer, "seq_tokens": seq, "chain": list(chain), "linked": list(by_link)}
     s = summary[METHOD]
     return {"name": folder.name, "series": folder.parent.name, "answer_tokens": answer, "seq_tokens": seq,
             "tau": s["tau"], "speedup_median": s["speedup_median"], "identical": s["identical"],
-            "compared": s["compared"]}
+            "compared": s["compared"]}, kept
 
 
 def log_fit(points: list[dict], targets: tuple[float, ...] = ()) -> dict | None:
@@ -210,7 +231,15 @@ def _known(dirs: list[Path]) -> Known:
     for d in dirs:
         if (d / "tokens.json").is_file():
             kept = json.loads((d / "tokens.json").read_text())
-            known[Path(kept["draft"]).resolve()] = (int(kept["answer_tokens"]), int(kept["seq_tokens"]))
+            missing = [k for k in ("draft", "answer_tokens", "seq_tokens", "chain", "linked") if k not in kept]
+            if missing:
+                raise ConfigError(f"{d / 'tokens.json'} lacks {', '.join(missing)} (an older or hand-made file): "
+                                  "delete it and rerun while that point's draft folder is there to count from.")
+            key = Path(kept["draft"]).resolve()
+            if key in known:
+                raise ConfigError(f"{d / 'tokens.json'}: a second point counted from '{kept['draft']}'; a draft "
+                                  "folder is one point: remove one of the two point folders.")
+            known[key] = (int(kept["answer_tokens"]), int(kept["seq_tokens"]), tuple(kept["chain"]), tuple(kept["linked"]))
     return known
 
 
@@ -245,12 +274,20 @@ def main(folder: str, outfile: str = "docs/results/scaling.json", title: str = "
     known = _known([d for dirs in series for d in dirs])
     links, used = _links(trained_from, known), set[Path]()
     starts = tuple(Path(p) for p in _paths(count_from))
+    keep: dict[Path, dict] = {}
     for dirs in series:
-        points += [read_point(d, starts, links, used, known) for d in dirs]
+        for d in dirs:
+            point, kept = read_point(d, starts, links, used, known)
+            points.append(point)
+            if kept is not None:
+                keep[d] = kept
     unused = [str(d) for d in links if d not in used]
     if unused:
         raise ConfigError(f"--trained_from names draft(s) no point's lineage reaches: {', '.join(unused)}; give the "
                           "draft folder a point's bench.json names (or one in its init_draft chain).")
+    for d, kept in keep.items():  # only once every check passed
+        if not (d / "tokens.json").is_file() or json.loads((d / "tokens.json").read_text()) != kept:
+            (d / "tokens.json").write_text(json.dumps(kept, indent=1) + "\n")
     points.sort(key=lambda p: (p["series"], p["answer_tokens"]))
     table = Table(title=f"τ against training tokens · {folder}")
     for col in ("series", "point", "answer tokens", "sequence tokens", "τ", "speed-up (median)", "identical"):
