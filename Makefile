@@ -491,12 +491,12 @@ scaling-smollm2: $(BIG_RUN2)/model.safetensors
 # since the earlier 874-conversation draft) as a second series of the same plot, with the same bench. Its first
 # init_draft is the shipped folder, which stage C replaced (or WARM_INIT in a rebuild): --count_from starts the count there. The drafts'
 # weights are not committed: a missing point needs `make draft-smollm2-eagle3-breadth-c` first.
-# warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)), ..., warm9 stage J, warm10 stage K, warm11 stage L, warm12 stage M. Stage E was trained from the shipped folder while that held stage C, which stage E
+# warm4 is stage E (run folder $(WARM_E)), warm5 stage F ($(WARM_F)), ..., warm9 stage J, warm10 stage K, warm11 stage L (stage M: not made yet). Stage E was trained from the shipped folder while that held stage C, which stage E
 # has since replaced: --trained_from links it to stage C's run. Stage L was trained (session 26) from the shipped stage-K
 # draft, since stage K's run folder was lost with session 25's machine: linked to stage K's run. Each point keeps its
 # count in tokens.json (committed), which counts the points whose run folders a fresh checkout lacks.
 WARM_POINTS := warm:$(WARM_A) warm2:$(WARM_B) warm3:$(WARM_C) warm4:$(WARM_E) warm5:$(WARM_F) warm6:$(WARM_G) warm7:$(WARM_H) warm8:$(WARM_I) \
-	warm9:$(WARM_J) warm10:$(WARM_K) warm11:$(WARM_L) warm12:$(WARM_M)
+	warm9:$(WARM_J) warm10:$(WARM_K) warm11:$(WARM_L)
 scaling-smollm2-warm: | setup
 	for p in $(WARM_POINTS); do n=$${p%%:*}; d=runs/scaling/smollm2_warm_started/$$n; mkdir -p $$d; \
 	  [ -f $$d/bench.json ] || $(BIN)/python -m specforge_het.bench --@smollm2 --@eagle_v3 --@tree_cpu \
