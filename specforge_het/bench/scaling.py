@@ -98,11 +98,12 @@ def _tokens_from_draft(draft: Path, count_from: tuple[Path, ...] = (), seen: tup
             if linked is not None and used is not None:
                 used.add(draft.resolve())
             before = linked or _init_draft(draft, known)  # a later stage adds its predecessor's tokens
-            chain, by_link = (str(draft),), (str(draft),) if linked is not None else ()
+            summed: tuple[str, ...] = (str(draft),)
+            by_link: tuple[str, ...] = summed if linked is not None else ()
             if before is not None and before.resolve() not in {p.resolve() for p in count_from}:
                 prev = _tokens_from_draft(before, count_from, (*seen, draft.resolve()), links, used, known)
-                answer, seq, chain, by_link = answer + prev[0], seq + prev[1], chain + prev[2], by_link + prev[3]
-            return round(answer), round(seq), chain, by_link
+                answer, seq, summed, by_link = answer + prev[0], seq + prev[1], summed + prev[2], by_link + prev[3]
+            return round(answer), round(seq), summed, by_link
     gone = "is gone" if not draft.exists() else f"has no {' or '.join(_LOGS)} to read its training tokens from"
     raise FileNotFoundError(f"draft folder '{draft}' {gone}, and no scaling point's tokens.json names it: rebuild "
                             "that draft (its make target; a later stage's init_draft chain may lead there) and rerun.")
