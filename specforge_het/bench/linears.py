@@ -5,7 +5,9 @@ Times one pass over every `nn.Linear` of the base's decoder layers and, as its o
 the few-row path that `--inference.fast_paths auto` applies (models/linears.py: the kernel measured
 fastest per shape and row bucket), best of N. Prints a table and writes JSON with the kernels chosen.
 A speculative step verifies ~4-16 rows, a base-only step 1: the `vs 1 row` columns say what a
-verify costs relative to a plain decoding step.
+verify costs relative to a plain decoding step. `layers fused`: the same layers with q/k/v and gate/up
+each as one linear, as the decoder runs them (models/fused.py); its `vs 1 row` columns are relative
+to the unfused layers' plain 1-row pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.table import Table
 from torch import nn
 
 from specforge_het.models import linears as fast
+from specforge_het.models.fused import fused_projections
 
 console = Console()
 
@@ -45,9 +48,10 @@ def _pass_ms(linears: list[nn.Linear], rows: int, reps: int, packed: bool) -> fl
     return best * 1e3
 
 
-def measure(linears: list[nn.Linear], rows: tuple[int, ...], reps: int) -> list[dict]:
-    """Per row count: plain and packed pass times, and each relative to a plain 1-row pass."""
-    one = _pass_ms(linears, 1, reps, packed=False)
+def measure(linears: list[nn.Linear], rows: tuple[int, ...], reps: int, one: float | None = None) -> list[dict]:
+    """Per row count: plain and packed pass times, and each relative to a plain 1-row pass (of `linears`,
+    or `one` ms)."""
+    one = one or _pass_ms(linears, 1, reps, packed=False)
     out = []
     for r in rows:
         plain, packed = _pass_ms(linears, r, reps, False), _pass_ms(linears, r, reps, True)
@@ -68,6 +72,10 @@ def main(model: str = "smollm2-135m-instruct", rows: str | tuple = "1,2,4,8,16",
     parts = rows if isinstance(rows, (tuple, list)) else str(rows).split(",")  # fire gives "1,4,16" as a tuple
     counts = tuple(int(r) for r in parts if str(r).strip())
     groups = {"layers": layers}
+    with fused_projections(base.layers) as (fused, replaced):  # the fused linears outlive the block (cached)
+        if fused:
+            gone = {id(m) for m in replaced}
+            groups["layers fused"] = fused + [m for m in layers if id(m) not in gone]
     head = getattr(base, "lm_head", None)
     if type(head) is nn.Linear:
         groups["lm_head"] = [head]
@@ -76,8 +84,9 @@ def main(model: str = "smollm2-135m-instruct", rows: str | tuple = "1,2,4,8,16",
                         "fast = the few-row path (kernel measured per shape)")
     for col in ("linears", "rows", "plain ms", "fast ms", "plain vs 1 row", "fast vs 1 row", "fast speed-up"):
         table.add_column(col, justify="right")
+    one = _pass_ms(layers, 1, reps, packed=False)  # the `vs 1 row` reference of both layer groups
     for name, mods in groups.items():
-        results[name] = measure(mods, counts, reps)
+        results[name] = measure(mods, counts, reps, None if name == "lm_head" else one)
         for r in results[name]:
             table.add_row(f"{name} ({len(mods)})", str(r["rows"]), f"{r['plain_ms']:.1f}", f"{r['packed_ms']:.1f}",
                           f"{r['plain_vs_1row']:.2f}×", f"{r['packed_vs_1row']:.2f}×", f"{r['speedup']:.2f}×")
@@ -87,7 +96,8 @@ def main(model: str = "smollm2-135m-instruct", rows: str | tuple = "1,2,4,8,16",
     info = {"command": "python -m specforge_het.bench.linears " + " ".join(sys.argv[1:]), "model": model,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "mkl_packing": fast.mkl_packing_available(), "results": results["layers"],
-            "lm_head": results.get("lm_head"), "kernels": fast.kernel_choices()}
+            "layers_fused": results.get("layers fused"), "lm_head": results.get("lm_head"),
+            "kernels": fast.kernel_choices()}
     out.write_text(json.dumps(info, indent=1) + "\n")
     console.print(f"wrote {out}")
 

@@ -4,7 +4,9 @@
   - few-row linears: every nn.Linear of the base and of the draft (the LM heads included) runs its
     1-64-row calls on the kernel measured fastest for its shape and row bucket on this host: F.linear,
     MKL's packed GEMM, oneDNN on a reordered copy, or the swapped GEMM `mm(W, x^T)^T` (CPU, float32;
-    models/linears.py), and
+    models/linears.py),
+  - fused projections: each lean-family layer (Llama, Qwen3, Gemma3; the base's and the draft's) runs
+    q/k/v as one linear and gate/up as another (models/fused.py), and
   - the per-row LM head (CPU): verification runs the base LM head only on the tree rows the
     acceptance rule reads (the accepted path, ~τ rows) instead of all N tree rows: the host
     verification strategy `PerRowHead` (inference/verify.py), beside the tensor-only rules it walks.
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from specforge_het.inference.verify import AllRows, PerRowHead, Verifier
+from specforge_het.models.fused import fused_projections
 from specforge_het.models.linears import packed_linears
 
 FAST_PATHS = ("auto", "off")
@@ -65,7 +68,7 @@ class FastPaths:
             return f"off (plain modules, {device})"
         if self.on_device:
             return f"auto (accelerator: plain modules, {device})"
-        return "auto (few-row CPU linears, kernel measured per shape; per-row LM head)"
+        return "auto (few-row CPU linears, kernel measured per shape; fused q/k/v and gate/up; per-row LM head)"
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "packed_linears": self.packed, "per_row_head": self.per_row_head,
@@ -77,7 +80,7 @@ class FastPaths:
         if not self.packed:
             yield
             return
-        with packed_linears(*modules):
+        with fused_projections(*modules) as (fused, replaced), packed_linears(*modules, *fused, lazy=replaced):
             yield
 
 

@@ -20,8 +20,9 @@ tokens); only the glue is new:
 * on CUDA every call runs under `cuda_sdpa_kernels`: flash, memory-efficient or (last) math, never
   cuDNN, which builds its graph again for every new key length, i.e. every decode step.
 
-The decoder's other CPU fast path, few-row linears with a kernel measured per shape, is
-models/linears.py (`packed_linears`), which only the decoder's caller opts into
+The decoder's other CPU fast paths, few-row linears with a kernel measured per shape
+(models/linears.py, `packed_linears`) and q/k/v and gate/up each as one linear (models/fused.py,
+`fused_projections`: `layer_forward` asks it which to call), are entered only by the decoder's caller
 (`--inference.fast_paths auto`, inference/fast_paths.py); nothing changes a model on construction.
 
 Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention, all on
@@ -42,6 +43,7 @@ from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
 from transformers.models.qwen3 import modeling_qwen3 as q3
 
+from specforge_het.models import fused
 from specforge_het.models.cache import KVCache
 
 LEAN_LAYERS = (ll.LlamaDecoderLayer, q3.Qwen3DecoderLayer, g3.Gemma3DecoderLayer)
@@ -222,9 +224,8 @@ def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     b, s, _ = h.shape
     x = layer.input_layernorm(h)
     shape = (b, s, -1, attn.head_dim)
-    q = attn.q_proj(x).view(shape)
-    k = attn.k_proj(x).view(shape)
-    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    q, k, v = fused.qkv(attn, x)  # q_proj, k_proj, v_proj: one call inside the decoder's fast paths
+    q, k, v = q.view(shape), k.view(shape), v.view(shape).transpose(1, 2)
     if hasattr(attn, "q_norm"):  # Qwen3, Gemma3: RMSNorm over head_dim
         q, k = attn.q_norm(q), attn.k_norm(k)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -236,6 +237,6 @@ def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     out = attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
         h = h + layer.post_attention_layernorm(out)
-        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+        return h + layer.post_feedforward_layernorm(fused.mlp(layer.mlp, layer.pre_feedforward_layernorm(h)))
     h = h + out
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    return h + fused.mlp(layer.mlp, layer.post_attention_layernorm(h))

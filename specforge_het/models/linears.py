@@ -39,7 +39,7 @@ import contextlib
 import time
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import torch
@@ -327,16 +327,19 @@ def choose_kernels(modules: list[nn.Linear]) -> int:
 
 
 @contextlib.contextmanager
-def packed_linears(*roots: nn.Module | None):
+def packed_linears(*roots: nn.Module | None, lazy: Iterable[nn.Module] = ()):
     """Few-row linears under `roots` for the duration of the block, the kernels of 1-16 rows chosen on
     entry (once per process and shape: seconds for a 100M-parameter model on 2 cores); nested use is harmless
-    (the outermost block restores what it routed, an inner one routes nothing new)."""
+    (the outermost block restores what it routed, an inner one routes nothing new). Modules in `lazy` are
+    routed too but chosen for and packed only if called (models/fused.py: the projections a fused
+    linear stands in for)."""
     routed: list[nn.Linear] = []
+    skip = {id(m) for m in lazy}
     try:
         for root in roots:
             if root is not None:
                 routed += pack_linears(root)
-        choose_kernels(routed)
+        choose_kernels([m for m in routed if id(m) not in skip])
         yield routed
     finally:
         unpack_linears(routed)
