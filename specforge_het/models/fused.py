@@ -3,15 +3,16 @@
 A decoding step on a CPU is mostly weight reads: every projection of every layer on 1-16 rows. Seven
 small calls per layer cost more than four larger ones: each call has its fixed cost, and a larger
 weight streams closer to the memory bandwidth. Measured on a 2-core AMD EPYC without AVX-512, torch
-2.13, SmolLM2-135M's 30 layers, oneDNN on a reordered weight, weights streamed from memory (ms per
-pass of all layers; `python -m specforge_het.bench.linears --fused`):
+2.13, SmolLM2-135M's 30 layers on the few-row kernels (ms per pass of all layers, weights streamed from
+memory; `python -m specforge_het.bench.linears`, docs/results/linears_smollm2_fused_noavx512.json):
 
     rows                  1     8    16
-    7 projections       21.4  40.2  55.0
-    4 (q/k/v, gate/up)  18.7  36.2  47.5
+    7 projections       28.0  36.5  47.5
+    4 (q/k/v, gate/up)  21.9  30.9  42.8
 
-and a base-only decoding step of the whole model ran 20-27 % more tokens/s with them (the rest is the
-Python and launch cost of the three calls saved per layer).
+Whole decoding steps with the shipped SmolLM2 draft, fused against not, back to back per prompt
+(runs/s27/fused_ab.py, 8 held-out prompts): base-only 1.07x, a depth-2 tree 1.12x, a depth-5 tree
+1.09x tokens/s (medians), outputs identical.
 
 `fused_projections(*roots)` makes, for every attention and MLP of a lean family (models/lean.py
 LEAN_LAYERS: Llama, Qwen3, Gemma3) under `roots` on the CPU in float32, one `nn.Linear` over the
