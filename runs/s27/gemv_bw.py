@@ -20,8 +20,8 @@ for o, i in ((576, 576), (192, 576), (1536, 576), (960, 576), (3072, 576), (576,
     packs = [_pack(w, 0) for w in ws]
     for rows in (1, 8):
         x = torch.randn(rows, i)
-        kernels = {"linear": lambda w, p: F.linear(x, w), "onednn": lambda w, p: _run_packed(x, p, w, None, 0),
-                   "swapped": lambda w, p: swapped_linear(x, w, None, rows)}
+        kernels = {"linear": lambda w, p, x=x: F.linear(x, w), "onednn": lambda w, p, x=x: _run_packed(x, p, w, None, 0),
+                   "swapped": lambda w, p, x=x, rows=rows: swapped_linear(x, w, None, rows)}
         res = {}
         for name, fn in kernels.items():
             best = 1e9
