@@ -124,32 +124,3 @@ def test_the_decoder_runs_fused_layers_and_does_not_pack_what_they_replace(bases
     assert draft.layers[0].self_attn.q_proj.in_features == 2 * draft.layers[0].self_attn.o_proj.out_features
     originals = [getattr(a, n) for a in attns for n in ("q_proj", "k_proj", "v_proj")]
     assert not any(m in linears._PACKED for m in originals)
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
-def test_norms_run_as_one_kernel_inside_the_block_only(bases, family, monkeypatch) -> None:
-    base = bases[family]
-    layer = base.layers[0]
-    norms = [layer.input_layernorm, base.body.norm] + ([layer.self_attn.q_norm] if family != "llama" else [])
-    x = torch.randn(2, 3, base.hidden_size)
-    calls = []
-    real = torch.nn.functional.rms_norm
-    monkeypatch.setattr(fused.F, "rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    with torch.no_grad():
-        for n in norms:
-            xi = x if n.weight.shape[0] == base.hidden_size else x[..., : n.weight.shape[0]]
-            want = n(xi)
-            assert fused.norm(n, xi) is not None and not calls  # outside a block: the module itself
-            with fused_projections(base.model):
-                got = fused.norm(n, xi)
-                assert len(calls) == 1
-                assert torch.equal(fused.norm(n, xi.to(torch.bfloat16)), n(xi.to(torch.bfloat16)))  # fp32 only
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
-            calls.clear()
-    fused.ENABLED = False
-    try:
-        with fused_projections(base.model):
-            fused.norm(norms[0], x)
-        assert not calls
-    finally:
-        fused.ENABLED = True

@@ -24,7 +24,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 from specforge_het.assets import resolve_model_path
-from specforge_het.models import fused
 from specforge_het.models.cache import Cache, HFCache, KVCache
 from specforge_het.models.hf_compat import cache_kwarg
 from specforge_het.models.lean import attend_mask, cuda_sdpa_kernels, layer_forward, supports_lean
@@ -279,7 +278,7 @@ class BaseModel(nn.Module):
             if i + 1 in want:
                 taps[i + 1] = h
         cache.advance(s)
-        return fused.norm(self.body.norm, h), taps
+        return self.body.norm(h), taps
 
     def _rotary(self, h: torch.Tensor, pos_ids: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self.body.rotary_emb, Gemma3RotaryEmbedding):

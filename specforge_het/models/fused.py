@@ -1,5 +1,4 @@
-"""Fused operations for CPU decoding: a layer's q/k/v as one linear, its MLP's gate/up as another, and
-each RMSNorm as one `F.rms_norm` call.
+"""Fused projections for CPU decoding: a layer's q/k/v as one linear, its MLP's gate/up as another.
 
 A decoding step on a CPU is mostly weight reads: every projection of every layer on 1-16 rows. Seven
 small calls per layer cost more than four larger ones: each call has its fixed cost, and a larger
@@ -29,9 +28,6 @@ or moved (`release_fused` drops them all). Memory: one more copy of the q/k/v an
 (~65 % of a layer's weights) while cached; the originals then need no packed copies of their own.
 Results agree with the separate projections to float rounding, not bit for bit, as the few-row
 kernels do (the decoder's tests check greedy speculative == base-only with both on).
-
-Inside the same block `norm` runs the Llama / Qwen3 / Gemma3 RMSNorms that `layer_forward` and the base's
-final norm call (float32, CPU) as one `F.rms_norm` kernel instead of HF's six operations.
 """
 
 from __future__ import annotations
@@ -40,7 +36,6 @@ import contextlib
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
@@ -49,15 +44,12 @@ from transformers.models.qwen3 import modeling_qwen3 as q3
 ATTENTIONS = (ll.LlamaAttention, q3.Qwen3Attention, g3.Gemma3Attention)
 MLPS = (ll.LlamaMLP, q3.Qwen3MLP, g3.Gemma3MLP)
 PARTS = {"attention": ("q_proj", "k_proj", "v_proj"), "mlp": ("gate_proj", "up_proj")}
-NORMS = (ll.LlamaRMSNorm, q3.Qwen3RMSNorm)  # weight * x / rms(x)
-OFFSET_NORMS = (g3.Gemma3RMSNorm,)  # (1 + weight) * x / rms(x)
 ENABLED = True  # the decoder's fast paths fuse; a diagnostic switch for A/B runs (runs/, bench)
 
 # source module (attention / MLP) -> (source weight key, fused linear, output sizes); kept across blocks
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # source module -> (fused linear, output sizes), only inside a `fused_projections` block
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_NORMS_ON = [0]  # how many blocks (ENABLED) are open: RMSNorm runs as F.rms_norm while > 0
 
 
 def fusable(module: nn.Module) -> tuple[str, ...]:
@@ -120,8 +112,6 @@ def fused_projections(*roots: nn.Module | None):
     made: list[nn.Module] = []
     fused: list[nn.Linear] = []
     replaced: list[nn.Linear] = []
-    on = int(ENABLED)
-    _NORMS_ON[0] += on
     try:
         for root in roots if ENABLED else ():
             for module in () if root is None else root.modules():
@@ -135,7 +125,6 @@ def fused_projections(*roots: nn.Module | None):
                 replaced += [getattr(module, name) for name in names]
         yield fused, replaced
     finally:
-        _NORMS_ON[0] -= on
         for module in made:
             _ACTIVE.pop(module, None)
 
@@ -161,17 +150,3 @@ def mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x)
     gate, up = active[0](x).split(active[1], dim=-1)
     return module.down_proj(module.act_fn(gate) * up)
-
-
-def norm(module, x: torch.Tensor) -> torch.Tensor:
-    """`module(x)` for an RMSNorm: inside a block, a Llama / Qwen3 / Gemma3 RMSNorm on float32 CPU input runs
-    as one `F.rms_norm` call instead of HF's six operations (bitwise equal on the hosts measured; the tests
-    check it to float rounding); anything else, and everything outside a block, is `module(x)`."""
-    if not _NORMS_ON[0] or x.dtype != torch.float32 or x.device.type != "cpu":
-        return module(x)
-    kind = type(module)
-    if kind in NORMS:
-        return F.rms_norm(x, (x.shape[-1],), module.weight, module.variance_epsilon)
-    if kind in OFFSET_NORMS:
-        return F.rms_norm(x, (x.shape[-1],), None, module.eps) * (1.0 + module.weight)
-    return module(x)

@@ -21,8 +21,8 @@ tokens); only the glue is new:
   cuDNN, which builds its graph again for every new key length, i.e. every decode step.
 
 The decoder's other CPU fast paths, few-row linears with a kernel measured per shape
-(models/linears.py, `packed_linears`) and q/k/v and gate/up each as one linear, RMSNorm as one
-kernel (models/fused.py, `fused_projections`: `layer_forward` asks it which to call), are entered only by the decoder's caller
+(models/linears.py, `packed_linears`) and q/k/v and gate/up each as one linear (models/fused.py,
+`fused_projections`: `layer_forward` asks it which to call), are entered only by the decoder's caller
 (`--inference.fast_paths auto`, inference/fast_paths.py); nothing changes a model on construction.
 
 Supported layers: Llama, Qwen3 and Gemma3 (sliding windows included) with SDPA attention, all on
@@ -222,12 +222,12 @@ def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     """
     attn = layer.self_attn
     b, s, _ = h.shape
-    x = fused.norm(layer.input_layernorm, h)
+    x = layer.input_layernorm(h)
     shape = (b, s, -1, attn.head_dim)
     q, k, v = fused.qkv(attn, x)  # q_proj, k_proj, v_proj: one call inside the decoder's fast paths
     q, k, v = q.view(shape), k.view(shape), v.view(shape).transpose(1, 2)
     if hasattr(attn, "q_norm"):  # Qwen3, Gemma3: RMSNorm over head_dim
-        q, k = fused.norm(attn.q_norm, q), fused.norm(attn.k_norm, k)
+        q, k = attn.q_norm(q), attn.k_norm(k)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     q = _rope(q.transpose(1, 2), cos, sin)
     k = _rope(k.transpose(1, 2), cos, sin)
@@ -236,8 +236,7 @@ def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     out = attention(q, k, v, mask, attn.scaling, causal=mask is None and s > 1 and k.shape[2] == s)
     out = attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
-        h = h + fused.norm(layer.post_attention_layernorm, out)
-        mlp_out = fused.mlp(layer.mlp, fused.norm(layer.pre_feedforward_layernorm, h))
-        return h + fused.norm(layer.post_feedforward_layernorm, mlp_out)
+        h = h + layer.post_attention_layernorm(out)
+        return h + layer.post_feedforward_layernorm(fused.mlp(layer.mlp, layer.pre_feedforward_layernorm(h)))
     h = h + out
-    return h + fused.mlp(layer.mlp, fused.norm(layer.post_attention_layernorm, h))
+    return h + fused.mlp(layer.mlp, layer.post_attention_layernorm(h))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from specforge_het.models import fused
 from specforge_het.models.cache import Cache
 from specforge_het.models.hf_compat import cache_kwarg
 from specforge_het.models.lean import LEAN_LAYERS, layer_forward, on_one_device
@@ -35,7 +34,7 @@ class FusedInput(nn.Module):
         self.hidden_norm = norm_cls(width, eps=eps)
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.cat([fused.norm(self.embed_norm, embeds), fused.norm(self.hidden_norm, hidden)], dim=-1)
+        return torch.cat([self.embed_norm(embeds), self.hidden_norm(hidden)], dim=-1)
 
 
 class _WithEmbeds:
