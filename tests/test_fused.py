@@ -124,3 +124,92 @@ def test_the_decoder_runs_fused_layers_and_does_not_pack_what_they_replace(bases
     assert draft.layers[0].self_attn.q_proj.in_features == 2 * draft.layers[0].self_attn.o_proj.out_features
     originals = [getattr(a, n) for a in attns for n in ("q_proj", "k_proj", "v_proj")]
     assert not any(m in linears._PACKED for m in originals)
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "linear"])
+def test_generation_under_inference_mode_works_then_and_after(llama_base, prompt_ids, kernel, monkeypatch) -> None:
+    """A fused linear first made under torch.inference_mode() must not break the packed kernels (they key their
+    copies on the weight's version counter, which inference tensors lack), then or in later generations."""
+    if kernel not in linears.available_kernels():
+        pytest.skip(f"this torch build has no {kernel} kernel")
+    saved = dict(linears._CHOICE)
+    linears.forget_choices()
+    monkeypatch.setattr(linears, "time_kernels", lambda ks: {k: (0.1 if k == kernel else 1.0) for k in ks})
+    try:
+        ref = Decoder(llama_base, fast_paths="off").generate(prompt_ids, 8).tokens
+        with torch.inference_mode():
+            assert Decoder(llama_base).generate(prompt_ids, 8).tokens == ref
+        assert Decoder(llama_base).generate(prompt_ids, 8).tokens == ref
+        assert kernel in linears.kernel_choices().values()
+    finally:
+        linears.forget_choices()
+        linears._CHOICE.update(saved)
+
+
+def test_an_optimizer_step_makes_the_copy_stale(llama_base) -> None:
+    """A fused AdamW step writes the weights without bumping their version counters: the step count is in the key."""
+    mlp = llama_base.layers[0].mlp
+    saved = {k: v.clone() for k, v in mlp.state_dict().items()}
+    x = torch.randn(2, mlp.gate_proj.in_features)
+    mlp.requires_grad_(True)  # the shared base is frozen
+    try:
+        with torch.no_grad(), fused_projections(llama_base.model):
+            first = fused._ACTIVE[mlp][0]
+        opt = torch.optim.AdamW(mlp.parameters(), lr=0.5, fused=True)
+        mlp(x).sum().backward()
+        opt.step()
+        with torch.no_grad(), fused_projections(llama_base.model):
+            assert fused._ACTIVE[mlp][0] is not first
+            torch.testing.assert_close(fused.mlp(mlp, x), mlp(x), atol=1e-5, rtol=1e-5)
+    finally:
+        mlp.zero_grad(set_to_none=True)
+        mlp.requires_grad_(False)
+        with torch.no_grad():
+            mlp.load_state_dict(saved)
+
+
+def test_under_autograd_the_separate_projections_run(llama_base) -> None:
+    attn = llama_base.layers[0].self_attn
+    x = torch.randn(2, attn.q_proj.in_features)
+    attn.q_proj.weight.requires_grad_(True)  # the shared base is frozen
+    try:
+        with fused_projections(llama_base.model):
+            q, _, _ = fused.qkv(attn, x)
+            q.sum().backward()
+        assert attn.q_proj.weight.grad is not None  # the fused copy would give no gradient
+    finally:
+        attn.zero_grad(set_to_none=True)
+        attn.q_proj.weight.requires_grad_(False)
+
+
+def test_biases_are_fused_in_order() -> None:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention
+    cfg = LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+    torch.manual_seed(0)
+    attn = LlamaAttention(cfg, 0)
+    for p in (attn.q_proj, attn.k_proj, attn.v_proj):
+        torch.nn.init.normal_(p.bias)
+    x = torch.randn(3, 32)
+    with torch.no_grad(), fused_projections(nn.Sequential(attn)):
+        got = fused.qkv(attn, x)
+    with torch.no_grad():
+        for g, p in zip(got, (attn.q_proj, attn.k_proj, attn.v_proj)):
+            torch.testing.assert_close(g, p(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_fusing_changes_no_token_and_no_accept_length(bases, tok_b_dir, long_ids, family) -> None:
+    """The same speculative decode with fusion on and off: the draft's own acceptance is unchanged too."""
+    base = bases[family]
+    draft = build_draft(draft_modeling(**DRAFT_KINDS["eagle_v3_reduced"], tok_dir=tok_b_dir), base, seed=0).eval()
+    spec = TreeSpec(kind="dynamic", max_depth=3, top_k=2, total_tokens=6)
+    runs = []
+    for on in (True, False):
+        fused.ENABLED = on
+        try:
+            res = Decoder(base, DraftProposer(draft, spec)).generate(long_ids, 20)
+        finally:
+            fused.ENABLED = True
+        runs.append((res.tokens, res.accept_lengths))
+    assert runs[0] == runs[1]

@@ -23,11 +23,13 @@ modules are untouched, and the fused linears are not part of any module tree or 
 
 The fused linears are ordinary `nn.Linear`s, so the few-row kernels (models/linears.py) route them like
 any other and time their shapes. They are cached beside the modules they fuse across blocks (a
-decoder enters the block once per generation) and made again when a source weight changed in place
-or moved (`release_fused` drops them all). Memory: one more copy of the q/k/v and gate/up weights
-(~65 % of a layer's weights) while cached; the originals then need no packed copies of their own.
-Results agree with the separate projections to float rounding, not bit for bit, as the few-row
-kernels do (the decoder's tests check greedy speculative == base-only with both on).
+decoder enters the block once per generation) and made again when a source weight changed in place,
+moved, or an optimizer stepped (`linears.weight_key`; writes through `.data` need `release_fused()`).
+Memory: one more copy of the q/k/v and gate/up weights (~65 % of a layer's weights) while cached, for
+as long as the model lives; the originals then need no packed copies of their own. Under autograd the
+separate projections run (the copies have no gradient). Results agree with the separate projections
+to float rounding, not bit for bit, as the few-row kernels do (the tests check that fusing changes no
+token and no accept length of a speculative decode, and greedy speculative == base-only).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from torch import nn
 from transformers.models.gemma3 import modeling_gemma3 as g3
 from transformers.models.llama import modeling_llama as ll
 from transformers.models.qwen3 import modeling_qwen3 as q3
+
+from specforge_het.models.linears import weight_key
 
 ATTENTIONS = (ll.LlamaAttention, q3.Qwen3Attention, g3.Gemma3Attention)
 MLPS = (ll.LlamaMLP, q3.Qwen3MLP, g3.Gemma3MLP)
@@ -69,19 +73,19 @@ def fusable(module: nn.Module) -> tuple[str, ...]:
 
 
 def _key(parts: list[nn.Linear]) -> tuple:
-    return tuple((t._version, t.data_ptr()) for p in parts for t in (p.weight, p.bias) if t is not None)
+    return tuple(weight_key(t) for p in parts for t in (p.weight, p.bias) if t is not None)
 
 
 def fuse(parts: list[nn.Linear]) -> nn.Linear:
-    """One nn.Linear whose output is the concatenation of `parts`' outputs (weights copied, no grad)."""
-    with torch.no_grad():
+    """One nn.Linear whose output is the concatenation of `parts`' outputs (weights copied, no grad). Made
+    outside inference mode, so that a fused linear made under `torch.inference_mode()` is usable after it."""
+    with torch.inference_mode(False), torch.no_grad():
         weight = torch.cat([p.weight.detach() for p in parts])
-        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=parts[0].bias is not None,
-                          device=weight.device, dtype=weight.dtype)
-        fused.weight.copy_(weight)
-        if fused.bias is not None:
-            fused.bias.copy_(torch.cat([p.bias.detach() for p in parts]))
-    fused.requires_grad_(False)
+        bias = torch.cat([p.bias.detach() for p in parts]) if parts[0].bias is not None else None
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        fused.weight = nn.Parameter(weight.clone() if weight.is_inference() else weight, requires_grad=False)
+        if bias is not None:
+            fused.bias = nn.Parameter(bias.clone() if bias.is_inference() else bias, requires_grad=False)
     return fused
 
 
@@ -135,18 +139,20 @@ def is_fused(module: nn.Module) -> bool:
 
 
 def qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v projections of x [..., in]: one fused call inside a block, the three modules outside."""
+    """q, k, v projections of x [..., in]: one fused call inside a block, the three modules outside (and
+    under autograd: the fused copy has no gradient)."""
     active = _ACTIVE.get(attn)
-    if active is None:
+    if active is None or torch.is_grad_enabled():
         return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     q, k, v = active[0](x).split(active[1], dim=-1)
     return q, k, v
 
 
 def mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The MLP on x as HF computes it, down(act(gate(x)) * up(x)), gate and up in one call inside a block."""
+    """The MLP on x as HF computes it, down(act(gate(x)) * up(x)), gate and up in one call inside a block
+    (not under autograd)."""
     active = _ACTIVE.get(module)
-    if active is None:
+    if active is None or torch.is_grad_enabled():
         return module(x)
     gate, up = active[0](x).split(active[1], dim=-1)
     return module.down_proj(module.act_fn(gate) * up)

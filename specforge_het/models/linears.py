@@ -45,6 +45,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 PACK_MAX_ROWS = 64  # larger calls (training, data generation, long prefills) keep F.linear
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # a call's rows -> the next bucket up: one kernel choice per bucket
@@ -146,11 +147,28 @@ _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear ->
 _CHOICE: dict[tuple[int, int, bool, int], str] = {}
 
 
+_OPT_STEPS = [0]  # optimizer steps taken in this process (a fused AdamW step writes without bumping _version)
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _OPT_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def weight_key(t: torch.Tensor) -> tuple[int, int, int]:
+    """What says a copy made from weight `t` is still current: its in-place version counter (inference tensors
+    have none), its address, and the optimizer steps taken in this process. Writes through `.data` bump
+    nothing: call `release_packed()` (and `fused.release_fused()`) after them."""
+    return (-1 if t.is_inference() else t._version, t.data_ptr(), _OPT_STEPS[0])
+
+
 def _packed_copy(module: nn.Linear, bucket: int) -> tuple | None:
     """The module's packed copy for a pack bucket, made on first use; remade when the weight changed in
-    place or moved."""
+    place, moved, or an optimizer stepped (`weight_key`)."""
     w = module.weight
-    key = (w._version, w.data_ptr())
+    key = weight_key(w)
     state = _PACKED.get(module)
     if state is None or state[0] != key:
         state = _PACKED[module] = (key, {})
