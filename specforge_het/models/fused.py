@@ -83,9 +83,9 @@ def fuse(parts: list[nn.Linear]) -> nn.Linear:
         weight = torch.cat([p.weight.detach() for p in parts])
         bias = torch.cat([p.bias.detach() for p in parts]) if parts[0].bias is not None else None
         fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-        fused.weight = nn.Parameter(weight.clone() if weight.is_inference() else weight, requires_grad=False)
+        fused.weight = nn.Parameter(weight, requires_grad=False)  # a new tensor, and outside inference mode
         if bias is not None:
-            fused.bias = nn.Parameter(bias.clone() if bias.is_inference() else bias, requires_grad=False)
+            fused.bias = nn.Parameter(bias, requires_grad=False)
     return fused
 
 
