@@ -139,7 +139,7 @@ class InferenceConfig:
     auto_acceptance: str = _f("measure", "tree auto: the draft's acceptance measured on calibration prompts, or read from its training_log.json", ("measure", "training_log"))
     auto_prompts: str = _f("", "tree auto: calibration prompts JSONL (FILE[:N]); '' = built-in generic prompts")
     auto_remeasure: bool = _f(False, "tree auto: measure again instead of using the cached cost model")
-    fast_paths: str = _f("auto", "the decoder's CPU fast paths, applied only while it generates: auto = on a CPU, packed linears + LM head on the tree rows acceptance reads, on an accelerator the device strategy; off = the device strategy: plain modules, LM head over all tree rows, tree and greedy acceptance on the device (one host read per step)", ("auto", "off"))
+    fast_paths: str = _f("auto", "the decoder's CPU fast paths, applied only while it generates: auto = on a CPU, packed linears + LM head on the tree rows acceptance reads, on an accelerator the device strategy; compile = auto, and on a CPU the base's layers as one compiled graph (inductor, frozen weights; compiled once per process, about 1.5 min); off = the device strategy: plain modules, LM head over all tree rows, tree and greedy acceptance on the device (one host read per step)", ("auto", "compile", "off"))
 
 
 # Sections contributed from above this module: each draft algorithm registers its own knobs as a section

@@ -147,7 +147,7 @@ def measure_costs(base, draft, repeats: int = 5, fast_paths: str = "auto") -> Co
     ctx = context_ids(base, cost_context(base))
     fast = FastPaths.resolve(fast_paths, base.device)
     probe = DraftProposer(draft, TreeSpec("chain", 1))
-    with fast.scope(base.model, *proposer_modules(probe)):
+    with fast.scope(base, *proposer_modules(probe)):
         verify, head, base_step = measure_verify(base, probe.feature_layers, ctx, repeats,
                                                  full_head=not fast.per_row_head)
         fixed, per_step, update = measure_draft(base, draft, ctx, repeats, fast)

@@ -114,7 +114,7 @@ class Decoder:
         self._check_length(input_ids.shape[1], max_new_tokens, lookahead)
         tell_proposer(self.proposer, self.fast)
         kernels = cuda_sdpa_kernels(self.base.device.type)
-        with self.fast.scope(self.base.model, *proposer_modules(self.proposer)), kernels:
+        with self.fast.scope(self.base, *proposer_modules(self.proposer)), kernels:
             return self._generate(input_ids, max_new_tokens, lookahead)
 
     def _generate(self, input_ids: torch.Tensor, max_new_tokens: int, lookahead: int) -> GenerationResult:

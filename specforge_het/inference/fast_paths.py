@@ -10,6 +10,10 @@
   - the per-row LM head (CPU): verification runs the base LM head only on the tree rows the
     acceptance rule reads (the accepted path, ~τ rows) instead of all N tree rows: the host
     verification strategy `PerRowHead` (inference/verify.py), beside the tensor-only rules it walks.
+* `compile` (CPU): `auto`, and the base's whole layer stack runs as one inductor graph on frozen
+  weights (models/compiled.py: about 2x the tokens/s of `auto` on a host without AVX-512; compiled
+  once per process, ~2-4 min there), and so do the draft's layers (an EAGLE draft: `DraftModel`); LM
+  heads, input adapters and anything else on the `auto` paths.
 * `off`, and `auto` on an accelerator: the device strategy. Plain modules, one LM head call over all
   tree rows (`AllRows`, inference/verify.py, where acceptance runs on the host: sampling), and the tree
   built, laid out and (greedy) accepted on the device, so that a decoding step reads the device from
@@ -31,26 +35,30 @@ import torch
 from torch import nn
 
 from specforge_het.inference.verify import AllRows, PerRowHead, Verifier
+from specforge_het.models.compiled import compiled_layers
+from specforge_het.models.draft import DraftModel
 from specforge_het.models.fused import fused_projections
 from specforge_het.models.linears import packed_linears
 
-FAST_PATHS = ("auto", "off")
+FAST_PATHS = ("auto", "compile", "off")
 
 
 @dataclass(frozen=True)
 class FastPaths:
-    mode: str  # auto | off
+    mode: str  # auto | compile | off
     packed: bool  # few-row CPU linears (models/linears.py), entered per generation
     per_row_head: bool  # LM head only on the tree rows the acceptance rule reads (host-driven, CPU)
+    compiled: bool = False  # the base's layer stack as one compiled graph (models/compiled.py; CPU)
 
     @classmethod
     def resolve(cls, mode: str, device: torch.device) -> FastPaths:
         """`auto`: on a CPU, few-row linears and the per-row head; elsewhere the device
-        strategy. `off`: the device strategy (plain modules, head over all rows), on any device."""
+        strategy. `compile`: `auto`, and on a CPU the base's layers compiled. `off`: the device strategy
+        (plain modules, head over all rows), on any device."""
         if mode not in FAST_PATHS:
             raise ValueError(f"fast_paths must be one of {', '.join(FAST_PATHS)}, got '{mode}'")
-        cpu_auto = mode == "auto" and torch.device(device).type == "cpu"
-        return cls(mode, cpu_auto, cpu_auto)
+        cpu_auto = mode != "off" and torch.device(device).type == "cpu"
+        return cls(mode, cpu_auto, cpu_auto, cpu_auto and mode == "compile")
 
     @property
     def on_device(self) -> bool:
@@ -68,20 +76,37 @@ class FastPaths:
             return f"off (plain modules, {device})"
         if self.on_device:
             return f"auto (accelerator: plain modules, {device})"
-        return "auto (few-row CPU linears, kernel measured per shape; fused q/k/v and gate/up; per-row LM head)"
+        layers = "base layers compiled (one graph), " if self.compiled else ""
+        return (f"{self.mode} ({layers}few-row CPU linears, kernel measured per shape; fused q/k/v and gate/up; "
+                "per-row LM head)")
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "packed_linears": self.packed, "per_row_head": self.per_row_head,
-                "on_device": self.on_device, "describe": self.describe()}
+                "compiled_layers": self.compiled, "on_device": self.on_device, "describe": self.describe()}
 
     @contextlib.contextmanager
-    def scope(self, *modules: nn.Module | None):
-        """Apply the module-level fast paths to `modules` for the block; restore plain modules after."""
+    def scope(self, base, *modules: nn.Module | None):
+        """Apply the module-level fast paths to `base` (a BaseModel, or None) and `modules` for the block;
+        restore plain modules after. With the base's layers compiled, the rest apply to its LM head only."""
         if not self.packed:
             yield
             return
-        with fused_projections(*modules) as (fused, replaced), packed_linears(*modules, *fused, lazy=replaced):
-            yield
+        owners = (base, *(m for m in modules if isinstance(m, DraftModel))) if self.compiled else ()
+        with compiled_layers(*owners) as done:
+            roots = [m for owner in ((base.model,) if base is not None else ()) + modules
+                     for m in _outside_compiled(owner, base, done)]
+            with fused_projections(*roots) as (fused, replaced), packed_linears(*roots, *fused, lazy=replaced):
+                yield
+
+
+def _outside_compiled(root: nn.Module, base, compiled: list) -> list[nn.Module]:
+    """What the other fast paths apply to under `root`: all of it, or, where its layers run compiled, the rest
+    (a base's LM head; a draft's input adapters, embeddings and head)."""
+    if base is not None and root is base.model and base in compiled:
+        return [base.lm_head]
+    if root in compiled:
+        return [child for name, child in root.named_children() if name != "layers"]
+    return [root]
 
 
 def proposer_modules(proposer) -> tuple[nn.Module, ...]:

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
 from specforge_het.assets import resolve_model_path
+from specforge_het.models import compiled
 from specforge_het.models.cache import Cache, HFCache, KVCache
 from specforge_het.models.hf_compat import cache_kwarg
 from specforge_het.models.lean import attend_mask, cuda_sdpa_kernels, layer_forward, supports_lean
@@ -268,6 +269,8 @@ class BaseModel(nn.Module):
         past, s = cache.length, input_ids.shape[1]
         h = self.body.embed_tokens(input_ids)
         pos_ids, rope, masks, taps = positions[None], {}, {}, {}
+        if compiled.applies(self.layers, s, past):
+            return self._compiled_forward(h, cache, positions, tree_mask, want, seen)
         for i, layer in enumerate(self.layers):
             kind = self.layer_types[i]
             if kind not in rope:
@@ -279,6 +282,21 @@ class BaseModel(nn.Module):
                 taps[i + 1] = h
         cache.advance(s)
         return self.body.norm(h), taps
+
+    def _compiled_forward(self, h, cache: KVCache, positions, tree_mask, want: frozenset,
+                          seen: tuple) -> tuple[torch.Tensor, dict]:
+        """`_lean_forward` through the compiled layer stack (models/compiled.py): every mask explicit."""
+        past, s = cache.length, h.shape[1]
+        if tree_mask is None:
+            tree_mask = torch.ones(s, s, dtype=torch.bool, device=h.device).tril()
+        rope, masks = {}, {}
+        for kind in dict.fromkeys(self.layer_types):
+            rope[kind] = self._rotary(h, positions[None], kind)
+            window = self.sliding_window if kind == "sliding_attention" else None
+            masks[kind] = attend_mask(positions, past, tree_mask, window, *seen)
+        outs = compiled.run(self.layers, h, None, rope, masks, cache)
+        cache.advance(s)
+        return self.body.norm(outs[-1]), {i: outs[i - 1] for i in want if 1 <= i <= len(outs)}
 
     def _rotary(self, h: torch.Tensor, pos_ids: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self.body.rotary_emb, Gemma3RotaryEmbedding):

@@ -126,21 +126,32 @@ class KVCache:
     def write(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store layer i's new k, v [1, H_kv, S, D] after the valid entries; return all keys/values so far."""
         end = self.length + k.shape[2]
+        self._ensure(i, end, k.shape[1], k.shape[3], k)
         buf_k, buf_v = self.k[i], self.v[i]
-        if buf_k is None or end > buf_k.shape[2]:
-            cap = self.capacity
-            while cap < end:  # doubling: a cache sized too small reallocates O(log n) times
-                cap *= 2
-            self.capacity = cap
-            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
-            new_v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
-            if buf_k is not None:
-                new_k[:, :, : self.length] = buf_k[:, :, : self.length]
-                new_v[:, :, : self.length] = buf_v[:, :, : self.length]  # type: ignore[index]
-            self.k[i], self.v[i] = buf_k, buf_v = new_k, new_v
-        buf_k[:, :, self.length : end] = k  # type: ignore[index]  # set above when None
+        buf_k[:, :, self.length : end] = k  # type: ignore[index]  # made by _ensure
         buf_v[:, :, self.length : end] = v  # type: ignore[index]
         return buf_k[:, :, :end], buf_v[:, :, :end]  # type: ignore[index]
+
+    def reserve(self, end: int, like: torch.Tensor, heads_dims: Sequence[tuple[int, int]]) -> None:
+        """Buffers for at least `end` entries in every layer, made (dtype and device of `like`; `heads_dims`
+        (H_kv, D) per layer) or grown here, as `write` would: for a caller that writes them itself."""
+        for i, (heads, dim) in enumerate(heads_dims):
+            self._ensure(i, end, heads, dim, like)
+
+    def _ensure(self, i: int, end: int, heads: int, dim: int, like: torch.Tensor) -> None:
+        buf_k, buf_v = self.k[i], self.v[i]
+        if buf_k is not None and end <= buf_k.shape[2]:
+            return
+        cap = self.capacity
+        while cap < end:  # doubling: a cache sized too small reallocates O(log n) times
+            cap *= 2
+        self.capacity = cap
+        new_k = like.new_empty(1, heads, cap, dim)
+        new_v = like.new_empty(1, heads, cap, dim)
+        if buf_k is not None:
+            new_k[:, :, : self.length] = buf_k[:, :, : self.length]
+            new_v[:, :, : self.length] = buf_v[:, :, : self.length]  # type: ignore[index]
+        self.k[i], self.v[i] = new_k, new_v
 
     def advance(self, s: int) -> None:
         self.length += s

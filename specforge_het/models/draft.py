@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from specforge_het.models import compiled
 from specforge_het.models.adapters import VocabAdapter
 from specforge_het.models.cache import Cache, HFCache, KVCache
 from specforge_het.models.families import family_config, get_family
@@ -168,6 +169,13 @@ class DraftModel(nn.Module):
         """
         embeds = self.embed(input_ids) if self.fused_input else None
         pos_emb = self.family.rotary_call(self.rotary, hidden_in, position_ids)
+        kv = None if cache is None else cache.kv
+        if (kv is not None and attention_mask is not None  # the decoder's `compile` fast path
+                and compiled.applies(self.layers, hidden_in.shape[1], kv.length)):
+            full = {"full_attention": attention_mask}
+            h = compiled.run(self.layers, hidden_in, embeds, {"full_attention": pos_emb}, full, kv)[-1]
+            kv.advance(hidden_in.shape[1])
+            return h
         return run_layers(self.layers, hidden_in, embeds, pos_emb, position_ids, attention_mask, cache)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -214,17 +214,21 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                  cache: KVCache | None, index: int) -> torch.Tensor:
+                  cache: KVCache | None, index: int, proj=None, normed: torch.Tensor | None = None) -> torch.Tensor:
     """One Llama/Qwen3/Gemma3 decoder layer on h [1, S, H]; cos/sin [1, S, D]; appends K/V to `cache`.
 
     Without a cache the layer attends causally over its own S tokens (mask None) or as `mask` says;
     with one, mask None means every key (one new token) or causal over an empty cache (a prefill).
+    `proj`: the layer's projections from elsewhere (`qkv(x)`, `o(x)`, `mlp(x)`; models/compiled.py),
+    instead of its own modules (or their fused copies, models/fused.py); `normed`: the attention's input,
+    when the caller computed it (a fused first layer's norms over embeddings and h), else input_layernorm(h).
     """
     attn = layer.self_attn
     b, s, _ = h.shape
-    x = layer.input_layernorm(h)
+    x = layer.input_layernorm(h) if normed is None else normed
     shape = (b, s, -1, attn.head_dim)
-    q, k, v = fused.qkv(attn, x)  # q_proj, k_proj, v_proj: one call inside the decoder's fast paths
+    # q_proj, k_proj, v_proj: one call inside the decoder's fast paths
+    q, k, v = fused.qkv(attn, x) if proj is None else proj.qkv(x)
     q, k, v = q.view(shape), k.view(shape), v.view(shape).transpose(1, 2)
     if hasattr(attn, "q_norm"):  # Qwen3, Gemma3: RMSNorm over head_dim
         q, k = attn.q_norm(q), attn.k_norm(k)
@@ -234,9 +238,11 @@ def layer_forward(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     if cache is not None:
         k, v = cache.write(index, k, v)
     out = attention(q, k, v, mask, attn.scaling, causal=mask is None and s > 1 and k.shape[2] == s)
-    out = attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+    out = out.transpose(1, 2).reshape(b, s, -1)
+    out = attn.o_proj(out) if proj is None else proj.o(out)
+    mlp = functools.partial(fused.mlp, layer.mlp) if proj is None else proj.mlp
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma3: sandwich norms
         h = h + layer.post_attention_layernorm(out)
-        return h + layer.post_feedforward_layernorm(fused.mlp(layer.mlp, layer.pre_feedforward_layernorm(h)))
+        return h + layer.post_feedforward_layernorm(mlp(layer.pre_feedforward_layernorm(h)))
     h = h + out
-    return h + fused.mlp(layer.mlp, layer.post_attention_layernorm(h))
+    return h + mlp(layer.post_attention_layernorm(h))

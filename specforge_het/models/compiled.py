@@ -1,0 +1,223 @@
+"""Compiled decoder layers for CPU decoding: the base's whole layer stack as one inductor graph.
+
+On a CPU a decoding step is mostly weight reads by 1-16-row products. torch's eager kernels (MKL,
+oneDNN; models/linears.py picks the fastest per shape) stream the weights well below the memory
+bandwidth on some hosts; inductor's C++ GEMM template, on weights frozen into its own blocked layout
+(`freezing`, `max_autotune`), reads them near it. Measured on a 2-core AMD EPYC without AVX-512, torch
+2.13, 30 copies of a [3072, 576] weight (runs/s28/cppgemm_probe.py): 1 row 15.2 ms with our few-row
+kernels, 6.6 ms compiled; 6 rows 22.2 vs 11.2 ms. Whole base-only decoding of SmolLM2-135M there: 22-24 tok/s
+eager (fused projections, few-row kernels) against 42-44 tok/s compiled, the same tokens
+(runs/s28/compile_body.py).
+
+`compiled_layers(base)` makes the base's layer stack (`LayerStack`: every layer through
+`lean.layer_forward`, its projections as copies of its own, q/k/v and gate/up each as one linear) one
+compiled graph for the block, and `BaseModel._lean_forward` runs calls of up to `MAX_ROWS` new tokens
+through it (prefills run the eager lean forward). The graph writes the KV cache's buffers in
+place (capacity is reserved before the call) and returns every layer's output, so feature taps need
+no graph of their own; rows and cache length are dynamic, so a stack has two graphs (one new token;
+several), both compiled when the block is first entered: 2-4 min per process on that host, less when
+inductor's on-disk caches hold the kernels.
+
+Frozen weights are copies: while a compiled stack is cached (beside its base, across generations),
+one more copy of the layer weights lives in its layout. A source weight changed in place, or an
+optimizer step, builds and compiles it again (`linears.weight_key`). Results agree with the eager
+path to float rounding, not bit for bit, as the few-row kernels do; greedy speculative decoding
+equals base-only decoding under the same strategy (the tests check both families of paths).
+Where it applies: lean families on one CPU in float32 (`compilable`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import torch
+from torch import nn
+from torch.fx.experimental import _config as fx_config
+
+from specforge_het.models.cache import KVCache
+from specforge_het.models.fused import fusable, fuse
+from specforge_het.models.lean import layer_forward
+from specforge_het.models.linears import weight_key
+
+MAX_ROWS = 64  # calls of more new tokens (long prefills) run the eager lean forward
+OPTIONS = {"freezing": True,  # frozen weights: what the C++ GEMM template packs
+           "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+FIRST_PAST = 2  # calls after fewer cached entries (prefills) run eagerly
+RECOMPILE_LIMIT = 64  # graphs per code object: one stack per base, two graphs each (tests load many bases)
+
+# base body (HF decoder module) -> (weight key, LayerStack, compiled callable), kept across blocks
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base body -> compiled callable, in a block
+
+
+class Projections(nn.Module):
+    """One layer's projections as linears of its own (copies): q/k/v as one, o, gate/up as one, down."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv_proj = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.sizes = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+        self.o_proj = fuse([attn.o_proj])
+        self.gate_up = fuse([mlp.gate_proj, mlp.up_proj])
+        self.inner = mlp.gate_proj.out_features
+        self.down_proj = fuse([mlp.down_proj])
+        self.act_fn = mlp.act_fn
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        return q, k, v
+
+    def o(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split([self.inner, self.inner], dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+class _Writer:
+    """The KV cache as the graph sees it: layer i's new K/V written into its buffer at `past`, in place."""
+
+    def __init__(self, ks: list[torch.Tensor], vs: list[torch.Tensor], past: int):
+        self.ks, self.vs, self.past = ks, vs, past
+
+    def write(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.past + k.shape[2]
+        self.ks[i][:, :, self.past:end] = k
+        self.vs[i][:, :, self.past:end] = v
+        return self.ks[i][:, :, :end], self.vs[i][:, :, :end]
+
+
+class LayerStack(nn.Module):
+    """Every layer of a stack through `lean.layer_forward` with its `Projections`; returns each layer's output.
+    A first layer that reads the token embeddings too (EAGLE-3's `FusedFirstLayer`) gets them as `embeds`."""
+
+    def __init__(self, layers: nn.ModuleList, kinds: list[str]):
+        super().__init__()
+        self.layers = layers
+        self.proj = nn.ModuleList(Projections(layer) for layer in layers)
+        self.kinds = tuple(kinds)
+        self.takes_embeds = tuple(bool(getattr(layer, "takes_embeds", False)) for layer in layers)
+
+    def forward(self, h: torch.Tensor, embeds: torch.Tensor | None, ropes: dict, masks: dict,
+                ks: list[torch.Tensor], vs: list[torch.Tensor], past: int) -> list[torch.Tensor]:
+        writer, outs = _Writer(ks, vs, past), []
+        for i, (layer, proj) in enumerate(zip(self.layers, self.proj)):
+            kind = self.kinds[i]
+            normed = layer.input_layernorm(embeds, h) if self.takes_embeds[i] else None
+            cos, sin = ropes[kind]
+            h = layer_forward(layer, h, cos, sin, masks[kind], writer, i, proj, normed)  # type: ignore[arg-type]
+            outs.append(h)
+        return outs
+
+
+def _is_lean(owner) -> bool:
+    lean = owner.lean
+    return bool(lean() if callable(lean) else lean)
+
+
+def compilable(owner) -> bool:
+    """True for a base or draft the compiled stack supports: the lean forward (a lean family on one device),
+    every weight of its layers on the CPU in float32, every attention and MLP with plain projections."""
+    params = list(owner.layers.parameters())
+    if not params or not _is_lean(owner):
+        return False
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+        return False
+    return all(fusable(layer.self_attn) and fusable(layer.mlp) and type(layer.self_attn.o_proj) is nn.Linear
+               and type(layer.mlp.down_proj) is nn.Linear for layer in owner.layers)
+
+
+def layer_kinds(owner) -> list[str]:
+    """Each layer's attention kind: a base's `layer_types`; a draft's layers all attend fully."""
+    return list(getattr(owner, "layer_types", None) or ["full_attention"] * len(owner.layers))
+
+
+def _compiled(owner):
+    """The owner's compiled stack, from the cache unless a layer weight changed since it was built."""
+    layers = owner.layers
+    key = tuple(weight_key(p) for p in layers.parameters())
+    cached = _CACHE.get(layers)
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False), torch.no_grad():
+            stack = LayerStack(layers, layer_kinds(owner)).eval()
+        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        torch._dynamo.config.recompile_limit = limit
+        graph = torch.compile(stack, dynamic=True)
+
+        def call(*args):  # inductor reads `freezing` outside what torch.compile(options=) patches: patch each call
+            with torch._inductor.config.patch(OPTIONS), fx_config.patch(use_duck_shape=False):
+                return graph(*args)
+        _warm(owner, call)
+        cached = _CACHE[layers] = (key, stack, call)
+    return cached[2]
+
+
+def _warm(owner, call) -> None:
+    """Compile both graphs now (one new token; several), on a scratch cache, so that no decoding step pays it."""
+    layers = owner.layers
+    width = layers[0].self_attn.o_proj.out_features
+    shapes = _kv_shapes(layers)
+    for rows in (1, 2):  # sizes unlike any other (past 3, capacity 67): nothing is specialised on them
+        cache = KVCache(len(layers), 67)
+        h = torch.zeros(1, rows, width)  # contiguous, as a decoding step's hidden states are
+        cache.reserve(3 + rows, like=h, heads_dims=shapes)
+        cache.length = 3
+        embeds = torch.zeros_like(h) if any(getattr(layer, "takes_embeds", False) for layer in layers) else None
+        head_dim = shapes[0][1]
+        rope = (torch.ones(1, rows, head_dim), torch.zeros(1, rows, head_dim))
+        mask = torch.ones(1, 1, rows, 3 + rows, dtype=torch.bool)
+        kinds = dict.fromkeys(layer_kinds(owner))
+        with torch.no_grad():
+            call(h, embeds, dict.fromkeys(kinds, rope), dict.fromkeys(kinds, mask), cache.k, cache.v, cache.length)
+
+
+def release_compiled() -> int:
+    """Drop every cached compiled stack (built again in the next block); returns how many there were."""
+    n = len(_CACHE)
+    _CACHE.clear()
+    return n
+
+
+@contextlib.contextmanager
+def compiled_layers(*owners):
+    """For the block, the lean forward of each base or draft in `owners` runs calls of up to MAX_ROWS new
+    tokens through its compiled stack (an owner that is not `compilable`, or None, is left alone). Yields
+    the owners it applies to."""
+    made = []
+    try:
+        for owner in owners:
+            if owner is not None and owner.layers not in _ACTIVE and compilable(owner):
+                _ACTIVE[owner.layers] = _compiled(owner)
+                made.append(owner)
+        yield made
+    finally:
+        for owner in made:
+            _ACTIVE.pop(owner.layers, None)
+
+
+def applies(layers: nn.ModuleList, rows: int, past: int) -> bool:
+    """True when a call of `rows` new tokens after `past` cached ones runs through the compiled stack: inside
+    a block, at most MAX_ROWS rows, and `past` >= FIRST_PAST (torch specialises the sizes 0 and 1: a
+    prefill would compile a graph of its own; it runs eagerly)."""
+    return layers in _ACTIVE and rows <= MAX_ROWS and past >= FIRST_PAST
+
+
+def active(layers: nn.ModuleList) -> bool:
+    return layers in _ACTIVE
+
+
+def run(layers: nn.ModuleList, h: torch.Tensor, embeds: torch.Tensor | None, ropes: dict, masks: dict,
+        cache) -> list[torch.Tensor]:
+    """Every layer's output [1, S, H] for h [1, S, H] through the compiled stack of `layers`; the S new K/V
+    entries written after `cache.length` (capacity reserved here; the caller advances the cache)."""
+    cache.reserve(cache.length + h.shape[1], like=h, heads_dims=_kv_shapes(layers))
+    return _ACTIVE[layers](h, embeds, ropes, masks, cache.k, cache.v, cache.length)
+
+
+def _kv_shapes(layers: nn.ModuleList) -> list[tuple[int, int]]:
+    """(K/V heads, head dim) of every layer."""
+    return [(layer.self_attn.k_proj.out_features // layer.self_attn.head_dim, layer.self_attn.head_dim)
+            for layer in layers]
