@@ -30,12 +30,14 @@ def _steps(base: BaseModel, ids: torch.Tensor, active: bool):
     block = compiled.compiled_layers(base) if active else contextlib.nullcontext([])
     with torch.no_grad(), block as on:
         assert on == ([base] if active else [])
+        graphs = _graphs()  # both graphs compiled on entry (or earlier in this process)
         first = base(ids, cache, feature_layers=(1, 2), logits="last")
         past = cache.get_seq_length()
         tree_ids = torch.randint(3, 100, (1, len(TREE_PARENTS)), generator=torch.Generator().manual_seed(1))
         tree = base(tree_ids, cache, past + layout.position_offsets, layout.attn_mask, feature_layers=(1, 2))
         cache.keep(past, torch.tensor([0, 1, 3]))
         last = base(tree_ids[:, :1], cache, logits="all")
+        assert _graphs() == graphs  # none while decoding (Gemma3: two attention kinds, no input shared)
     outs = [first.hidden, first.features, first.logits, tree.hidden, tree.features, tree.logits, last.logits]
     kv = [t[:, :, : cache.length] for t in (*cache.k, *cache.v)]
     return outs, kv
@@ -91,6 +93,34 @@ def test_compiled_stack_is_rebuilt_after_a_weight_change(llama_base, monkeypatch
     with torch.no_grad():
         llama_base.layers[0].mlp.down_proj.weight.add_(0.0)  # in place: a new version
     assert compiled._compiled(llama_base) is not before
+
+
+def test_a_failed_compile_warns_and_runs_the_auto_paths(base_dirs, monkeypatch) -> None:
+    def fail(*a):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(compiled, "_warm", fail)
+    base = BaseModel.load(base_dirs["qwen3"])  # a new model: nothing compiled for it yet
+    with pytest.warns(UserWarning, match="compiling BaseModel's layers failed .*no C.. compiler.*fast_paths auto"):
+        with compiled.compiled_layers(base) as on:
+            assert on == [] and not compiled.applies(base.layers, 1, 8)
+    ids = torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="failed"):
+        got = Decoder(base, fast_paths="compile").generate(ids, 8).tokens
+    assert got == Decoder(base, fast_paths="auto").generate(ids, 8).tokens
+
+
+def test_only_no_grad_calls_after_a_prefill_run_compiled(base_dirs, monkeypatch) -> None:
+    monkeypatch.setattr(compiled, "_warm", lambda *a: None)  # torch.compile is lazy: nothing is compiled here
+    base = BaseModel.load(base_dirs["llama"])
+    with compiled.compiled_layers(base) as on, torch.no_grad():
+        assert on == [base]
+        assert compiled.applies(base.layers, 1, 2) and compiled.applies(base.layers, compiled.MAX_ROWS, 50)
+        assert not compiled.applies(base.layers, 1, 1)  # a prefill: sizes 0 and 1 would get graphs of their own
+        assert not compiled.applies(base.layers, compiled.MAX_ROWS + 1, 50)
+        with torch.enable_grad():
+            assert not compiled.applies(base.layers, 1, 8)  # frozen copies carry no gradient
+    assert not compiled.applies(base.layers, 1, 8)
+    assert compiled.release_compiled() >= 1 and base.layers.__dict__.get(compiled._ATTR) is None
 
 
 def test_where_compile_applies(base_dirs) -> None:

@@ -163,7 +163,7 @@ def test_fast_paths_resolve() -> None:
     assert auto.per_row_head and auto.packed and auto.describe().startswith("auto (")
     assert not off.per_row_head and not off.packed and off.describe().startswith("off (plain modules")
     assert not FastPaths.resolve("auto", torch.device("meta")).packed  # packing is a CPU path
-    with pytest.raises(ValueError, match="auto, off"):
+    with pytest.raises(ValueError, match="auto, compile, off"):
         FastPaths.resolve("on", torch.device("cpu"))
 
 

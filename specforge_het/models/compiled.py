@@ -1,34 +1,36 @@
-"""Compiled decoder layers for CPU decoding: the base's whole layer stack as one inductor graph.
+"""Compiled decoder layers for CPU decoding (`--inference.fast_paths compile`): a base's, or an EAGLE
+draft's, whole layer stack as one inductor graph.
 
 On a CPU a decoding step is mostly weight reads by 1-16-row products. torch's eager kernels (MKL,
 oneDNN; models/linears.py picks the fastest per shape) stream the weights well below the memory
 bandwidth on some hosts; inductor's C++ GEMM template, on weights frozen into its own blocked layout
 (`freezing`, `max_autotune`), reads them near it. Measured on a 2-core AMD EPYC without AVX-512, torch
 2.13, 30 copies of a [3072, 576] weight (runs/s28/cppgemm_probe.py): 1 row 15.2 ms with our few-row
-kernels, 6.6 ms compiled; 6 rows 22.2 vs 11.2 ms. Whole base-only decoding of SmolLM2-135M there: 22-24 tok/s
-eager (fused projections, few-row kernels) against 42-44 tok/s compiled, the same tokens
-(runs/s28/compile_body.py).
+kernels, 6.6 ms compiled; 6 rows 22.2 vs 11.2 ms. Whole base-only decoding of SmolLM2-135M there:
+23.1 tok/s under `auto` against 48.6 compiled, the same tokens (runs/s28/compile_ab.py).
 
-`compiled_layers(base)` makes the base's layer stack (`LayerStack`: every layer through
+`compiled_layers(*owners)` makes each owner's layer stack (`LayerStack`: every layer through
 `lean.layer_forward`, its projections as copies of its own, q/k/v and gate/up each as one linear) one
-compiled graph for the block, and `BaseModel._lean_forward` runs calls of up to `MAX_ROWS` new tokens
-through it (prefills run the eager lean forward). The graph writes the KV cache's buffers in
-place (capacity is reserved before the call) and returns every layer's output, so feature taps need
-no graph of their own; rows and cache length are dynamic, so a stack has two graphs (one new token;
-several), both compiled when the block is first entered: 2-4 min per process on that host, less when
-inductor's on-disk caches hold the kernels.
+compiled graph for the block; `BaseModel._lean_forward` and `DraftModel.forward` route a call there when
+`applies(layers, rows, past)`: inside the block, no grad, at most `MAX_ROWS` new tokens after at least
+`FIRST_PAST` cached ones (prefills run the eager lean forward). The graph writes the KV cache's buffers in
+place (capacity reserved before the call) and returns every layer's output, so feature taps need no graph
+of their own. Rows and cache length are dynamic, so a stack has two graphs (one new token; several), both
+compiled when the block is first entered (`_warm`): 2-4 min per process on that host. A compile that
+fails warns, and the stack runs on the eager paths.
 
-Frozen weights are copies: while a compiled stack is cached (beside its base, across generations),
-one more copy of the layer weights lives in its layout. A source weight changed in place, or an
-optimizer step, builds and compiles it again (`linears.weight_key`). Results agree with the eager
-path to float rounding, not bit for bit, as the few-row kernels do; greedy speculative decoding
-equals base-only decoding under the same strategy (the tests check both families of paths).
+Frozen weights are copies: while a compiled stack is kept (on its layers, so it goes with them), up to two
+more copies of the layer weights live (the stack's fused projections and inductor's packed constants). A
+weight changed in place, or an optimizer step, builds and compiles it again (`linears.weight_key`).
+Results agree with the eager path to float rounding, not bit for bit, as the few-row kernels do; greedy
+speculative decoding equals base-only decoding under the same strategy (tests/test_compiled.py).
 Where it applies: lean families on one CPU in float32 (`compilable`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 
 import torch
@@ -44,11 +46,13 @@ MAX_ROWS = 64  # calls of more new tokens (long prefills) run the eager lean for
 OPTIONS = {"freezing": True,  # frozen weights: what the C++ GEMM template packs
            "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 FIRST_PAST = 2  # calls after fewer cached entries (prefills) run eagerly
-RECOMPILE_LIMIT = 64  # graphs per code object: one stack per base, two graphs each (tests load many bases)
+RECOMPILE_LIMIT = 64  # graphs per code object while a stack is called (one per base or draft, two graphs each)
 
-# base body (HF decoder module) -> (weight key, LayerStack, compiled callable), kept across blocks
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base body -> compiled callable, in a block
+# A stack's layers (nn.ModuleList) keep (weight key, LayerStack, compiled callable) as the attribute _ATTR, so
+# that the compiled stack lives exactly as long as they do; _BUILT finds them for `release_compiled`.
+_ATTR = "_specforge_compiled_stack"
+_BUILT: weakref.WeakSet = weakref.WeakSet()
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> compiled callable, inside a block
 
 
 class Projections(nn.Module):
@@ -136,48 +140,55 @@ def layer_kinds(owner) -> list[str]:
 
 
 def _compiled(owner):
-    """The owner's compiled stack, from the cache unless a layer weight changed since it was built."""
+    """The owner's compiled stack, from its layers (kept there, so both go together) unless a layer weight
+    changed since it was built."""
     layers = owner.layers
     key = tuple(weight_key(p) for p in layers.parameters())
-    cached = _CACHE.get(layers)
+    cached = layers.__dict__.get(_ATTR)
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():
             stack = LayerStack(layers, layer_kinds(owner)).eval()
-        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        torch._dynamo.config.recompile_limit = limit
         graph = torch.compile(stack, dynamic=True)
 
         def call(*args):  # inductor reads `freezing` outside what torch.compile(options=) patches: patch each call
-            with torch._inductor.config.patch(OPTIONS), fx_config.patch(use_duck_shape=False):
+            with (torch._inductor.config.patch(OPTIONS), fx_config.patch(use_duck_shape=False),
+                  torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)):
                 return graph(*args)
         _warm(owner, call)
-        cached = _CACHE[layers] = (key, stack, call)
+        cached = (key, stack, call)
+        object.__setattr__(layers, _ATTR, cached)  # a plain attribute: not a submodule, not in any state dict
+        _BUILT.add(layers)
     return cached[2]
 
 
 def _warm(owner, call) -> None:
-    """Compile both graphs now (one new token; several), on a scratch cache, so that no decoding step pays it."""
+    """Compile both graphs now (one new token; several), on a scratch cache, so that no decoding step pays it.
+    The inputs are shaped as a step's are: contiguous, one tensor per input (no input shared between two
+    arguments or two attention kinds: torch would guard on that), sizes unlike any other (past 3, capacity 67)."""
     layers = owner.layers
     width = layers[0].self_attn.o_proj.out_features
     shapes = _kv_shapes(layers)
-    for rows in (1, 2):  # sizes unlike any other (past 3, capacity 67): nothing is specialised on them
+    head_dim = shapes[0][1]
+    takes_embeds = any(getattr(layer, "takes_embeds", False) for layer in layers)
+    for rows in (1, 2):
         cache = KVCache(len(layers), 67)
-        h = torch.zeros(1, rows, width)  # contiguous, as a decoding step's hidden states are
+        h = torch.zeros(1, rows, width)
         cache.reserve(3 + rows, like=h, heads_dims=shapes)
         cache.length = 3
-        embeds = torch.zeros_like(h) if any(getattr(layer, "takes_embeds", False) for layer in layers) else None
-        head_dim = shapes[0][1]
-        rope = (torch.ones(1, rows, head_dim), torch.zeros(1, rows, head_dim))
-        mask = torch.ones(1, 1, rows, 3 + rows, dtype=torch.bool)
+        embeds = torch.zeros_like(h) if takes_embeds else None
         kinds = dict.fromkeys(layer_kinds(owner))
+        ropes = {k: (torch.ones(1, rows, head_dim), torch.zeros(1, rows, head_dim)) for k in kinds}
+        masks = {k: torch.ones(1, 1, rows, 3 + rows, dtype=torch.bool) for k in kinds}
         with torch.no_grad():
-            call(h, embeds, dict.fromkeys(kinds, rope), dict.fromkeys(kinds, mask), cache.k, cache.v, cache.length)
+            call(h, embeds, ropes, masks, cache.k, cache.v, cache.length)
 
 
 def release_compiled() -> int:
-    """Drop every cached compiled stack (built again in the next block); returns how many there were."""
-    n = len(_CACHE)
-    _CACHE.clear()
+    """Drop every compiled stack still alive (built again in the next block); returns how many there were."""
+    n = 0
+    for layers in list(_BUILT):
+        n += layers.__dict__.pop(_ATTR, None) is not None
+    _BUILT.clear()
     return n
 
 
@@ -189,9 +200,16 @@ def compiled_layers(*owners):
     made = []
     try:
         for owner in owners:
-            if owner is not None and owner.layers not in _ACTIVE and compilable(owner):
+            if owner is None or owner.layers in _ACTIVE or not compilable(owner):
+                continue
+            try:
                 _ACTIVE[owner.layers] = _compiled(owner)
-                made.append(owner)
+            except Exception as e:  # no C++ compiler, an inductor bug: this generation runs the auto paths
+                warnings.warn(f"--inference.fast_paths compile: compiling {type(owner).__name__}'s layers failed "
+                              f"({type(e).__name__}: {e}); they run on the auto paths. Check that a C++ compiler "
+                              "(gcc or clang) is installed, or use --inference.fast_paths auto.", stacklevel=3)
+                continue
+            made.append(owner)
         yield made
     finally:
         for owner in made:
@@ -201,8 +219,8 @@ def compiled_layers(*owners):
 def applies(layers: nn.ModuleList, rows: int, past: int) -> bool:
     """True when a call of `rows` new tokens after `past` cached ones runs through the compiled stack: inside
     a block, at most MAX_ROWS rows, and `past` >= FIRST_PAST (torch specialises the sizes 0 and 1: a
-    prefill would compile a graph of its own; it runs eagerly)."""
-    return layers in _ACTIVE and rows <= MAX_ROWS and past >= FIRST_PAST
+    prefill would compile a graph of its own; it runs eagerly); never under autograd (frozen copies)."""
+    return layers in _ACTIVE and rows <= MAX_ROWS and past >= FIRST_PAST and not torch.is_grad_enabled()
 
 
 def active(layers: nn.ModuleList) -> bool:

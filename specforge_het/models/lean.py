@@ -173,7 +173,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
               causal: bool) -> torch.Tensor:
     """SDPA over q [B, H, S, D] and k, v [B, H_kv, K, D] as `sdpa_plan` says; `causal` as sdpa_plan's."""
     gqa = q.shape[1] != k.shape[1]
-    plan = sdpa_plan(q.device.type, mask is not None, gqa, causal, q.dtype, q.shape[-1])
+    plan_of = sdpa_plan.__wrapped__ if torch.compiler.is_compiling() else sdpa_plan  # traced: the pure function
+    plan = plan_of(q.device.type, mask is not None, gqa, causal, q.dtype, q.shape[-1])
     if plan.repeat_kv:
         n_rep = q.shape[1] // k.shape[1]
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
