@@ -48,7 +48,7 @@ class FastPaths:
     mode: str  # auto | compile | off
     packed: bool  # few-row CPU linears (models/linears.py), entered per generation
     per_row_head: bool  # LM head only on the tree rows the acceptance rule reads (host-driven, CPU)
-    compiled: bool = False  # the base's layer stack as one compiled graph (models/compiled.py; CPU)
+    compiled: bool = False  # the base's and the draft's layer stacks as compiled graphs (models/compiled.py; CPU)
 
     @classmethod
     def resolve(cls, mode: str, device: torch.device) -> FastPaths:
@@ -76,7 +76,7 @@ class FastPaths:
             return f"off (plain modules, {device})"
         if self.on_device:
             return f"auto (accelerator: plain modules, {device})"
-        layers = "base layers compiled (one graph), " if self.compiled else ""
+        layers = "layers compiled (one graph per base or draft), " if self.compiled else ""
         return (f"{self.mode} ({layers}few-row CPU linears, kernel measured per shape; fused q/k/v and gate/up; "
                 "per-row LM head)")
 
