@@ -52,7 +52,7 @@ RECOMPILE_LIMIT = 64  # graphs per code object while a stack is called (one per 
 # that the compiled stack lives exactly as long as they do; _BUILT finds them for `release_compiled`.
 _ATTR = "_specforge_compiled_stack"
 _BUILT: weakref.WeakSet = weakref.WeakSet()
-_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> compiled callable, inside a block
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> (compiled callable, K/V shapes), in a block
 
 
 class Projections(nn.Module):
@@ -195,15 +195,20 @@ def release_compiled() -> int:
 @contextlib.contextmanager
 def compiled_layers(*owners):
     """For the block, the lean forward of each base or draft in `owners` runs calls of up to MAX_ROWS new
-    tokens through its compiled stack (an owner that is not `compilable`, or None, is left alone). Yields
-    the owners it applies to."""
+    tokens through its compiled stack (an owner that is not `compilable` is left alone, with a warning; None
+    is skipped). Yields the owners it applies to."""
     made = []
     try:
         for owner in owners:
-            if owner is None or owner.layers in _ACTIVE or not compilable(owner):
+            if owner is None or owner.layers in _ACTIVE:
+                continue
+            if not compilable(owner):
+                warnings.warn(f"--inference.fast_paths compile: {type(owner).__name__}'s layers are not compiled (it "
+                              "needs a Llama, Qwen3 or Gemma3 stack with SDPA attention on one CPU in float32); they "
+                              "run on the auto paths.", stacklevel=3)
                 continue
             try:
-                _ACTIVE[owner.layers] = _compiled(owner)
+                _ACTIVE[owner.layers] = (_compiled(owner), _kv_shapes(owner.layers))
             except Exception as e:  # no C++ compiler, an inductor bug: this generation runs the auto paths
                 warnings.warn(f"--inference.fast_paths compile: compiling {type(owner).__name__}'s layers failed "
                               f"({type(e).__name__}: {e}); they run on the auto paths. Check that a C++ compiler "
@@ -231,8 +236,9 @@ def run(layers: nn.ModuleList, h: torch.Tensor, embeds: torch.Tensor | None, rop
         cache) -> list[torch.Tensor]:
     """Every layer's output [1, S, H] for h [1, S, H] through the compiled stack of `layers`; the S new K/V
     entries written after `cache.length` (capacity reserved here; the caller advances the cache)."""
-    cache.reserve(cache.length + h.shape[1], like=h, heads_dims=_kv_shapes(layers))
-    return _ACTIVE[layers](h, embeds, ropes, masks, cache.k, cache.v, cache.length)
+    call, shapes = _ACTIVE[layers]
+    cache.reserve(cache.length + h.shape[1], like=h, heads_dims=shapes)
+    return call(h, embeds, ropes, masks, cache.k, cache.v, cache.length)
 
 
 def _kv_shapes(layers: nn.ModuleList) -> list[tuple[int, int]]:
