@@ -84,7 +84,7 @@ class TrainingConfig:
     dataloader_num_workers: int = _f(0, "data loader worker processes (they read and pad rows and stored features)")
     precision: str = _f("auto", "compute precision: bf16 = bfloat16 autocast with float32 master weights; auto = bf16 where the device has fast bfloat16 (CPU with AMX, CUDA with bf16), else fp32", ("auto", "bf16", "fp32"))
     bf16: bool = _f(False, "legacy switch: true = precision bf16 (false leaves training.precision in charge)")
-    loss: str = _f("ce", "draft loss against the base distribution: ce = soft cross-entropy (EAGLE), tv = total variation (acceptance-targeting, SpecForge's LK idea), ce+tv = their sum (measured: tv alone collapses on a fresh draft; docs/training.md)", ("ce", "tv", "ce+tv"))
+    loss: str = _f("ce", "draft loss against the base distribution: ce = soft cross-entropy (EAGLE), tv = total variation (acceptance-targeting, SpecForge's LK idea), ce+tv = their sum (measured: tv alone collapses on a fresh draft; docs/training.md), ce+top1 = ce plus cross-entropy on the base's top-1 token (what greedy acceptance checks)", ("ce", "tv", "ce+tv", "ce+top1"))
     loss_chunk: int = _f(1024, "rows per chunk of the fused LM-head loss and of the base targets (bounds their memory)")
     group_by_length: bool = _f(True, "batches of similar length (less padding; HF LengthGroupedSampler)")
     gradient_checkpointing: bool = _f(False, "recompute the draft layers in backward (less memory, ~30% more compute)")

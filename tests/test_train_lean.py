@@ -161,7 +161,7 @@ def test_targets_chunking_and_full_top1(llama_base):
     assert a.index[where].tolist() == list(range(int(where.sum()))) and bool((a.index[~where] == -1).all())
 
 
-@pytest.mark.parametrize("kind", ["ce", "tv", "ce+tv"])
+@pytest.mark.parametrize("kind", ["ce", "tv", "ce+tv", "ce+top1"])
 @pytest.mark.parametrize("cap", [None, 3.0])
 def test_head_loss_matches_autograd(kind, cap):
     torch.manual_seed(0)
@@ -180,6 +180,9 @@ def test_head_loss_matches_autograd(kind, cap):
         ref = ref - (p * torch.log_softmax(z, -1)).sum(-1)
     if "tv" in kind:
         ref = ref + 0.5 * (q - p).abs().sum(-1)
+    if "top1" in kind:  # rows whose base top-1 the draft lacks (want -1) get no hard term
+        hard = -torch.log_softmax(z, -1).gather(1, want.clamp_min(0)[:, None])[:, 0]
+        ref = ref + torch.where(want >= 0, hard, torch.zeros_like(hard))
     torch.testing.assert_close(per_row.double(), ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss.double(), (ref * row_w).sum(), rtol=1e-5, atol=1e-6)
     assert torch.equal(hit1, z.argmax(-1) == want)

@@ -11,7 +11,9 @@ the draft cannot propose are known and count as misses.
 stored targets and its gradients, computed chunk by chunk in the forward (the [N, Vd] logits are
 never stored; backward only scales the saved gradients), as fused linear-cross-entropy kernels do.
 Losses: "ce" (soft cross-entropy), "tv" (total variation 0.5·Σ|q - p|, an acceptance-targeting
-loss: the acceptance probability of a sampled draft token is 1 - TV), or "ce+tv".
+loss: the acceptance probability of a sampled draft token is 1 - TV), "ce+tv", or "ce+top1" (soft
+cross-entropy plus -log q at the base's top-1: greedy acceptance is top-1 agreement, and a small draft
+spends capacity matching the base's tail under soft targets alone).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_KINDS = ("ce", "tv", "ce+tv")
+LOSS_KINDS = ("ce", "tv", "ce+tv", "ce+top1")
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -78,6 +80,16 @@ def base_targets(last: torch.Tensor, weight: torch.Tensor, where: torch.Tensor, 
     return Targets(probs, top1, index)
 
 
+def _add_top1(per: torch.Tensor, g: torch.Tensor, logq: torch.Tensor, q: torch.Tensor,
+              want: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add -log q[want] and its logit gradient q - onehot(want) to rows whose base top-1 the draft has (want >= 0)."""
+    has = want >= 0
+    col = want.clamp_min(0)[:, None]
+    per = per - torch.where(has, logq.gather(1, col)[:, 0], 0.0)
+    onehot = torch.zeros_like(q).scatter_(1, col, 1.0)
+    return per, g + has[:, None] * (q - onehot)
+
+
 class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, probs, tidx, row_w, want, kind, softcap, chunk, k):
@@ -108,6 +120,8 @@ class _HeadLoss(torch.autograd.Function):
                     per += 0.5 * diff.abs().sum(-1)
                     s = torch.sign(diff)
                     g += 0.5 * q * (s - (s * q).sum(-1, keepdim=True))
+                if "top1" in kind:
+                    per, g = _add_top1(per, g, logq, q, want[a:b])
                 per_row[a:b] = per
                 top = z.topk(min(k, z.shape[-1]), -1).indices
                 hit1[a:b] = top[:, 0] == want[a:b]

@@ -8,7 +8,7 @@ vocabulary at every answer position. `--standalone.ce_weight` adds a plain cross
 as the draft spells it (every draft position inside the answer text, over the draft's whole vocabulary).
 
 The draft side runs the fused, chunked head loss of algorithms/targets.py (no [N, V] logits stored); its soft
-cross-entropy minus the base's entropy is the KL (same gradients). `--training.loss tv` / `ce+tv` work too.
+cross-entropy minus the base's entropy is the KL (same gradients). `--training.loss tv` / `ce+tv` / `ce+top1` work too.
 """
 
 from __future__ import annotations
