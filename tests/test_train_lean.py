@@ -212,3 +212,37 @@ def test_gradient_checkpointing_same_gradients(llama_base):
         grads.append(torch.autograd.grad(loss / count, list(draft.layers.parameters())))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_reachable_cuts_a_position_after_its_first_miss():
+    """Two steps of 2 rows each at positions (0, 0) and (0, 1); the top-1 (k=1) of x @ I is x's argmax."""
+    from specforge_het.algorithms.eagle_v3.loss import reachable
+
+    masks = [torch.tensor([[True, True, False]])] * 3
+    eye = torch.eye(3)
+    xs = [torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])] * 3  # top-1 rows: 0, 1
+    want = [torch.tensor([0, 2]), torch.tensor([1, 1]), torch.tensor([0, 0])]  # step 0: hit, miss; step 1: miss, hit
+    got = reachable(xs, want, eye, masks, k=1)
+    assert [g.tolist() for g in got] == [[True, True], [True, False], [False, False]]
+    assert [g.tolist() for g in reachable(xs, want, eye, masks, k=3)] == [[True, True]] * 3  # top-3 of 3: always
+    # a position with no row at an earlier step (its target not a loss position) is not cut there
+    gap = [torch.tensor([[True, False, True]]), torch.tensor([[False, False, True]])]
+    got = reachable([torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]), torch.tensor([[1.0, 0, 0]])],
+                    [torch.tensor([1, 0]), torch.tensor([0])], eye, gap, k=1)
+    assert [g.tolist() for g in got] == [[True, True], [True]]
+
+
+def test_reachable_k_weights_the_loss_and_keeps_the_metrics(llama_base):
+    draft = build_draft(draft_modeling(family="llama", hidden=48, draft_vocab_size=60), llama_base, seed=1)
+    ids, attn, lm = _batch(llama_base, seed=2)
+    batch = DraftTrainingModule(draft, llama_base, _T()).make_batch(ids, attn, lm)
+    loss = {}
+    for k in (0, 1, 60):
+        cfg = _T()
+        cfg.reachable_k = k
+        loss[k], _, counters = algorithm_of(draft).loss(draft, batch, cfg, cfg)
+        loss[k, "hits"] = [counters[f"hit1_{j}"] for j in range(3)]
+    # top-60 of a 60-row head holds every token it has: only positions after an out-of-vocabulary base top-1 are
+    # cut (the draft cannot propose that token); top-1 of an untrained draft cuts far more
+    assert loss[1] < loss[60] < loss[0]
+    assert loss[1, "hits"] == loss[0, "hits"]  # accuracy counts every position

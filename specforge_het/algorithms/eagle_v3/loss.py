@@ -18,6 +18,9 @@ def ttt_loss(draft, batch: TrainBatch, tcfg, options) -> tuple[torch.Tensor, tor
     real prefix (step 0, causal) and its own earlier steps at i, and predicts the base's
     distribution at i+1+j (over the draft vocabulary). No feature loss.
 
+    `options.reachable_k` k > 0: step j at position i carries loss only where steps 0..j-1 there had the
+    base's token in their top-k (`reachable`); accuracy still counts every position.
+
     Returns (loss summed over positions, positions N, counters). Divided by N (or by HF's
     num_items_in_batch under gradient accumulation), every step is normalised by all positions
     of the sequence, as in EAGLE-3 / SpecForge; positions whose base top-1 the draft cannot
@@ -33,6 +36,10 @@ def ttt_loss(draft, batch: TrainBatch, tcfg, options) -> tuple[torch.Tensor, tor
         tidx.append(rows)
         want.append(tg.top1[rows])
         roww.append((tg.top1[rows] >= 0).float() * options.ttt_decay ** j)
+    k = getattr(options, "reachable_k", 0)
+    if k > 0:
+        masks = [shift_left(mask, j, False) for j in range(len(xs))]
+        roww = [w * r for w, r in zip(roww, reachable(xs, want, draft.lm_head.weight, masks, k))]
     loss, per_row, hit1, hitk = head_loss(
         torch.cat(xs), draft.lm_head.weight, tg.probs, torch.cat(tidx), torch.cat(roww), torch.cat(want),
         getattr(tcfg, "loss", "ce"), None, getattr(tcfg, "loss_chunk", 1024), tcfg.top_k_accuracy)
@@ -46,6 +53,24 @@ def ttt_loss(draft, batch: TrainBatch, tcfg, options) -> tuple[torch.Tensor, tor
                          f"ce_{j}": float(per_row[a:e][inv].sum())})
         a = e
     return loss, mask.sum(), counters
+
+
+@torch.no_grad()
+def reachable(xs: list[torch.Tensor], want: list[torch.Tensor], weight: torch.Tensor, masks: list[torch.Tensor],
+              k: int, chunk: int = 1024) -> list[torch.Tensor]:
+    """Per unroll step j, [n_j] bool over its rows (positions `masks[j]` [B, S]): True where every earlier step
+    at that position had the base's token `want` among the draft's top-k (x @ weight.T). A position an
+    earlier step has no row at (its target is not a loss position) does not cut it."""
+    out, reach = [], torch.ones_like(masks[0])
+    for j, (x, w, m) in enumerate(zip(xs, want, masks)):
+        out.append(reach[m])
+        if j + 1 < len(xs):
+            hit = torch.cat([((x[a:a + chunk].detach() @ weight.detach().T).topk(min(k, weight.shape[0]), -1).indices
+                              == w[a:a + chunk, None]).any(-1) for a in range(0, x.shape[0], chunk)])
+            step = torch.ones_like(reach)
+            step[m] = hit
+            reach = reach & step
+    return out
 
 
 def _unroll(draft, ids: torch.Tensor, batch: TrainBatch, tcfg, steps: int):
