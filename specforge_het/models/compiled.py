@@ -47,6 +47,12 @@ OPTIONS = {"freezing": True,  # frozen weights: what the C++ GEMM template packs
            "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 FIRST_PAST = 2  # calls after fewer cached entries (prefills) run eagerly
 RECOMPILE_LIMIT = 64  # graphs per code object while a stack is called (one per base or draft, two graphs each)
+# After the warm-up a call checks only the guards that tell a stack's two graphs apart (torch's
+# skip_guard_eval_unsafe): the full check cost ~0.4 ms a call here; skipping it gave 1.03-1.05x tok/s, the same
+# tokens (runs/s29/guard_ab.py 6 96: base-only, depth-1 and depth-5 trees). Safe as used: the inputs of a call are
+# made by `run` exactly as the warm-up's are, a weight change is caught by `weight_key`, and tests/test_compiled.py
+# checks every path against the eager forward.
+SKIP_GUARDS = True
 
 # A stack's layers (nn.ModuleList) keep (weight key, LayerStack, compiled callable) as the attribute _ATTR, so
 # that the compiled stack lives exactly as long as they do; _BUILT finds them for `release_compiled`.
@@ -150,11 +156,15 @@ def _compiled(owner):
             stack = LayerStack(layers, layer_kinds(owner)).eval()
         graph = torch.compile(stack, dynamic=True)
 
-        def call(*args):  # inductor reads `freezing` outside what torch.compile(options=) patches: patch each call
+        def compile_call(*args):  # inductor reads `freezing` outside what torch.compile(options=) patches
             with (torch._inductor.config.patch(OPTIONS), fx_config.patch(use_duck_shape=False),
                   torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)):
                 return graph(*args)
-        _warm(owner, call)
+
+        def call(*args):  # once both graphs exist: only the guards that tell them apart (one row or several)
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=SKIP_GUARDS):
+                return graph(*args)
+        _warm(owner, compile_call)
         cached = (key, stack, call)
         object.__setattr__(layers, _ATTR, cached)  # a plain attribute: not a submodule, not in any state dict
         _BUILT.add(layers)
