@@ -82,6 +82,53 @@ def test_compile_mode_decodes_the_tokens_of_the_other_paths(bases, long_ids, fam
     assert _graphs() == warmed[0]  # none per step or prompt length either
 
 
+@pytest.fixture(autouse=True)
+def _no_miss(monkeypatch):
+    """A compiled call that neither of its stack's graphs fits fails here (in use it compiles a third graph)."""
+    def miss(*a):
+        raise AssertionError("a compiled call fit neither graph of its stack")
+    monkeypatch.setattr(compiled, "_on_miss", miss)
+
+
+def test_a_call_neither_graph_fits_compiles_one(llama_base, monkeypatch) -> None:
+    """Under the guard skip torch refuses to compile; such a call (here an additive float mask where the warm-up's
+    was bool) gets a graph of its own through the full guard check, the eager stack's result, and that graph
+    serves the next such call."""
+    misses = []
+    monkeypatch.setattr(compiled, "_on_miss", lambda compile_call, args: misses.append(1) or compile_call(*args))
+    call = compiled._compiled(llama_base)
+    stack = llama_base.layers.__dict__[compiled._ATTR][1]
+    h, embeds, ropes, masks, ks, vs, past = compiled.warm_args(llama_base, 2)
+    h = torch.randn(h.shape, generator=torch.Generator().manual_seed(0))
+    masks = {k: torch.zeros(m.shape) for k, m in masks.items()}  # attend everywhere, as the bool mask of ones
+    with torch.no_grad():
+        got = call(h, embeds, ropes, masks, ks, vs, past)
+        assert misses == [1]
+        call(h, embeds, ropes, masks, ks, vs, past)
+        assert misses == [1]
+        want = stack(h, embeds, ropes, masks, ks, vs, past)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_two_drafts_of_one_shape_run_their_own_graphs(bases, long_ids) -> None:
+    """Two same-shape drafts differ only in their (frozen) weights; with the guard skip each must still run its own
+    graph: its proposals under `compile` are those of the `auto` paths, and the two drafts' differ."""
+    base, spec = bases["llama"], TreeSpec("dynamic", 3, 2, 6)
+    drafts = [build_draft(draft_modeling(**DRAFT_KINDS["eagle_v3_reduced"]), base, seed=s).eval() for s in (0, 1)]
+
+    def proposals(draft, mode: str) -> list[list[int]]:
+        proposer, seen = DraftProposer(draft, spec), []
+        propose = proposer.propose
+        proposer.propose = lambda: seen.append(p := propose()) or p  # type: ignore[method-assign]
+        Decoder(base, proposer, fast_paths=mode).generate(long_ids, 16)
+        return [p.tokens.tolist() for p in seen]
+
+    want = [proposals(d, "auto") for d in drafts]
+    assert want[0] != want[1]
+    assert [proposals(d, "compile") for d in (*drafts, drafts[0])] == [*want, want[0]]
+
+
 def _graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 

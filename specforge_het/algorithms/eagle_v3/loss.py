@@ -6,7 +6,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from specforge_het.algorithms.common import TrainBatch, shift_left, ttt_mask
-from specforge_het.algorithms.targets import head_loss
+from specforge_het.algorithms.targets import compute_dtype, head_loss
 from specforge_het.algorithms.ttt_attention import ttt_layer
 from specforge_het.models.cache import HFCache
 
@@ -62,11 +62,13 @@ def reachable(xs: list[torch.Tensor], want: list[torch.Tensor], weight: torch.Te
     at that position had the base's token `want` among the draft's top-k (x @ weight.T). A position an
     earlier step has no row at (its target is not a loss position) does not cut it."""
     out, reach = [], torch.ones_like(masks[0])
+    head = weight.detach().to(compute_dtype(xs[0]))
     for j, (x, w, m) in enumerate(zip(xs, want, masks)):
         out.append(reach[m])
-        if j + 1 < len(xs):
-            hit = torch.cat([((x[a:a + chunk].detach() @ weight.detach().T).topk(min(k, weight.shape[0]), -1).indices
-                              == w[a:a + chunk, None]).any(-1) for a in range(0, x.shape[0], chunk)])
+        if j + 1 < len(xs) and x.shape[0] > 0:
+            with torch.autocast(x.device.type, enabled=False):  # the products head_loss ranks, in its dtype
+                hit = torch.cat([((x[a:a + chunk].detach().to(head.dtype) @ head.T).topk(min(k, head.shape[0]), -1)
+                                  .indices == w[a:a + chunk, None]).any(-1) for a in range(0, x.shape[0], chunk)])
             step = torch.ones_like(reach)
             step[m] = hit
             reach = reach & step
