@@ -99,7 +99,10 @@ def test_a_call_neither_graph_fits_compiles_one(llama_base, monkeypatch) -> None
     call = compiled._compiled(llama_base)
     stack = llama_base.layers.__dict__[compiled._ATTR][1]
     h, embeds, ropes, masks, ks, vs, past = compiled.warm_args(llama_base, 2)
-    h = torch.randn(h.shape, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(h.shape, generator=gen)
+    for t in (*ks, *vs):  # the 3 cached entries: reserved, not written (may hold NaN)
+        t.normal_(generator=gen)
     masks = {k: torch.zeros(m.shape) for k, m in masks.items()}  # attend everywhere, as the bool mask of ones
     with torch.no_grad():
         got = call(h, embeds, ropes, masks, ks, vs, past)
