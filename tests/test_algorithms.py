@@ -105,3 +105,13 @@ def test_no_algorithm_name_is_compared_outside_the_registry():
                 sides += [e for n in node.comparators if isinstance(n, (ast.Tuple, ast.List, ast.Set)) for e in n.elts]
                 found += [f"{rel}:{node.lineno} {n.value!r}" for n in sides if isinstance(n, ast.Constant) and n.value in names]
     assert not found
+
+
+def test_eagle_v3_refuses_a_negative_reachable_k():
+    from specforge_het.algorithms.eagle_v3 import EagleV3Config
+    from specforge_het.errors import ConfigError
+
+    algorithm = get_algorithm("eagle_v3")
+    algorithm.check(EagleV3Config(reachable_k=4))
+    with pytest.raises(ConfigError, match="reachable_k must be >= 0"):
+        algorithm.check(EagleV3Config(reachable_k=-1))

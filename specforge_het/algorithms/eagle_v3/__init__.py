@@ -34,6 +34,9 @@ class EagleV3(DraftAlgorithm):
     def check(self, options: EagleV3Config) -> None:
         if options.ttt_steps < 1:
             raise ConfigError(f"{self.name}.ttt_steps must be >= 1.")
+        if options.reachable_k < 0:
+            raise ConfigError(f"{self.name}.reachable_k must be >= 0 (0 = off, k = the tree's top-k), got "
+                              f"{options.reachable_k}.")
 
     def training_warnings(self, tcfg) -> list[str]:
         if not tcfg.fsdp:
