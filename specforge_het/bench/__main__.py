@@ -43,14 +43,15 @@ def main(cfg: Config, presets: list[str], prompts: str = "mtbench:3", methods: s
     Args:
         prompts: mtbench[:N] (shipped MT-Bench, both turns) | gsm8k:PATH[:N] (GSM8K test JSONL) | PATH.jsonl[:N].
         methods: comma-separated subset of hf, ours-base, hf-pld, hf-assisted, hf-uag, ours-standalone (our
-            decoder with hf-uag's assistant as a standalone draft LM), ours-chain, ours-tree, ours-auto,
-            ours-lookup, ours-auto-lookup (default: all; hf, the reference, always runs); and the
+            decoder with hf-uag's assistant as a standalone draft LM), ours-chain, ours-tree, ours-tree-lookup
+            (ours-tree's tree + the lookup branch), ours-auto, ours-lookup, ours-auto-lookup (default: all; hf,
+            the reference, always runs); and the
             diagnostic hf-packed (HF generate with our packed linears on; only when named).
         assistant: same-tokenizer assistant for HF assisted generation (embedded name or folder).
         universal_assistant: another-tokenizer assistant for HF universal assisted generation and
             ours-standalone (default for gemma3-270m: smollm2-135m-instruct).
         pld_tokens: prompt_lookup_num_tokens of HF prompt lookup decoding, and the lookup branch of ours
-            (ours-lookup, ours-auto-lookup) unless --inference.lookup_tokens is set.
+            (ours-lookup, ours-tree-lookup, ours-auto-lookup) unless --inference.lookup_tokens is set.
         outfile: JSON path (default runs/bench/<base>.json); the plot goes beside it as .png.
     """
     from transformers.utils import logging as hf_logging

@@ -12,7 +12,7 @@ from specforge_het.config import ConfigError
 DEFAULT_UNIVERSAL = {"gemma3-270m": "smollm2-135m-instruct"}
 NO_DRAFT = ("no draft for base '{base}' ({algorithm}, vocab {vocab}) and none is shipped for it. Give "
             "--modeling.draft_path FOLDER (train one with `python -m specforge_het.train`), or leave out the "
-            "draft methods (ours-chain, ours-tree, ours-auto, ours-auto-lookup) with --methods hf,ours-base,hf-pld,ours-lookup.")
+            "draft methods (ours-chain, ours-tree, ours-tree-lookup, ours-auto, ours-auto-lookup) with --methods hf,ours-base,hf-pld,ours-lookup.")
 
 
 def find_shipped_draft(base_desc: dict, algorithm: str, vocab: str) -> str | None:

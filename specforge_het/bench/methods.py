@@ -37,11 +37,12 @@ METHODS: dict[str, str] = {
     "ours-standalone": "ours standalone",
     "ours-chain": "ours chain",
     "ours-tree": "ours tree",
+    "ours-tree-lookup": "ours tree + lookup",
     "ours-auto": "ours auto",
     "ours-lookup": "ours prompt lookup",
     "ours-auto-lookup": "ours auto + lookup",
 }
-OURS_DRAFTED = ("ours-chain", "ours-tree", "ours-auto", "ours-auto-lookup")  # these need a draft
+OURS_DRAFTED = ("ours-chain", "ours-tree", "ours-tree-lookup", "ours-auto", "ours-auto-lookup")  # these need a draft
 DIAGNOSTIC = ("hf-packed",)  # run only when named: what HF generate cost when our fast paths leaked into it
 
 
@@ -200,6 +201,10 @@ def _ours_speculative(name: str, base, draft, inf, draft_path: str, lookup_token
         method = ours_method(name, base, proposer, label, inf.fast_paths)
         method.info = {"tree_auto": decision}
         return method
+    if name == "ours-tree-lookup":  # the configured tree (as ours-tree) with the lookup branch merged in
+        spec = tree_specs(inf)["ours-tree"]
+        lookup = LookupProposer(DraftProposer(draft, spec), lookup_tokens, inf.lookup_ngram, base.device)
+        return ours_method(name, base, lookup, tree_label("ours", spec) + f" + lookup {lookup_tokens}", inf.fast_paths)
     spec = tree_specs(inf)[name]
     return ours_method(name, base, DraftProposer(draft, spec), tree_label("ours", spec), fast_paths=inf.fast_paths)
 
