@@ -124,6 +124,7 @@ def test_every_method_runs_and_matches_hf_generate(bench_run):
         chosen = data["config"]["method_info"]["ours-auto"]["tree_auto"]["chosen"]
         assert data["methods"]["ours-auto"].startswith(f"ours auto: {chosen['tree'].replace('dynamic', 'tree')}")
     assert ran | set(data["skipped"]) == set(METHODS) - set(DIAGNOSTIC)
+    assert data["methods"]["ours-tree-lookup"] == data["methods"]["ours-tree"] + " + lookup 10"  # same tree, + branch
     records = data["records"]
     assert len(records) == 3 * len(ran)  # 2 conversations, 3 turns, every method on each
     for name in ran - {"hf"}:
