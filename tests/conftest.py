@@ -130,6 +130,20 @@ DRAFT_KINDS = {
 }
 
 
+def ordinary_ids(n: int, start: int = 5) -> torch.Tensor:
+    """n ordinary (non-special) base token ids of the tiny tokenizers, [1, n]."""
+    return (torch.arange(n) * 7 % 290 + start)[None]
+
+
+def draft_logits(draft, base, ids: torch.Tensor) -> torch.Tensor:
+    """Draft logits for a whole sequence: base features -> draft input -> draft layers -> logits."""
+    with torch.no_grad():
+        feats = base.features(ids, tuple(draft.cfg.feature_layers)).features
+        hidden_in = draft.input_from_base(ids, feats)
+        pos = torch.arange(ids.shape[1])[None]
+        return draft.logits(draft(ids, hidden_in, pos))
+
+
 # ---------------------------------------------------------------- prompts
 
 
