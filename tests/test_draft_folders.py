@@ -22,6 +22,7 @@ from specforge_het.testing import save_tiny_base
 FAMILIES = ("llama", "qwen3", "gemma3")
 
 
+# ================================================================ DraftModel shapes
 
 
 @pytest.fixture(scope="module")

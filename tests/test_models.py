@@ -19,7 +19,6 @@ FAMILIES = ("llama", "qwen3", "gemma3")
 T, F = True, False
 
 
-
 # ================================================================ BaseModel
 
 
@@ -273,6 +272,3 @@ def test_vocab_adapter_embed_foreign_literal() -> None:
     expected = torch.tensor([[[0.0, 0.0], [1.0, 2.0], [4.0, 6.5], [5.0 / 3, 11.0 / 3]]])
     torch.testing.assert_close(out, expected)
     assert set(dict(v.named_buffers())) == {"d2t", "input_map", "draft_token_ids"}
-
-
-# ================================================================ DraftModel shapes
