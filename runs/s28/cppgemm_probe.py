@@ -1,7 +1,8 @@
 """Session 28 probe: inductor's C++ GEMM template (max-autotune, frozen weights) against our few-row kernels,
-over 30 copies of a layer's weights (as a forward streams them), M = 1, 6, 8 rows.
-    .venv/bin/python runs/s28/cppgemm_probe.py"""
-import time, warnings
+over 30 copies of a layer's weights (as a forward streams them), M = 1, 6, 8 rows (or the row counts given).
+    .venv/bin/python runs/s28/cppgemm_probe.py [M ...]
+Session 30 ran it at data generation's row counts: `runs/s28/cppgemm_probe.py 64 128 256` (runs/s30/cppgemm_rows.log)."""
+import sys, time, warnings
 import torch
 import torch._inductor.config as icfg
 from specforge_het.models import linears
@@ -27,7 +28,7 @@ def t(f, n=20):
 
 for k, n in ((576, 3072), (1536, 576), (576, 960)):
     m_ = Stack(k, n).eval().requires_grad_(False)
-    for M in (1, 6, 8):
+    for M in [int(a) for a in sys.argv[1:]] or (1, 6, 8):
         xs = [torch.randn(M, k) for _ in range(L)]
         eager = t(lambda: m_(xs))
         with linears.packed_linears(m_):
